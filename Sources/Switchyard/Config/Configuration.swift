@@ -1,0 +1,198 @@
+import NIOCore
+
+/// The balancer's whole configuration, as read from `switchyard.yaml`.
+///
+/// A value of this type has been validated: every address parses, every tenant has at least one domain and one
+/// backend, no domain belongs to two tenants. The running server holds one immutable value and a reload swaps it
+/// for a new one, so nothing here is ever mutated while traffic flows.
+public struct Configuration: Sendable, Equatable {
+    /// Addresses to accept plain HTTP and HTTPS on.
+    public var listen: Listen
+    /// Event-loop threads; `nil` means one per core (`workers: auto`).
+    public var workers: Int?
+    /// Where the admin API listens.
+    public var admin: Admin
+    /// Path of the durable store for changes made through the admin API.
+    public var statePath: String
+    /// The default certificate, used when SNI names no tenant certificate.
+    public var tls: TLSFiles?
+    /// Tenants declared in the file.
+    public var tenants: [TenantConfiguration]
+    /// Timeouts; every one has a safe default.
+    public var timeouts: Timeouts
+    /// Size and count limits; every one has a safe default.
+    public var limits: Limits
+    /// Whether one line per request is logged.
+    public var accessLog: Bool
+
+    public init(
+        listen: Listen = Listen(),
+        workers: Int? = nil,
+        admin: Admin = Admin(),
+        statePath: String = "run/state.sqlite",
+        tls: TLSFiles? = nil,
+        tenants: [TenantConfiguration] = [],
+        timeouts: Timeouts = Timeouts(),
+        limits: Limits = Limits(),
+        accessLog: Bool = true
+    ) {
+        self.listen = listen
+        self.workers = workers
+        self.admin = admin
+        self.statePath = statePath
+        self.tls = tls
+        self.tenants = tenants
+        self.timeouts = timeouts
+        self.limits = limits
+        self.accessLog = accessLog
+    }
+
+    /// `listen:`: the shared public addresses.
+    public struct Listen: Sendable, Equatable {
+        public var http: [SocketAddress]
+        public var https: [SocketAddress]
+
+        public init(http: [SocketAddress] = [], https: [SocketAddress] = []) {
+            self.http = http
+            self.https = https
+        }
+    }
+
+    /// `admin:`: the operator API.
+    public struct Admin: Sendable, Equatable {
+        /// Path of the unix socket, created mode 0600.
+        public var socket: String
+
+        public init(socket: String = "run/admin.sock") {
+            self.socket = socket
+        }
+    }
+
+    /// A certificate chain and its private key, both PEM files.
+    public struct TLSFiles: Sendable, Equatable {
+        public var certificate: String
+        public var key: String
+
+        public init(certificate: String, key: String) {
+            self.certificate = certificate
+            self.key = key
+        }
+    }
+
+    /// `timeouts:`. Defaults follow what an nginx or HAProxy operator expects (see README).
+    public struct Timeouts: Sendable, Equatable {
+        /// Time allowed to receive a whole request head, counted from its first byte and not reset by trickling
+        /// bytes (HAProxy's `timeout http-request`; slowloris protection). Answered with 408.
+        public var clientHeader: TimeAmount
+        /// Idle time allowed on a client connection between requests (nginx `keepalive_timeout`).
+        public var keepAlive: TimeAmount
+        /// Idle time allowed while a client sends a request body (nginx `client_body_timeout`).
+        public var clientBody: TimeAmount
+        /// Time allowed to establish a backend connection.
+        public var upstreamConnect: TimeAmount
+        /// Time allowed for a backend to answer, and between two reads of its answer; answered with 504
+        /// (nginx `proxy_read_timeout`).
+        public var upstreamResponse: TimeAmount
+        /// How long an idle pooled backend connection is kept.
+        public var upstreamIdle: TimeAmount
+        /// On shutdown, how long in-flight requests may take before connections are cut.
+        public var drain: TimeAmount
+
+        public init(
+            clientHeader: TimeAmount = .seconds(30),
+            keepAlive: TimeAmount = .seconds(75),
+            clientBody: TimeAmount = .seconds(60),
+            upstreamConnect: TimeAmount = .seconds(5),
+            upstreamResponse: TimeAmount = .seconds(60),
+            upstreamIdle: TimeAmount = .seconds(60),
+            drain: TimeAmount = .seconds(30)
+        ) {
+            self.clientHeader = clientHeader
+            self.keepAlive = keepAlive
+            self.clientBody = clientBody
+            self.upstreamConnect = upstreamConnect
+            self.upstreamResponse = upstreamResponse
+            self.upstreamIdle = upstreamIdle
+            self.drain = drain
+        }
+    }
+
+    /// `limits:`.
+    public struct Limits: Sendable, Equatable {
+        /// Largest request head (request line and headers) accepted; larger gets 431.
+        public var maxHeaderBytes: Int
+        /// Most header fields in one request; more gets 431.
+        public var maxHeaderCount: Int
+        /// Most client connections open at once across all workers; further ones are closed at accept.
+        public var maxConnections: Int
+        /// Most idle keep-alive connections kept per backend and per worker.
+        public var upstreamKeepAlive: Int
+
+        public init(
+            maxHeaderBytes: Int = 32 * 1024,
+            maxHeaderCount: Int = 100,
+            maxConnections: Int = 10_000,
+            upstreamKeepAlive: Int = 64
+        ) {
+            self.maxHeaderBytes = maxHeaderBytes
+            self.maxHeaderCount = maxHeaderCount
+            self.maxConnections = maxConnections
+            self.upstreamKeepAlive = upstreamKeepAlive
+        }
+    }
+}
+
+/// One tenant as declared in the file.
+public struct TenantConfiguration: Sendable, Equatable {
+    /// Unique name: letters, digits, `-`, `_` and `.`.
+    public var name: String
+    /// Domains the tenant owns, lower-cased: exact names or wildcards `*.example.test`.
+    public var domains: [String]
+    /// Backend addresses, resolved when the file is read.
+    public var backends: [SocketAddress]
+    /// The tenant's own certificate, chosen by SNI; the default one otherwise.
+    public var tls: Configuration.TLSFiles?
+    /// Active health check settings; `nil` keeps the defaults.
+    public var health: HealthCheckConfiguration?
+
+    public init(
+        name: String,
+        domains: [String],
+        backends: [SocketAddress],
+        tls: Configuration.TLSFiles? = nil,
+        health: HealthCheckConfiguration? = nil
+    ) {
+        self.name = name
+        self.domains = domains
+        self.backends = backends
+        self.tls = tls
+        self.health = health
+    }
+}
+
+/// `health:` of a tenant. Defaults match the platform's existing balancer (interval 15 s, timeout 2 s, rise 2,
+/// fall 3).
+public struct HealthCheckConfiguration: Sendable, Equatable {
+    /// Path probed with `GET`; `nil` means a plain TCP connect.
+    public var path: String?
+    public var interval: TimeAmount
+    public var timeout: TimeAmount
+    /// Consecutive successes that bring a down backend up.
+    public var rise: Int
+    /// Consecutive failures that take an up backend down.
+    public var fall: Int
+
+    public init(
+        path: String? = nil,
+        interval: TimeAmount = .seconds(15),
+        timeout: TimeAmount = .seconds(2),
+        rise: Int = 2,
+        fall: Int = 3
+    ) {
+        self.path = path
+        self.interval = interval
+        self.timeout = timeout
+        self.rise = rise
+        self.fall = fall
+    }
+}
