@@ -1,0 +1,39 @@
+/// Why a configuration file was refused, and where.
+///
+/// Every error names the file, the line when it is known, the key path of the offending value and a reason that
+/// says both what is wrong and what is expected, so an operator can fix the file without reading the source:
+///
+/// ```
+/// Config/switchyard.yaml:12: tenants[1].backends[0]: 'foo' is not HOST:PORT (e.g. 10.0.0.5:8080 or [::1]:8080)
+/// ```
+public struct ConfigurationError: Error, CustomStringConvertible, Sendable, Equatable {
+    /// The file, as given to ``ConfigurationLoader/load(path:)`` or ``ConfigurationLoader/parse(yaml:file:)``.
+    public var file: String
+    /// The 1-based line of the offending value, when known.
+    public var line: Int?
+    /// Key path of the offending value, e.g. `tenants[1].backends[0]` or `timeouts.keepalive`; empty when the error
+    /// is about the document as a whole (a YAML syntax error, an unreadable file).
+    public var key: String
+    /// What is wrong and what is expected.
+    public var reason: String
+
+    public init(file: String, line: Int?, key: String, reason: String) {
+        self.file = file
+        self.line = line
+        self.key = key
+        self.reason = reason
+    }
+
+    /// `FILE:LINE: KEY: REASON`, leaving out the line and the key when they are unknown or empty.
+    public var description: String {
+        var text = self.file
+        if let line = self.line {
+            text += ":\(line)"
+        }
+        text += ": "
+        if !self.key.isEmpty {
+            text += "\(self.key): "
+        }
+        return text + self.reason
+    }
+}

@@ -1,0 +1,528 @@
+import NIOCore
+import Yams
+
+#if canImport(Darwin)
+import Darwin
+#elseif canImport(Glibc)
+import Glibc
+#elseif canImport(Musl)
+import Musl
+#endif
+
+/// Reads `switchyard.yaml` into a validated ``Configuration``.
+///
+/// The file is checked as a whole before anything is returned, so a caller either gets a configuration it can apply
+/// as is or a ``ConfigurationError`` naming the file, line, key path and reason; a running server that fails to
+/// reload keeps its previous configuration. Unknown keys are errors (a typo must not silently fall back to a
+/// default), and every value is checked for type and range. Backend host names are resolved here, once, so loading
+/// blocks for as long as name resolution takes: call it off the event loops.
+///
+/// The accepted keys, in `snake_case`: `listen` (`http`, `https`), `workers`, `admin` (`socket`), `state`, `tls`
+/// (`certificate`, `key`), `access_log`, `timeouts` (`client_header`, `keepalive`, `client_body`,
+/// `upstream_connect`, `upstream_response`, `upstream_idle`, `drain`), `limits` (`max_header_bytes`,
+/// `max_headers`, `max_connections`, `upstream_keepalive`) and `tenants`, a list of mappings with `name`,
+/// `domains`, `backends`, `certificate`, `key` and `health` (`path`, `interval`, `timeout`, `rise`, `fall`).
+/// Paths are kept as written; relative ones are relative to the working directory.
+public enum ConfigurationLoader {
+    /// Reads and validates the file at `path`.
+    ///
+    /// - Throws: a ``ConfigurationError`` naming `path`, also when the file cannot be read.
+    public static func load(path: String) throws(ConfigurationError) -> Configuration {
+        let text: String
+        switch Self.readFile(atPath: path) {
+        case .success(let contents):
+            text = contents
+        case .failure(let problem):
+            throw ConfigurationError(file: path, line: nil, key: "", reason: "cannot read the file: \(problem.reason)")
+        }
+        return try Self.parse(yaml: text, file: path)
+    }
+
+    /// Parses and validates YAML text; `file` is only used in error messages.
+    ///
+    /// An empty document, or one with only comments, gives the defaults: no tenants and plain HTTP on
+    /// `0.0.0.0:8080`. A leading byte order mark, as some editors write, is ignored.
+    public static func parse(yaml: String, file: String) throws(ConfigurationError) -> Configuration {
+        let root: Node?
+        do {
+            root = try Yams.compose(yaml: yaml.hasPrefix("\u{FEFF}") ? String(yaml.dropFirst()) : yaml)
+        } catch {
+            throw Self.syntaxError(error, file: file)
+        }
+        let document = ConfigurationNode(
+            node: root ?? Node([(Node, Node)]()),
+            path: "",
+            line: root?.mark?.line,
+            file: file
+        )
+        return try Self.configuration(from: document)
+    }
+
+    // MARK: - Top level
+
+    private enum Key {
+        static let topLevel = [
+            "listen", "workers", "admin", "state", "tls", "access_log", "timeouts", "limits", "tenants",
+        ]
+        static let listen = ["http", "https"]
+        static let admin = ["socket"]
+        static let tls = ["certificate", "key"]
+        static let timeouts = [
+            "client_header", "keepalive", "client_body", "upstream_connect", "upstream_response", "upstream_idle",
+            "drain",
+        ]
+        static let limits = ["max_header_bytes", "max_headers", "max_connections", "upstream_keepalive"]
+        static let tenant = ["name", "domains", "backends", "certificate", "key", "health"]
+        static let health = ["path", "interval", "timeout", "rise", "fall"]
+    }
+
+    private static func configuration(from document: ConfigurationNode) throws(ConfigurationError) -> Configuration {
+        let top = try document.mapping(acceptedKeys: Key.topLevel)
+        var configuration = Configuration()
+        let (listen, httpsNode) = try Self.listen(top["listen"], file: document.file)
+        configuration.listen = listen
+        if let node = top["workers"] {
+            configuration.workers = try Self.workers(node)
+        }
+        if let node = top["admin"] {
+            let admin = try node.mapping(acceptedKeys: Key.admin)
+            if let socket = admin["socket"] {
+                configuration.admin.socket = try Self.unixSocketPath(socket)
+            }
+        }
+        if let node = top["state"] {
+            configuration.statePath = try node.nonEmptyString(expected: "the path of the state database")
+        }
+        if let node = top["tls"] {
+            configuration.tls = try Self.tlsFiles(try node.mapping(acceptedKeys: Key.tls))
+        }
+        if let node = top["access_log"] {
+            configuration.accessLog = try node.bool()
+        }
+        if let node = top["timeouts"] {
+            configuration.timeouts = try Self.timeouts(node)
+        }
+        if let node = top["limits"] {
+            configuration.limits = try Self.limits(node)
+        }
+        if let node = top["tenants"] {
+            configuration.tenants = try Self.tenants(node)
+        }
+        if let httpsNode, !configuration.listen.https.isEmpty, configuration.tls == nil {
+            throw httpsNode.error(
+                "HTTPS needs a default certificate: add 'tls' with 'certificate' and 'key' (tenant certificates are "
+                    + "only chosen by SNI)"
+            )
+        }
+        return configuration
+    }
+
+    // MARK: - listen, workers, admin, tls
+
+    /// The addresses, and the `https` node for errors about HTTPS.
+    private static func listen(
+        _ node: ConfigurationNode?,
+        file: String
+    ) throws(ConfigurationError) -> (Configuration.Listen, httpsNode: ConfigurationNode?) {
+        guard let node else {
+            // No `listen` at all: plain HTTP on every IPv4 address, as the documentation's example.
+            let fallback = ConfigurationNode(node: Node("0.0.0.0:8080"), path: "listen.http", line: nil, file: file)
+            return (Configuration.Listen(http: [try Self.listenAddress("0.0.0.0:8080", at: fallback)]), nil)
+        }
+        let mapping = try node.mapping(acceptedKeys: Key.listen)
+        var listen = Configuration.Listen()
+        var seen: [(address: SocketAddress, path: String)] = []
+        for key in Key.listen {
+            guard let list = mapping[key] else {
+                continue
+            }
+            for (text, item) in try list.stringList(
+                allowingSingle: true,
+                listDescription: "a list of HOST:PORT addresses",
+                itemDescription: "a HOST:PORT address"
+            ) {
+                let address = try Self.listenAddress(text, at: item)
+                if let earlier = seen.first(where: { $0.address == address }) {
+                    throw item.error("'\(text)' is already listed at \(earlier.path); each address may be listed once")
+                }
+                seen.append((address, item.path))
+                if key == "http" {
+                    listen.http.append(address)
+                } else {
+                    listen.https.append(address)
+                }
+            }
+        }
+        guard !listen.http.isEmpty || !listen.https.isEmpty else {
+            throw node.error("has no address; list at least one HOST:PORT under 'http' or 'https' (e.g. 0.0.0.0:8080)")
+        }
+        return (listen, mapping["https"])
+    }
+
+    /// An address to listen on: an IPv4 literal, or an IPv6 literal in brackets; never a name, which could resolve
+    /// differently from one start to the next.
+    private static func listenAddress(
+        _ text: String,
+        at node: ConfigurationNode
+    ) throws(ConfigurationError) -> SocketAddress {
+        let hostAndPort = try Self.hostAndPort(text, at: node)
+        guard let address = hostAndPort.ipLiteralAddress() else {
+            if hostAndPort.isBracketed {
+                throw node.error("'\(text)': '\(hostAndPort.host)' in brackets is not an IPv6 address")
+            }
+            throw node.error(
+                "'\(text)': '\(hostAndPort.host)' is not an IP address; listen on IP literals such as 0.0.0.0:8080, "
+                    + "127.0.0.1:8080 or [::]:8080"
+            )
+        }
+        return address
+    }
+
+    private static func hostAndPort(
+        _ text: String,
+        at node: ConfigurationNode
+    ) throws(ConfigurationError) -> HostAndPort {
+        switch HostAndPort.parse(text) {
+        case .success(let hostAndPort):
+            return hostAndPort
+        case .failure(.malformed):
+            throw node.error("'\(text)' is not \(HostAndPort.syntaxExample)")
+        case .failure(.unbracketedIPv6):
+            throw node.error("'\(text)' is not HOST:PORT: write an IPv6 address in brackets, e.g. [::1]:8080")
+        case .failure(.portOutOfRange(let port)):
+            throw node.error("'\(text)': port \(port) is out of range; expected a port from 1 to 65535")
+        }
+    }
+
+    private static func workers(_ node: ConfigurationNode) throws(ConfigurationError) -> Int? {
+        let expected = "auto or an integer from 1 to 256"
+        let text = try node.scalarText(expected: expected)
+        if text.lowercased() == "auto" {
+            return nil
+        }
+        guard Int(text.filter { $0 != "_" }) != nil else {
+            throw node.error("expected \(expected), found \(node.foundDescription)")
+        }
+        return try node.integer(in: 1...256)
+    }
+
+    /// The longest unix socket path `bind(2)` takes, terminator excluded; `sun_path` is 104 bytes on Darwin and
+    /// 108 on Linux, so the smaller keeps a file portable.
+    private static let maximumUnixSocketPathBytes = 103
+
+    private static func unixSocketPath(_ node: ConfigurationNode) throws(ConfigurationError) -> String {
+        let path = try node.nonEmptyString(expected: "the path of the admin unix socket")
+        guard path.utf8.count <= Self.maximumUnixSocketPathBytes else {
+            throw node.error(
+                "is \(path.utf8.count) bytes long; a unix socket path must be at most "
+                    + "\(Self.maximumUnixSocketPathBytes) bytes (use a shorter or relative path)"
+            )
+        }
+        return path
+    }
+
+    /// `certificate` and `key`, both required.
+    private static func tlsFiles(_ mapping: ConfigurationMapping) throws(ConfigurationError) -> Configuration.TLSFiles {
+        let certificate = try mapping.required("certificate", expected: "the path of a PEM certificate chain")
+            .nonEmptyString(expected: "the path of a PEM certificate chain")
+        let key = try mapping.required("key", expected: "the path of the certificate's PEM private key")
+            .nonEmptyString(expected: "the path of the certificate's PEM private key")
+        return Configuration.TLSFiles(certificate: certificate, key: key)
+    }
+
+    // MARK: - timeouts, limits
+
+    private static func timeouts(_ node: ConfigurationNode) throws(ConfigurationError) -> Configuration.Timeouts {
+        let mapping = try node.mapping(acceptedKeys: Key.timeouts)
+        var timeouts = Configuration.Timeouts()
+        let fields: [(key: String, field: WritableKeyPath<Configuration.Timeouts, TimeAmount>)] = [
+            ("client_header", \.clientHeader),
+            ("keepalive", \.keepAlive),
+            ("client_body", \.clientBody),
+            ("upstream_connect", \.upstreamConnect),
+            ("upstream_response", \.upstreamResponse),
+            ("upstream_idle", \.upstreamIdle),
+            ("drain", \.drain),
+        ]
+        for (key, field) in fields {
+            if let value = mapping[key] {
+                timeouts[keyPath: field] = try value.positiveDuration()
+            }
+        }
+        return timeouts
+    }
+
+    private static func limits(_ node: ConfigurationNode) throws(ConfigurationError) -> Configuration.Limits {
+        let mapping = try node.mapping(acceptedKeys: Key.limits)
+        var limits = Configuration.Limits()
+        let fields: [(key: String, range: ClosedRange<Int>, field: WritableKeyPath<Configuration.Limits, Int>)] = [
+            ("max_header_bytes", 1024...1_048_576, \.maxHeaderBytes),
+            ("max_headers", 1...10_000, \.maxHeaderCount),
+            ("max_connections", 1...Int.max, \.maxConnections),
+            ("upstream_keepalive", 0...Int.max, \.upstreamKeepAlive),
+        ]
+        for (key, range, field) in fields {
+            if let value = mapping[key] {
+                limits[keyPath: field] = try value.integer(in: range)
+            }
+        }
+        return limits
+    }
+
+    // MARK: - tenants
+
+    private static func tenants(_ node: ConfigurationNode) throws(ConfigurationError) -> [TenantConfiguration] {
+        var tenants: [TenantConfiguration] = []
+        var tenantPaths: [String: String] = [:]
+        // Normalised domain -> index of the tenant owning it.
+        var domainOwners: [String: Int] = [:]
+        for tenantNode in try node.list(description: "a list of tenants") {
+            let (tenant, nameNode, domainNodes) = try Self.tenant(tenantNode)
+            if let earlier = tenantPaths[tenant.name] {
+                throw nameNode.error("tenant '\(tenant.name)' is already declared at \(earlier); names must be unique")
+            }
+            tenantPaths[tenant.name] = tenantNode.path
+            for (domain, item) in zip(tenant.domains, domainNodes) {
+                if let owner = domainOwners[domain] {
+                    throw item.error(
+                        "domain '\(domain)' of tenant '\(tenant.name)' already belongs to tenant "
+                            + "'\(tenants[owner].name)'; a domain may belong to only one tenant"
+                    )
+                }
+                domainOwners[domain] = tenants.count
+            }
+            tenants.append(tenant)
+        }
+        return tenants
+    }
+
+    private static let maximumTenantNameLength = 64
+
+    /// One tenant, with the nodes of its name and of each of its domains for errors that involve other tenants.
+    private static func tenant(
+        _ node: ConfigurationNode
+    ) throws(ConfigurationError) -> (TenantConfiguration, nameNode: ConfigurationNode, domainNodes: [ConfigurationNode])
+    {
+        let mapping = try node.mapping(acceptedKeys: Key.tenant)
+        let nameExpected = "a name of letters, digits, '.', '_' and '-' (at most \(Self.maximumTenantNameLength))"
+        let nameNode = try mapping.required("name", expected: nameExpected)
+        let name = try nameNode.nonEmptyString(expected: nameExpected)
+        guard name.count <= Self.maximumTenantNameLength, name.allSatisfy(Self.isTenantNameCharacter) else {
+            throw nameNode.error("'\(name)' is not a valid tenant name; expected \(nameExpected)")
+        }
+
+        let domainsNode = try mapping.required("domains", expected: "a list of the domains the tenant owns")
+        var domains: [String] = []
+        var domainNodes: [ConfigurationNode] = []
+        for (text, item) in try domainsNode.stringList(
+            allowingSingle: false,
+            listDescription: "a list of domain names",
+            itemDescription: "a domain name"
+        ) {
+            let domain: String
+            switch DomainName.normaliseTenantDomain(text) {
+            case .success(let normalised):
+                domain = normalised
+            case .failure(let problem):
+                throw item.error("'\(text)' \(problem.reason)")
+            }
+            if domains.contains(domain) {
+                throw item.error("'\(text)' is listed twice (as '\(domain)')")
+            }
+            domains.append(domain)
+            domainNodes.append(item)
+        }
+        guard !domains.isEmpty else {
+            throw domainsNode.error("must list at least one domain (e.g. [\"shop.test\", \"*.shop.test\"])")
+        }
+
+        let backendsNode = try mapping.required("backends", expected: "a list of HOST:PORT backend addresses")
+        var backends: [(address: SocketAddress, path: String)] = []
+        for (text, item) in try backendsNode.stringList(
+            allowingSingle: false,
+            listDescription: "a list of HOST:PORT addresses",
+            itemDescription: "a HOST:PORT address"
+        ) {
+            let address = try Self.backendAddress(text, at: item)
+            if let earlier = backends.first(where: { $0.address == address }) {
+                throw item.error("'\(text)' is the same backend as \(earlier.path) (\(address))")
+            }
+            backends.append((address, item.path))
+        }
+        guard !backends.isEmpty else {
+            throw backendsNode.error("must list at least one HOST:PORT backend (e.g. [\"10.0.0.5:8080\"])")
+        }
+
+        let tls: Configuration.TLSFiles?
+        switch (mapping["certificate"], mapping["key"]) {
+        case (nil, nil):
+            tls = nil
+        case (.some(let certificate), nil):
+            throw certificate.error(
+                "is set but 'key' is missing; a tenant certificate needs both 'certificate' and 'key', or neither"
+            )
+        case (nil, .some(let key)):
+            throw key.error(
+                "is set but 'certificate' is missing; a tenant certificate needs both 'certificate' and 'key', or "
+                    + "neither"
+            )
+        case (.some, .some):
+            tls = try Self.tlsFiles(mapping)
+        }
+
+        var health: HealthCheckConfiguration?
+        if let healthNode = mapping["health"] {
+            health = try Self.health(healthNode)
+        }
+        let tenant = TenantConfiguration(
+            name: name,
+            domains: domains,
+            backends: backends.map(\.address),
+            tls: tls,
+            health: health
+        )
+        return (tenant, nameNode, domainNodes)
+    }
+
+    private static func isTenantNameCharacter(_ character: Character) -> Bool {
+        guard character.isASCII else {
+            return false
+        }
+        switch character {
+        case "a"..."z", "A"..."Z", "0"..."9", ".", "_", "-": return true
+        default: return false
+        }
+    }
+
+    /// A backend: an IP literal (IPv6 in brackets) or a host name, resolved now with the system resolver (the first
+    /// address it returns is used).
+    private static func backendAddress(
+        _ text: String,
+        at node: ConfigurationNode
+    ) throws(ConfigurationError) -> SocketAddress {
+        let hostAndPort = try Self.hostAndPort(text, at: node)
+        if let address = hostAndPort.ipLiteralAddress() {
+            return address
+        }
+        if hostAndPort.isBracketed {
+            throw node.error("'\(text)': '\(hostAndPort.host)' in brackets is not an IPv6 address")
+        }
+        if let problem = DomainName.hostnameProblem(hostAndPort.host) {
+            throw node.error("'\(text)': the host '\(hostAndPort.host)' \(problem.reason)")
+        }
+        do {
+            return try SocketAddress.makeAddressResolvingHost(hostAndPort.host, port: hostAndPort.port)
+        } catch {
+            throw node.error(
+                "'\(text)': the host '\(hostAndPort.host)' does not resolve; use an IP address or a name this "
+                    + "machine can resolve"
+            )
+        }
+    }
+
+    private static func health(_ node: ConfigurationNode) throws(ConfigurationError) -> HealthCheckConfiguration {
+        let mapping = try node.mapping(acceptedKeys: Key.health)
+        var health = HealthCheckConfiguration()
+        if let pathNode = mapping["path"] {
+            let path = try pathNode.nonEmptyString(expected: "an HTTP path such as /healthz")
+            guard path.hasPrefix("/") else {
+                throw pathNode.error("'\(path)' must start with '/' (e.g. /healthz)")
+            }
+            guard !path.contains(where: { $0.isWhitespace || !$0.isASCII || ($0.asciiValue ?? 0) < 0x20 }) else {
+                throw pathNode.error("'\(path)' must not contain spaces, control or non-ASCII characters")
+            }
+            health.path = path
+        }
+        if let interval = mapping["interval"] {
+            health.interval = try interval.positiveDuration()
+        }
+        if let timeout = mapping["timeout"] {
+            health.timeout = try timeout.positiveDuration()
+        }
+        if let rise = mapping["rise"] {
+            health.rise = try rise.integer(in: 1...100)
+        }
+        if let fall = mapping["fall"] {
+            health.fall = try fall.integer(in: 1...100)
+        }
+        guard health.timeout < health.interval else {
+            let culprit = mapping["timeout"] ?? mapping["interval"] ?? node
+            throw culprit.error(
+                "the timeout (\(health.timeout.configurationDescription)) must be shorter than the interval "
+                    + "(\(health.interval.configurationDescription))"
+            )
+        }
+        return health
+    }
+
+    // MARK: - YAML and file errors
+
+    /// A YAML syntax error as a ``ConfigurationError``, with the line libyaml reports.
+    private static func syntaxError(_ error: any Error, file: String) -> ConfigurationError {
+        guard let yamlError = error as? YamlError else {
+            return ConfigurationError(file: file, line: nil, key: "", reason: "invalid YAML: \(error)")
+        }
+        switch yamlError {
+        case .scanner(let context, let problem, let mark, _),
+            .parser(let context, let problem, let mark, _),
+            .composer(let context, let problem, let mark, _):
+            var reason = "invalid YAML: \(problem)"
+            if let context {
+                reason += " (\(context.text), line \(context.mark.line))"
+            }
+            return ConfigurationError(file: file, line: mark.line, key: "", reason: reason)
+        case .reader(let problem, let offset, _, let yaml):
+            let line = offset.map { offset in 1 + yaml.prefix(offset).filter(\.isNewline).count }
+            return ConfigurationError(file: file, line: line, key: "", reason: "invalid YAML: \(problem)")
+        case .duplicatedKeysInMapping(let duplicates, let context):
+            let keys = duplicates.sorted().map { "'\($0)'" }.joined(separator: ", ")
+            return ConfigurationError(
+                file: file,
+                line: context.mark.line,
+                key: "",
+                reason: "invalid YAML: duplicate key \(keys); a key may appear only once in a mapping"
+            )
+        default:
+            return ConfigurationError(file: file, line: nil, key: "", reason: "invalid YAML: \(yamlError)")
+        }
+    }
+
+    private struct ReadProblem: Error {
+        var reason: String
+    }
+
+    /// The whole file as UTF-8 text, or the system's reason it cannot be read.
+    private static func readFile(atPath path: String) -> Result<String, ReadProblem> {
+        let descriptor = open(path, O_RDONLY | O_CLOEXEC)
+        guard descriptor >= 0 else {
+            return .failure(ReadProblem(reason: Self.systemErrorDescription(errno)))
+        }
+        defer { _ = close(descriptor) }
+        var bytes: [UInt8] = []
+        var chunk = [UInt8](repeating: 0, count: 64 * 1024)
+        while true {
+            let count = chunk.withUnsafeMutableBytes { buffer in
+                read(descriptor, buffer.baseAddress, buffer.count)
+            }
+            if count > 0 {
+                bytes.append(contentsOf: chunk[0..<count])
+            } else if count == 0 {
+                break
+            } else if errno != EINTR {
+                return .failure(ReadProblem(reason: Self.systemErrorDescription(errno)))
+            }
+        }
+        let text = String(decoding: bytes, as: UTF8.self)
+        guard text.utf8.elementsEqual(bytes) else {
+            return .failure(ReadProblem(reason: "it is not UTF-8 text"))
+        }
+        return .success(text)
+    }
+
+    private static func systemErrorDescription(_ code: Int32) -> String {
+        guard let message = strerror(code) else {
+            return "error \(code)"
+        }
+        return String(cString: message)
+    }
+}

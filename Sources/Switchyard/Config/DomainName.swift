@@ -1,0 +1,116 @@
+import NIOCore
+
+/// Checks and normalises the names a tenant owns and the host names of backends.
+///
+/// A tenant domain is matched against the TLS SNI name and the `Host` header, so it is kept in the one form those
+/// are compared in: lower case, without the trailing dot of a fully qualified name. IPv6 literals are kept in
+/// brackets, as they appear in a `Host` header (`[::1]`).
+enum DomainName {
+    /// Why a name was refused; `reason` completes a sentence about the name as written.
+    struct Problem: Error, Equatable {
+        var reason: String
+    }
+
+    /// Longest name DNS allows, without the trailing dot.
+    static let maximumLength = 253
+    /// Longest label DNS allows.
+    static let maximumLabelLength = 63
+
+    /// Normalises a tenant domain: lower-cases it, removes one trailing dot and checks it is an exact name, a
+    /// wildcard whose only `*` is a whole leading label (`*.shop.test`, which matches `a.shop.test` but not
+    /// `shop.test`), or an IP literal.
+    static func normaliseTenantDomain(_ text: String) -> Result<String, Problem> {
+        var name = text.lowercased()
+        if name.hasPrefix("[") || name.contains(":") {
+            // Only an IPv6 literal has colons; anything else with one is most likely a name with a port or a URL.
+            let literal = name.hasPrefix("[") && name.hasSuffix("]") ? String(name.dropFirst().dropLast()) : name
+            guard case .v6 = try? SocketAddress(ipAddress: literal, port: 0) else {
+                return .failure(
+                    Problem(
+                        reason: "is not a domain name; write the name alone, without scheme or port (e.g. shop.test)"
+                    )
+                )
+            }
+            return .success("[\(literal)]")
+        }
+        if name.hasSuffix(".") {
+            name.removeLast()
+        }
+        var labels = name.split(separator: ".", omittingEmptySubsequences: false)
+        let isWildcard = labels.first == "*"
+        if isWildcard {
+            labels.removeFirst()
+            guard !labels.isEmpty else {
+                return .failure(
+                    Problem(reason: "is a bare wildcard; a wildcard needs a parent domain (e.g. *.shop.test)")
+                )
+            }
+        }
+        if labels.contains(where: { $0.contains("*") }) {
+            return .failure(
+                Problem(reason: "has a '*' that is not a whole leading label; only '*.' may start a domain")
+            )
+        }
+        if isWildcard, let last = labels.last, last.allSatisfy(Self.isDigit) {
+            return .failure(Problem(reason: "is a wildcard over an IP address, which can match nothing"))
+        }
+        if let problem = self.problem(labels: labels, wholeName: name) {
+            return .failure(problem)
+        }
+        return .success(name)
+    }
+
+    /// Checks a backend host name (not an IP literal): the same label rules as a tenant domain, no wildcard. Returns
+    /// `nil` when the name is acceptable.
+    static func hostnameProblem(_ name: String) -> Problem? {
+        let withoutDot = name.hasSuffix(".") ? String(name.dropLast()) : name
+        return self.problem(labels: withoutDot.split(separator: ".", omittingEmptySubsequences: false), wholeName: name)
+    }
+
+    private static func isDigit(_ character: Character) -> Bool {
+        character.isASCII && character.isNumber
+    }
+
+    private static func problem(labels: [Substring], wholeName: String) -> Problem? {
+        if wholeName.isEmpty {
+            return Problem(reason: "is empty")
+        }
+        if wholeName.count > Self.maximumLength {
+            return Problem(reason: "is longer than \(Self.maximumLength) characters")
+        }
+        for label in labels {
+            if label.isEmpty {
+                return Problem(reason: "has an empty label (two dots in a row, or a leading dot)")
+            }
+            if label.count > Self.maximumLabelLength {
+                return Problem(reason: "has a label longer than \(Self.maximumLabelLength) characters ('\(label)')")
+            }
+            if let bad = label.first(where: { !Self.isLabelCharacter($0) }) {
+                let hint = bad.isASCII ? "" : "; write internationalised names in their punycode form (xn--...)"
+                return Problem(
+                    reason: "contains '\(bad)'; labels may only contain letters a-z, digits, '-' and '_'\(hint)"
+                )
+            }
+        }
+        // No top-level domain is all digits, so such a name can only be meant as an IPv4 address.
+        guard let last = labels.last, last.allSatisfy(Self.isDigit) else {
+            return nil
+        }
+        guard labels.allSatisfy({ $0.allSatisfy(Self.isDigit) }),
+            case .v4 = try? SocketAddress(ipAddress: labels.joined(separator: "."), port: 0)
+        else {
+            return Problem(reason: "is not a valid IPv4 address (and no top-level domain is all digits)")
+        }
+        return nil
+    }
+
+    private static func isLabelCharacter(_ character: Character) -> Bool {
+        guard character.isASCII else {
+            return false
+        }
+        switch character {
+        case "a"..."z", "A"..."Z", "0"..."9", "-", "_": return true
+        default: return false
+        }
+    }
+}
