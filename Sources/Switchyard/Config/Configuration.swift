@@ -95,6 +95,9 @@ public struct Configuration: Sendable, Equatable {
         public var upstreamResponse: TimeAmount
         /// How long an idle pooled backend connection is kept.
         public var upstreamIdle: TimeAmount
+        /// Idle time allowed on an upgraded (WebSocket) connection, in either direction (HAProxy's
+        /// `timeout tunnel`).
+        public var tunnelIdle: TimeAmount
         /// On shutdown, how long in-flight requests may take before connections are cut.
         public var drain: TimeAmount
 
@@ -105,6 +108,7 @@ public struct Configuration: Sendable, Equatable {
             upstreamConnect: TimeAmount = .seconds(5),
             upstreamResponse: TimeAmount = .seconds(60),
             upstreamIdle: TimeAmount = .seconds(60),
+            tunnelIdle: TimeAmount = .hours(1),
             drain: TimeAmount = .seconds(30)
         ) {
             self.clientHeader = clientHeader
@@ -113,6 +117,7 @@ public struct Configuration: Sendable, Equatable {
             self.upstreamConnect = upstreamConnect
             self.upstreamResponse = upstreamResponse
             self.upstreamIdle = upstreamIdle
+            self.tunnelIdle = tunnelIdle
             self.drain = drain
         }
     }

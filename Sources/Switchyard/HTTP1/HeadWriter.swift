@@ -1,0 +1,94 @@
+import NIOCore
+
+/// Writes the heads the proxy forwards: the original bytes with hop-by-hop lines cut and the balancer's own
+/// fields added. Nothing is decoded or re-encoded.
+enum HeadWriter {
+    /// Facts about the client connection that go into forwarding fields.
+    struct ClientInfo {
+        /// The client's IP address as text.
+        var address: String
+        /// `http` or `https`.
+        var scheme: StaticString
+    }
+
+    /// Writes the request head for the backend into `output`.
+    ///
+    /// - Parameters:
+    ///   - bytes: the client's bytes, the head at `head.start..<head.end`.
+    ///   - dropped: lines not to forward, in ascending order.
+    ///   - forwardedFor: values of the client's `X-Forwarded-For` fields, kept in front of the client address.
+    static func writeRequest(
+        _ bytes: UnsafeRawBufferPointer,
+        head: RequestHead,
+        dropped: [Range<Int>],
+        forwardedFor: [Range<Int>],
+        client: ClientInfo,
+        into output: inout ByteBuffer
+    ) {
+        // Everything but the final empty line, minus the dropped lines.
+        var position = head.start
+        for line in dropped {
+            output.writeBytes(UnsafeRawBufferPointer(rebasing: bytes[position..<line.lowerBound]))
+            position = line.upperBound
+        }
+        output.writeBytes(UnsafeRawBufferPointer(rebasing: bytes[position..<(head.end - 2)]))
+
+        if head.isUpgrade, let upgrade = head.upgrade {
+            output.writeStaticString("Upgrade: ")
+            output.writeBytes(UnsafeRawBufferPointer(rebasing: bytes[upgrade]))
+            output.writeStaticString("\r\nConnection: upgrade\r\n")
+        }
+        output.writeStaticString("X-Forwarded-For: ")
+        for value in forwardedFor {
+            output.writeBytes(UnsafeRawBufferPointer(rebasing: bytes[value]))
+            output.writeStaticString(", ")
+        }
+        output.writeString(client.address)
+        output.writeStaticString("\r\nX-Real-IP: ")
+        output.writeString(client.address)
+        output.writeStaticString("\r\nX-Forwarded-Proto: ")
+        output.writeStaticString(client.scheme)
+        if let host = head.host {
+            output.writeStaticString("\r\nX-Forwarded-Host: ")
+            output.writeBytes(UnsafeRawBufferPointer(rebasing: bytes[host]))
+        }
+        output.writeStaticString("\r\n\r\n")
+    }
+
+    /// How the balancer's connection to the client continues after a response, which the forwarded head must
+    /// announce when it differs from what the backend said.
+    enum ClientConnection {
+        /// HTTP/1.1 keep-alive: nothing to announce.
+        case keepAlive
+        /// HTTP/1.0 keep-alive: `Connection: keep-alive` must be sent.
+        case keepAliveHTTP10
+        /// The connection closes after this response: `Connection: close` must be sent.
+        case close
+    }
+
+    /// Writes a rewritten response head: the backend's head without its hop-by-hop lines, plus the `Connection`
+    /// field for the client connection.
+    static func writeResponse(
+        _ bytes: UnsafeRawBufferPointer,
+        end: Int,
+        dropped: [Range<Int>],
+        connection: ClientConnection,
+        into output: inout ByteBuffer
+    ) {
+        var position = 0
+        for line in dropped {
+            output.writeBytes(UnsafeRawBufferPointer(rebasing: bytes[position..<line.lowerBound]))
+            position = line.upperBound
+        }
+        output.writeBytes(UnsafeRawBufferPointer(rebasing: bytes[position..<(end - 2)]))
+        switch connection {
+        case .keepAlive:
+            break
+        case .keepAliveHTTP10:
+            output.writeStaticString("Connection: keep-alive\r\n")
+        case .close:
+            output.writeStaticString("Connection: close\r\n")
+        }
+        output.writeStaticString("\r\n")
+    }
+}

@@ -1,0 +1,60 @@
+/// What the balancer needs to know about a request head, as offsets into the bytes it was parsed from.
+///
+/// The head is not copied or decoded into header objects: the proxy forwards the original bytes, cutting the
+/// lines listed by the parser and appending its own forwarding headers (see ``RequestHeadWriter``).
+struct RequestHead: Equatable {
+    /// Offset of the request line (after any empty lines that preceded it).
+    var start: Int
+    /// Offset just past the empty line that ends the head.
+    var end: Int
+    var method: Range<Int>
+    var target: Range<Int>
+    /// The request's HTTP minor version: 0 or 1.
+    var minorVersion: Int
+    var methodKind: HTTPMethodKind
+    /// The trimmed value of the one `Host` field, if any.
+    var host: Range<Int>?
+    var contentLength: Int?
+    var isChunked: Bool
+    var connectionClose: Bool
+    var connectionKeepAlive: Bool
+    var connectionUpgrade: Bool
+    /// The trimmed value of `Upgrade`, if any.
+    var upgrade: Range<Int>?
+    var expectsContinue: Bool
+
+    /// Whether the client asked to switch protocols (WebSocket) in a way the balancer honours.
+    var isUpgrade: Bool {
+        connectionUpgrade && upgrade != nil && minorVersion == 1
+    }
+
+    /// Whether the client connection stays open after this exchange, as far as the request says.
+    var keepAlive: Bool {
+        minorVersion == 1 ? !connectionClose : (connectionKeepAlive && !connectionClose)
+    }
+
+    /// Whether a body follows the head.
+    var hasBody: Bool {
+        isChunked || (contentLength ?? 0) > 0
+    }
+}
+
+/// The methods whose semantics the proxy cares about.
+enum HTTPMethodKind: Equatable {
+    case get
+    case head
+    case post
+    case put
+    case delete
+    case options
+    case connect
+    case other
+
+    /// Idempotent methods (RFC 9110 §9.2.2) may be sent again after a failure.
+    var isIdempotent: Bool {
+        switch self {
+        case .get, .head, .put, .delete, .options: return true
+        case .post, .connect, .other: return false
+        }
+    }
+}

@@ -1,0 +1,297 @@
+import Logging
+import NIOCore
+import NIOPosix
+
+/// The handler on a client connection: a thin adapter that feeds a ``ProxyStateMachine`` and performs its actions.
+///
+/// It owns at most one backend connection at a time (``UpstreamConnection``), opened on the same event loop,
+/// and propagates backpressure both ways by holding reads on one side while the other cannot take more, as
+/// SwiftNIO's `GlueHandler` example does.
+final class ClientConnectionHandler: ChannelDuplexHandler, RemovableChannelHandler {
+    typealias InboundIn = ByteBuffer
+    typealias OutboundIn = ByteBuffer
+    typealias OutboundOut = ByteBuffer
+
+    private let worker: Worker
+    private let scheme: StaticString
+    private var machine: ProxyStateMachine?
+    private var context: ChannelHandlerContext?
+    private var upstream: UpstreamConnection?
+    /// The backend of the current or last attempt, avoided by a retry.
+    private var lastBackend: Backend?
+    /// Identifies the current connect attempt, so a late answer to an abandoned one is ignored.
+    private var connectAttempt = 0
+    private var readPending = false
+    private var clientNeedsFlush = false
+    private var isPerformingActions = false
+
+    init(worker: Worker, scheme: StaticString) {
+        self.worker = worker
+        self.scheme = scheme
+    }
+
+    // MARK: Client channel events
+
+    func handlerAdded(context: ChannelHandlerContext) {
+        self.context = context
+        if context.channel.isActive {
+            start(context: context)
+        }
+    }
+
+    func channelActive(context: ChannelHandlerContext) {
+        if machine == nil {
+            start(context: context)
+        }
+        context.fireChannelActive()
+    }
+
+    private func start(context: ChannelHandlerContext) {
+        guard worker.connectionCounter.acquire() else {
+            worker.logger.warning(
+                "connection refused: limits.max_connections reached",
+                metadata: ["limit": "\(worker.connectionCounter.limit)"]
+            )
+            context.close(promise: nil)
+            return
+        }
+        let address = context.channel.remoteAddress?.ipAddress ?? "unknown"
+        let configuration = worker.configuration
+        let settings = ProxyStateMachine.Settings(
+            maximumHeadBytes: configuration.limits.maxHeaderBytes,
+            maximumHeaderCount: configuration.limits.maxHeaderCount,
+            clientHeaderTimeout: configuration.timeouts.clientHeader,
+            keepAliveTimeout: configuration.timeouts.keepAlive,
+            clientBodyTimeout: configuration.timeouts.clientBody,
+            upstreamResponseTimeout: configuration.timeouts.upstreamResponse,
+            tunnelIdleTimeout: configuration.timeouts.tunnelIdle,
+            client: HeadWriter.ClientInfo(address: address, scheme: scheme),
+            accessLog: worker.accessLogger != nil
+        )
+        machine = ProxyStateMachine(settings: settings, routes: worker.routes, now: .now())
+        worker.register(self)
+    }
+
+    func channelInactive(context: ChannelHandlerContext) {
+        machine?.clientClosed()
+        performActions()
+        if let upstream {
+            self.upstream = nil
+            upstream.close()
+        }
+        worker.unregister(self)
+        context.fireChannelInactive()
+    }
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        machine?.clientRead(unwrapInboundIn(data), now: .now())
+        performActions()
+    }
+
+    func channelReadComplete(context: ChannelHandlerContext) {
+        upstream?.flush()
+        context.fireChannelReadComplete()
+    }
+
+    func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
+        if let event = event as? ChannelEvent, event == .inputClosed {
+            machine?.clientInputEnded(now: .now())
+            performActions()
+            return
+        }
+        context.fireUserInboundEventTriggered(event)
+    }
+
+    func channelWritabilityChanged(context: ChannelHandlerContext) {
+        if context.channel.isWritable {
+            upstream?.resumeReading()
+        }
+        context.fireChannelWritabilityChanged()
+    }
+
+    func errorCaught(context: ChannelHandlerContext, error: Error) {
+        // Resets and timeouts from the client: nothing to answer, the close that follows tidies up.
+        worker.logger.debug("client connection error", metadata: ["error": "\(error)"])
+        context.close(promise: nil)
+    }
+
+    /// Client reads wait while the state machine cannot use more bytes or the backend cannot take them.
+    func read(context: ChannelHandlerContext) {
+        if canReadClient {
+            readPending = false
+            context.read()
+        } else {
+            readPending = true
+        }
+    }
+
+    private var canReadClient: Bool {
+        guard let machine, machine.wantsClientBytes else { return false }
+        return upstream?.isWritable ?? true
+    }
+
+    // MARK: Backend connection events
+
+    var wantsUpstreamRead: Bool {
+        guard let machine, machine.wantsUpstreamBytes else { return false }
+        return context?.channel.isWritable ?? false
+    }
+
+    func upstreamRead(_ connection: UpstreamConnection, _ buffer: ByteBuffer) {
+        guard connection === upstream else { return }
+        machine?.upstreamRead(buffer, now: .now())
+        performActions()
+    }
+
+    func upstreamClosed(_ connection: UpstreamConnection) {
+        guard connection === upstream else { return }
+        machine?.upstreamClosed(now: .now())
+        performActions()
+    }
+
+    func upstreamWritabilityChanged() {
+        resumeClientReading()
+    }
+
+    func flushClient() {
+        guard clientNeedsFlush, let context else { return }
+        clientNeedsFlush = false
+        context.flush()
+    }
+
+    // MARK: Worker events
+
+    func checkTimeouts(now: NIODeadline) {
+        machine?.checkTimeouts(now: now)
+        performActions()
+    }
+
+    func beginShutdown() {
+        machine?.beginShutdown()
+        performActions()
+    }
+
+    func forceClose() {
+        context?.close(promise: nil)
+    }
+
+    // MARK: Actions
+
+    /// Performs queued actions in order. Performing one can raise events that queue more (a write failing, a
+    /// close), so the loop runs until the queue is empty and nested calls leave the work to the outer loop.
+    private func performActions() {
+        guard !isPerformingActions else { return }
+        isPerformingActions = true
+        defer { isPerformingActions = false }
+        while let action = machine?.popAction() {
+            perform(action)
+        }
+        upstream?.flush()
+        flushClient()
+        resumeClientReading()
+        upstream?.resumeReading()
+    }
+
+    private func resumeClientReading() {
+        guard readPending, canReadClient, let context else { return }
+        readPending = false
+        context.read()
+    }
+
+    private func perform(_ action: ProxyStateMachine.Action) {
+        guard let context else { return }
+        switch action {
+        case .acquireUpstream(let tenant):
+            acquireUpstream(for: tenant, context: context)
+        case .writeUpstream(let buffer):
+            upstream?.write(buffer)
+        case .writeClient(let buffer):
+            context.write(wrapOutboundOut(buffer), promise: nil)
+            clientNeedsFlush = true
+        case .releaseUpstream(let reusable):
+            guard let connection = upstream else { return }
+            upstream = nil
+            if reusable {
+                worker.releaseUpstream(connection)
+            } else {
+                connection.close()
+            }
+        case .shutdownUpstreamOutput:
+            upstream?.shutdownOutput()
+        case .shutdownClientOutput:
+            clientNeedsFlush = false
+            context.flush()
+            context.close(mode: .output, promise: nil)
+        case .closeClient:
+            // Close only once everything written so far is on the wire.
+            clientNeedsFlush = false
+            let written = context.eventLoop.makePromise(of: Void.self)
+            context.writeAndFlush(wrapOutboundOut(ByteBuffer()), promise: written)
+            written.futureResult.assumeIsolated().whenComplete { _ in
+                context.close(promise: nil)
+            }
+        case .log(let record):
+            worker.accessLogger?.info(
+                "\(record.client) \(record.host) \(record.tenant) \(record.backend) \"\(record.method) \(record.target)\" \(record.status) \(record.bytes) \(Self.milliseconds(record.duration))ms"
+            )
+        }
+    }
+
+    private static func milliseconds(_ duration: TimeAmount) -> String {
+        let tenths = duration.nanoseconds / 100_000
+        return "\(tenths / 10).\(tenths % 10)"
+    }
+
+    private func acquireUpstream(for tenant: Tenant, context: ChannelHandlerContext) {
+        guard let backend = worker.nextBackend(of: tenant, excluding: lastBackend) else {
+            machine?.upstreamConnectFailed(.refused, now: .now())
+            return
+        }
+        lastBackend = backend
+        if let pooled = worker.takeUpstream(backend) {
+            attach(pooled, reused: true)
+            return
+        }
+        connectAttempt &+= 1
+        let attempt = connectAttempt
+        let connection = UpstreamConnection(backend: backend)
+        let loopBound = NIOLoopBound(connection, eventLoop: context.eventLoop)
+        let connected = ClientBootstrap(group: context.eventLoop)
+            .connectTimeout(worker.configuration.timeouts.upstreamConnect)
+            .channelOption(.allowRemoteHalfClosure, value: true)
+            .channelInitializer { channel in
+                channel.eventLoop.makeCompletedFuture {
+                    try channel.pipeline.syncOperations.addHandler(loopBound.value)
+                }
+            }
+            .connect(to: backend.address)
+        connected.assumeIsolated().whenComplete { result in
+            guard attempt == self.connectAttempt, self.machine?.state == .connecting else {
+                if case .success(let channel) = result { channel.close(promise: nil) }
+                return
+            }
+            switch result {
+            case .success:
+                self.attach(connection, reused: false)
+            case .failure(let error):
+                self.worker.logger.warning(
+                    "backend \(backend) of \(tenant.name): connect failed: \(error)"
+                )
+                let timedOut = (error as? ChannelError).map { if case .connectTimeout = $0 { true } else { false } }
+                self.machine?.upstreamConnectFailed(timedOut == true ? .timedOut : .refused, now: .now())
+            }
+            self.performActions()
+        }
+    }
+
+    private func attach(_ connection: UpstreamConnection, reused: Bool) {
+        connection.owner = self
+        connection.idleSince = nil
+        connection.onIdleClose = nil
+        upstream = connection
+        machine?.upstreamAttached(backend: connection.backend.description, reused: reused, now: .now())
+    }
+}
+
+@available(*, unavailable)
+extension ClientConnectionHandler: Sendable {}

@@ -1,0 +1,820 @@
+import NIOCore
+
+/// The proxy's logic for one client connection: bytes and events in, actions out. It knows nothing of sockets.
+///
+/// One value lives in each ``ClientConnectionHandler``, which feeds it what happens on the client and backend
+/// channels and performs the ``Action``s it queues, in order. Keeping the logic here means every edge case
+/// (pipelining, early responses, stale pooled connections, timeouts, upgrades) is tested by plain function calls
+/// with an explicit clock, and that a different transport could drive it unchanged.
+///
+/// A request goes through `idle` → `readingHead` → `connecting` → `exchanging` and back to `idle` (keep-alive), or
+/// into `tunnel` after a `101 Switching Protocols`, or to `closed`.
+struct ProxyStateMachine {
+    /// What the machine needs from the configuration, fixed for the connection's life.
+    struct Settings {
+        var maximumHeadBytes: Int
+        var maximumHeaderCount: Int
+        var clientHeaderTimeout: TimeAmount
+        var keepAliveTimeout: TimeAmount
+        var clientBodyTimeout: TimeAmount
+        var upstreamResponseTimeout: TimeAmount
+        var tunnelIdleTimeout: TimeAmount
+        var client: HeadWriter.ClientInfo
+        var accessLog: Bool
+        /// How many backends a request may try when connecting fails before any byte was sent.
+        var maximumAttempts: Int = 2
+    }
+
+    /// Work for the handler, performed in the order queued.
+    enum Action {
+        /// Pick one of the tenant's backends and attach a connection to it (pooled or new); answer with
+        /// ``upstreamAttached(backend:reused:now:)`` or ``upstreamConnectFailed(_:now:)``. `excluding` names a backend
+        /// that just failed, to avoid when the tenant has others.
+        case acquireUpstream(Tenant)
+        case writeUpstream(ByteBuffer)
+        case writeClient(ByteBuffer)
+        /// Detach the backend connection: back to the pool if `reusable`, else closed.
+        case releaseUpstream(reusable: Bool)
+        /// Half-close the backend connection (tunnel only).
+        case shutdownUpstreamOutput
+        /// Half-close the client connection (tunnel only).
+        case shutdownClientOutput
+        /// Close the client connection once what was written is flushed.
+        case closeClient
+        case log(AccessLogRecord)
+    }
+
+    /// Why connecting to a backend failed.
+    enum ConnectFailure {
+        case refused
+        case timedOut
+    }
+
+    enum State: Equatable {
+        case idle
+        case readingHead
+        case connecting
+        case exchanging
+        case tunnel
+        case closed
+    }
+
+    private enum ResponsePhase {
+        case awaitingHead
+        case body(BodyFraming)
+        case complete
+    }
+
+    /// One request and its response.
+    private struct Exchange {
+        /// `nil` when no tenant serves the host (answered 404).
+        var tenant: Tenant?
+        var host: String
+        var backend: String = "-"
+        var method: String = ""
+        var target: String = ""
+        var keepAlive: Bool
+        var minorVersion: Int
+        var isHead: Bool
+        var isUpgrade: Bool
+        /// The head as forwarded, kept until the response starts in case the request is sent again.
+        var upstreamHead: ByteBuffer?
+        /// Whether the request may be sent a second time: idempotent and without a body.
+        var replayable: Bool
+        var requestBody: BodyFraming
+        /// Body bytes read with the head, sent after the head once a backend is attached.
+        var earlyBody: ByteBuffer?
+        var response: ResponsePhase = .awaitingHead
+        /// Response head bytes received so far, when the head spans reads.
+        var partialResponseHead: ByteBuffer?
+        var responseStarted = false
+        var upstreamReused = false
+        var upstreamKeepAlive = true
+        var attempts = 1
+        var status = 0
+        var bytesToClient = 0
+        var started: NIODeadline
+    }
+
+    private(set) var state: State = .idle
+    private let settings: Settings
+    private let routes: RouteSource
+    private var requestParser: RequestHeadParser
+    private var responseParser: ResponseHeadParser
+    /// Client bytes not yet acted on: the rest of a head, or pipelined requests.
+    private var inbound: ByteBuffer?
+    private var exchange: Exchange?
+    private var clientDeadline: NIODeadline?
+    private var upstreamDeadline: NIODeadline?
+    private var clientInputClosed = false
+    private var shuttingDown = false
+    private var actions: [Action] = []
+    private var nextAction = 0
+
+    init(settings: Settings, routes: RouteSource, now: NIODeadline) {
+        self.settings = settings
+        self.routes = routes
+        self.requestParser = RequestHeadParser(
+            maximumHeadBytes: settings.maximumHeadBytes,
+            maximumHeaderCount: settings.maximumHeaderCount
+        )
+        self.responseParser = ResponseHeadParser(
+            maximumHeadBytes: settings.maximumHeadBytes,
+            maximumHeaderCount: settings.maximumHeaderCount
+        )
+        self.clientDeadline = now + settings.keepAliveTimeout
+        actions.reserveCapacity(8)
+    }
+
+    // MARK: Actions
+
+    /// The next action to perform, if any.
+    mutating func popAction() -> Action? {
+        guard nextAction < actions.count else {
+            if !actions.isEmpty { actions.removeAll(keepingCapacity: true) }
+            nextAction = 0
+            return nil
+        }
+        let action = actions[nextAction]
+        nextAction += 1
+        return action
+    }
+
+    private mutating func queue(_ action: Action) {
+        actions.append(action)
+    }
+
+    /// Whether the handler should read from the client now. Reads stop while a backend is being connected and
+    /// while a finished request waits for its response, so that pipelined requests queue in the kernel rather than
+    /// in memory.
+    var wantsClientBytes: Bool {
+        switch state {
+        case .idle, .readingHead:
+            return !clientInputClosed
+        case .exchanging:
+            if let exchange, !exchange.requestBody.isComplete { return !clientInputClosed }
+            return false
+        case .tunnel:
+            return !clientInputClosed
+        case .connecting, .closed:
+            return false
+        }
+    }
+
+    /// Whether the handler should read from the attached backend connection now.
+    var wantsUpstreamBytes: Bool {
+        state == .exchanging || state == .tunnel
+    }
+
+    // MARK: Client events
+
+    /// Bytes from the client.
+    mutating func clientRead(_ buffer: ByteBuffer, now: NIODeadline) {
+        switch state {
+        case .closed:
+            return
+        case .tunnel:
+            clientDeadline = now + settings.tunnelIdleTimeout
+            queue(.writeUpstream(buffer))
+            return
+        case .idle, .readingHead, .connecting, .exchanging:
+            if var pending = inbound, pending.readableBytes > 0 {
+                // Release our reference first so that appending does not copy the pending bytes.
+                inbound = nil
+                var buffer = buffer
+                pending.writeBuffer(&buffer)
+                inbound = pending
+            } else {
+                inbound = buffer
+            }
+            processInbound(now: now)
+        }
+    }
+
+    /// The client closed its sending side.
+    mutating func clientInputEnded(now: NIODeadline) {
+        clientInputClosed = true
+        switch state {
+        case .idle, .readingHead:
+            close()
+        case .connecting, .exchanging:
+            if let exchange, !exchange.requestBody.isComplete {
+                // The request can never be completed: abandon it.
+                abort()
+            }
+        case .tunnel:
+            queue(.shutdownUpstreamOutput)
+        case .closed:
+            break
+        }
+    }
+
+    /// The client connection is gone.
+    mutating func clientClosed() {
+        switch state {
+        case .exchanging, .tunnel:
+            queue(.releaseUpstream(reusable: false))
+        case .idle, .readingHead, .connecting, .closed:
+            break
+        }
+        state = .closed
+        exchange = nil
+        inbound = nil
+    }
+
+    /// The server is shutting down: finish the current exchange, then close.
+    mutating func beginShutdown() {
+        shuttingDown = true
+        if state == .idle {
+            close()
+        }
+    }
+
+    // MARK: Backend events
+
+    /// A backend connection is ready for the current request.
+    mutating func upstreamAttached(backend: String, reused: Bool, now: NIODeadline) {
+        guard state == .connecting, var exchange else { return }
+        state = .exchanging
+        exchange.backend = backend
+        exchange.upstreamReused = reused
+        if let head = exchange.upstreamHead {
+            queue(.writeUpstream(head))
+        }
+        if let body = exchange.earlyBody {
+            queue(.writeUpstream(body))
+            exchange.earlyBody = nil
+        }
+        if !exchange.replayable {
+            exchange.upstreamHead = nil
+        }
+        self.exchange = exchange
+        upstreamDeadline = now + settings.upstreamResponseTimeout
+        if !exchange.requestBody.isComplete {
+            clientDeadline = now + settings.clientBodyTimeout
+        }
+        processInbound(now: now)
+    }
+
+    /// Connecting to the backend failed; nothing was sent.
+    mutating func upstreamConnectFailed(_ failure: ConnectFailure, now: NIODeadline) {
+        guard state == .connecting, var exchange else { return }
+        if let tenant = exchange.tenant, exchange.attempts < settings.maximumAttempts, tenant.backends.count > 1 {
+            exchange.attempts += 1
+            self.exchange = exchange
+            queue(.acquireUpstream(tenant))
+            return
+        }
+        respondToFailedExchange(failure == .timedOut ? .gatewayTimeout : .badGateway, now: now)
+    }
+
+    /// Bytes from the backend.
+    mutating func upstreamRead(_ buffer: ByteBuffer, now: NIODeadline) {
+        switch state {
+        case .tunnel:
+            clientDeadline = now + settings.tunnelIdleTimeout
+            queue(.writeClient(buffer))
+        case .exchanging:
+            upstreamDeadline = now + settings.upstreamResponseTimeout
+            receiveResponse(buffer, now: now)
+        case .idle, .readingHead, .connecting, .closed:
+            // Nothing is expected from a backend here; the handler closes it when released.
+            break
+        }
+    }
+
+    /// The backend closed its sending side or the whole connection.
+    mutating func upstreamClosed(now: NIODeadline) {
+        switch state {
+        case .tunnel:
+            // The backend is done sending: pass the end on, then close once the client is done too.
+            if clientInputClosed {
+                queue(.releaseUpstream(reusable: false))
+                close()
+            } else {
+                queue(.shutdownClientOutput)
+            }
+        case .exchanging:
+            guard var exchange else { return }
+            switch exchange.response {
+            case .awaitingHead:
+                if let tenant = exchange.tenant, exchange.upstreamReused, exchange.replayable,
+                    exchange.upstreamHead != nil, exchange.attempts < settings.maximumAttempts
+                {
+                    // A pooled connection the backend had already closed: send the request again on a fresh one.
+                    exchange.attempts += 1
+                    exchange.upstreamReused = false
+                    self.exchange = exchange
+                    state = .connecting
+                    queue(.releaseUpstream(reusable: false))
+                    queue(.acquireUpstream(tenant))
+                    return
+                }
+                queue(.releaseUpstream(reusable: false))
+                if exchange.responseStarted {
+                    close()
+                } else {
+                    respondToFailedExchange(.badGateway, now: now)
+                }
+            case .body(.untilClose):
+                exchange.response = .complete
+                exchange.upstreamKeepAlive = false
+                exchange.keepAlive = false
+                self.exchange = exchange
+                finishExchange(now: now)
+            case .body, .complete:
+                // A truncated body cannot be reported to the client except by closing.
+                queue(.releaseUpstream(reusable: false))
+                close()
+            }
+        case .idle, .readingHead, .connecting, .closed:
+            break
+        }
+    }
+
+    // MARK: Timeouts
+
+    /// Applies whichever deadline has passed.
+    mutating func checkTimeouts(now: NIODeadline) {
+        switch state {
+        case .idle:
+            if let deadline = clientDeadline, now >= deadline { close() }
+        case .readingHead:
+            if let deadline = clientDeadline, now >= deadline {
+                var output = ByteBuffer()
+                ErrorResponse.write(.requestTimeout, close: true, into: &output)
+                queue(.writeClient(output))
+                close()
+            }
+        case .connecting:
+            break  // the connect timeout is the transport's
+        case .exchanging:
+            guard let exchange else { return }
+            if !exchange.requestBody.isComplete, let deadline = clientDeadline, now >= deadline {
+                queue(.releaseUpstream(reusable: false))
+                if exchange.responseStarted {
+                    close()
+                } else {
+                    respondToFailedExchange(.requestTimeout, now: now)
+                }
+                return
+            }
+            if let deadline = upstreamDeadline, now >= deadline {
+                queue(.releaseUpstream(reusable: false))
+                if exchange.responseStarted {
+                    close()
+                } else {
+                    respondToFailedExchange(.gatewayTimeout, now: now)
+                }
+            }
+        case .tunnel:
+            if let deadline = clientDeadline, now >= deadline {
+                queue(.releaseUpstream(reusable: false))
+                close()
+            }
+        case .closed:
+            break
+        }
+    }
+
+    // MARK: Requests
+
+    /// Acts on buffered client bytes as far as the state allows.
+    private mutating func processInbound(now: NIODeadline) {
+        while let buffer = inbound, buffer.readableBytes > 0 {
+            switch state {
+            case .idle, .readingHead:
+                guard startRequest(now: now) else { return }
+            case .exchanging:
+                guard let exchange, !exchange.requestBody.isComplete else { return }
+                forwardRequestBody(now: now)
+            case .tunnel:
+                queue(.writeUpstream(buffer))
+                inbound = nil
+            case .connecting, .closed:
+                return
+            }
+        }
+        // Let go of drained buffers so the channel can reuse its receive buffer.
+        if let buffer = inbound, buffer.readableBytes == 0 { inbound = nil }
+    }
+
+    /// Parses and routes the head at the start of `inbound`; returns whether processing may go on.
+    private mutating func startRequest(now: NIODeadline) -> Bool {
+        guard var buffer = inbound else { return false }
+        if state == .idle {
+            state = .readingHead
+            clientDeadline = now + settings.clientHeaderTimeout
+            requestParser.reset()
+        }
+        let result = buffer.withUnsafeReadableBytes { requestParser.parse($0) }
+        switch result {
+        case .incomplete:
+            return false
+        case .failure(let error):
+            refuse(ErrorResponse.status(for: error))
+            return false
+        case .complete(let head):
+            return routeRequest(head, buffer: &buffer, now: now)
+        }
+    }
+
+    private mutating func routeRequest(_ head: RequestHead, buffer: inout ByteBuffer, now: NIODeadline) -> Bool {
+        let routed: (host: String, tenant: Tenant?)? = buffer.withUnsafeReadableBytes { bytes in
+            // HTTP/1.0 without Host cannot be routed on a shared address.
+            guard let host = head.host, let name = HostName.normalize(UnsafeRawBufferPointer(rebasing: bytes[host]))
+            else { return nil }
+            return (name, routes.current.tenant(forNormalizedHost: name))
+        }
+        guard let routed else {
+            refuse(.badRequest)
+            return false
+        }
+        let keepAlive = head.keepAlive && !shuttingDown
+        var exchange = Exchange(
+            tenant: routed.tenant,
+            host: routed.host,
+            keepAlive: keepAlive,
+            minorVersion: head.minorVersion,
+            isHead: head.methodKind == .head,
+            isUpgrade: head.isUpgrade,
+            replayable: head.methodKind.isIdempotent && !head.hasBody,
+            requestBody: head.isChunked ? .chunked(ChunkedBodyTracker()) : .length(head.contentLength ?? 0),
+            started: now
+        )
+        if exchange.requestBody == .length(0) { exchange.requestBody = .done }
+        if settings.accessLog {
+            buffer.withUnsafeReadableBytes { bytes in
+                exchange.method = String(decoding: UnsafeRawBufferPointer(rebasing: bytes[head.method]), as: UTF8.self)
+                exchange.target = String(decoding: UnsafeRawBufferPointer(rebasing: bytes[head.target]), as: UTF8.self)
+            }
+        }
+        guard let tenant = routed.tenant else {
+            // Never forwarded. The body, if any, is not read: close unless there is none.
+            let close = !keepAlive || head.hasBody
+            var output = ByteBuffer()
+            ErrorResponse.write(.notFound, host: routed.host, close: close, headOnly: exchange.isHead, into: &output)
+            exchange.status = 404
+            exchange.bytesToClient = output.readableBytes
+            buffer.moveReaderIndex(forwardBy: head.end)
+            inbound = buffer
+            queue(.writeClient(output))
+            log(exchange, now: now)
+            if close {
+                self.close()
+                return false
+            }
+            state = .idle
+            clientDeadline = now + settings.keepAliveTimeout
+            requestParser.reset()
+            return true
+        }
+
+        var upstreamHead = ByteBuffer()
+        upstreamHead.reserveCapacity(head.end - head.start + 256)
+        buffer.withUnsafeReadableBytes { bytes in
+            HeadWriter.writeRequest(
+                bytes,
+                head: head,
+                dropped: requestParser.droppedLines,
+                forwardedFor: requestParser.forwardedFor,
+                client: settings.client,
+                into: &upstreamHead
+            )
+        }
+        buffer.moveReaderIndex(forwardBy: head.end)
+
+        // Body bytes that came with the head are checked now, so that a malformed chunked body is refused before
+        // anything reaches a backend.
+        if !exchange.requestBody.isComplete, buffer.readableBytes > 0 {
+            let progress = buffer.withUnsafeReadableBytes { exchange.requestBody.consume($0) }
+            switch progress {
+            case .invalid:
+                inbound = nil
+                refuse(.badRequest)
+                return false
+            case .needMore:
+                exchange.earlyBody = buffer
+                buffer = ByteBuffer()
+            case .complete(let count):
+                exchange.earlyBody = buffer.readSlice(length: count)
+            }
+        }
+        inbound = buffer.readableBytes > 0 ? buffer : nil
+        exchange.upstreamHead = upstreamHead
+        self.exchange = exchange
+        state = .connecting
+        clientDeadline = nil
+        queue(.acquireUpstream(tenant))
+        return false
+    }
+
+    /// Forwards request body bytes from `inbound` to the backend.
+    private mutating func forwardRequestBody(now: NIODeadline) {
+        guard var buffer = inbound, var exchange else { return }
+        let progress = buffer.withUnsafeReadableBytes { exchange.requestBody.consume($0) }
+        switch progress {
+        case .needMore:
+            queue(.writeUpstream(buffer))
+            inbound = nil
+            clientDeadline = now + settings.clientBodyTimeout
+        case .complete(let count):
+            if let slice = buffer.readSlice(length: count), slice.readableBytes > 0 {
+                queue(.writeUpstream(slice))
+            }
+            inbound = buffer.readableBytes > 0 ? buffer : nil
+            clientDeadline = nil
+        case .invalid:
+            // Part of the request already went out; the backend sees it cut short.
+            self.exchange = exchange
+            inbound = nil
+            queue(.releaseUpstream(reusable: false))
+            if exchange.responseStarted {
+                close()
+            } else {
+                refuse(.badRequest)
+            }
+            return
+        }
+        self.exchange = exchange
+        if exchange.requestBody.isComplete, case .complete = exchange.response {
+            finishExchange(now: now)
+        }
+    }
+
+    // MARK: Responses
+
+    private mutating func receiveResponse(_ buffer: ByteBuffer, now: NIODeadline) {
+        guard var exchange else { return }
+        var buffer = buffer
+        while buffer.readableBytes > 0 {
+            switch exchange.response {
+            case .complete:
+                // Bytes past the end of the response: the backend connection cannot be trusted again.
+                exchange.upstreamKeepAlive = false
+                self.exchange = exchange
+                return
+            case .body(var framing):
+                let progress = buffer.withUnsafeReadableBytes { framing.consume($0) }
+                switch progress {
+                case .needMore:
+                    exchange.response = .body(framing)
+                    exchange.bytesToClient += buffer.readableBytes
+                    queue(.writeClient(buffer))
+                    self.exchange = exchange
+                    return
+                case .complete(let count):
+                    if let slice = buffer.readSlice(length: count), slice.readableBytes > 0 {
+                        exchange.bytesToClient += slice.readableBytes
+                        queue(.writeClient(slice))
+                    }
+                    exchange.response = .complete
+                    if buffer.readableBytes > 0 { exchange.upstreamKeepAlive = false }
+                    self.exchange = exchange
+                    finishExchange(now: now)
+                    return
+                case .invalid:
+                    self.exchange = exchange
+                    queue(.releaseUpstream(reusable: false))
+                    close()
+                    return
+                }
+            case .awaitingHead:
+                if var partial = exchange.partialResponseHead {
+                    partial.writeBuffer(&buffer)
+                    buffer = partial
+                    exchange.partialResponseHead = nil
+                }
+                let result = buffer.withUnsafeReadableBytes { responseParser.parse($0) }
+                switch result {
+                case .incomplete:
+                    exchange.partialResponseHead = buffer
+                    self.exchange = exchange
+                    return
+                case .failure:
+                    self.exchange = exchange
+                    queue(.releaseUpstream(reusable: false))
+                    if exchange.responseStarted {
+                        close()
+                    } else {
+                        respondToFailedExchange(.badGateway, now: now)
+                    }
+                    return
+                case .complete(let head):
+                    responseParser.reset()
+                    exchange.responseStarted = true
+                    exchange.upstreamHead = nil
+                    if head.isInterim {
+                        if let slice = buffer.readSlice(length: head.end) {
+                            exchange.bytesToClient += slice.readableBytes
+                            queue(.writeClient(slice))
+                        }
+                        continue
+                    }
+                    if head.status == 101 {
+                        guard exchange.isUpgrade else {
+                            self.exchange = exchange
+                            queue(.releaseUpstream(reusable: false))
+                            close()
+                            return
+                        }
+                        exchange.status = 101
+                        exchange.bytesToClient += buffer.readableBytes
+                        queue(.writeClient(buffer))
+                        self.exchange = exchange
+                        log(exchange, now: now)
+                        enterTunnel(now: now)
+                        return
+                    }
+                    startResponseBody(head, buffer: &buffer, exchange: &exchange)
+                }
+            }
+        }
+        self.exchange = exchange
+        if case .complete = exchange.response {
+            finishExchange(now: now)
+        }
+    }
+
+    /// Decides the response's framing and the client connection's fate, and forwards the head (rewritten only if
+    /// it must be).
+    private mutating func startResponseBody(_ head: ResponseHead, buffer: inout ByteBuffer, exchange: inout Exchange) {
+        exchange.status = head.status
+        let framing: BodyFraming
+        if exchange.isHead || head.status == 204 || head.status == 304 {
+            framing = .done
+        } else if head.isChunked {
+            framing = .chunked(ChunkedBodyTracker())
+        } else if let length = head.contentLength, !head.hasOtherTransferCoding {
+            framing = length == 0 ? .done : .length(length)
+        } else {
+            framing = .untilClose
+        }
+        exchange.upstreamKeepAlive = head.backendKeepAlive && framing != .untilClose
+        if framing == .untilClose || clientInputClosed || !exchange.requestBody.isComplete {
+            exchange.keepAlive = false
+        }
+        let connection: HeadWriter.ClientConnection =
+            !exchange.keepAlive ? .close : (exchange.minorVersion == 0 ? .keepAliveHTTP10 : .keepAlive)
+        if head.mustRewrite || connection != .keepAlive {
+            var output = ByteBuffer()
+            output.reserveCapacity(head.end + 24)
+            buffer.withUnsafeReadableBytes { bytes in
+                HeadWriter.writeResponse(
+                    bytes,
+                    end: head.end,
+                    dropped: responseParser.droppedLines,
+                    connection: connection,
+                    into: &output
+                )
+            }
+            buffer.moveReaderIndex(forwardBy: head.end)
+            exchange.bytesToClient += output.readableBytes
+            queue(.writeClient(output))
+            exchange.response = .body(framing)
+        } else if framing.isComplete {
+            // The whole response is the head: forward it in one piece.
+            if let slice = buffer.readSlice(length: head.end) {
+                exchange.bytesToClient += slice.readableBytes
+                queue(.writeClient(slice))
+            }
+            exchange.response = .complete
+            if buffer.readableBytes > 0 { exchange.upstreamKeepAlive = false }
+            buffer.moveReaderIndex(to: buffer.writerIndex)
+            return
+        } else {
+            // Forward head and body bytes as one slice of the read buffer: no copy, one write.
+            var framing = framing
+            let progress = buffer.withUnsafeReadableBytes { bytes in
+                framing.consume(UnsafeRawBufferPointer(rebasing: bytes[head.end...]))
+            }
+            switch progress {
+            case .needMore:
+                exchange.bytesToClient += buffer.readableBytes
+                queue(.writeClient(buffer))
+                buffer.moveReaderIndex(to: buffer.writerIndex)
+                exchange.response = .body(framing)
+            case .complete(let count):
+                if let whole = buffer.readSlice(length: head.end + count) {
+                    exchange.bytesToClient += whole.readableBytes
+                    queue(.writeClient(whole))
+                }
+                exchange.response = .complete
+                if buffer.readableBytes > 0 { exchange.upstreamKeepAlive = false }
+                buffer.moveReaderIndex(to: buffer.writerIndex)
+            case .invalid:
+                exchange.upstreamKeepAlive = false
+                exchange.keepAlive = false
+                exchange.response = .complete
+                if let headSlice = buffer.readSlice(length: head.end) {
+                    queue(.writeClient(headSlice))
+                }
+                buffer.moveReaderIndex(to: buffer.writerIndex)
+            }
+        }
+    }
+
+    /// The response is complete: release the backend, log, and go on with the next request or close.
+    private mutating func finishExchange(now: NIODeadline) {
+        guard let exchange, case .complete = exchange.response else { return }
+        guard exchange.requestBody.isComplete else {
+            // The backend answered before the request body was all sent (an early error, say): the rest of the
+            // body cannot be told from a next request, so both connections go.
+            queue(.releaseUpstream(reusable: false))
+            log(exchange, now: now)
+            close()
+            return
+        }
+        queue(.releaseUpstream(reusable: exchange.upstreamKeepAlive))
+        log(exchange, now: now)
+        self.exchange = nil
+        if exchange.keepAlive && !clientInputClosed && !shuttingDown {
+            state = .idle
+            clientDeadline = now + settings.keepAliveTimeout
+            upstreamDeadline = nil
+            requestParser.reset()
+            processInbound(now: now)
+        } else {
+            close()
+        }
+    }
+
+    private mutating func enterTunnel(now: NIODeadline) {
+        state = .tunnel
+        upstreamDeadline = nil
+        clientDeadline = now + settings.tunnelIdleTimeout
+        exchange = nil
+        processInbound(now: now)
+    }
+
+    // MARK: Endings
+
+    /// Answers a request that was not forwarded because it is refused outright; the connection closes, since the
+    /// request stream can no longer be trusted.
+    private mutating func refuse(_ status: ErrorResponse.Status) {
+        var output = ByteBuffer()
+        ErrorResponse.write(status, close: true, into: &output)
+        inbound = nil
+        queue(.writeClient(output))
+        close()
+    }
+
+    /// Answers the current request with an error of the balancer's own (502, 503, 504, 408).
+    private mutating func respondToFailedExchange(_ status: ErrorResponse.Status, now: NIODeadline) {
+        guard var exchange else { return }
+        let close = !exchange.keepAlive || !exchange.requestBody.isComplete || clientInputClosed || shuttingDown
+        var output = ByteBuffer()
+        ErrorResponse.write(status, close: close, headOnly: exchange.isHead, into: &output)
+        exchange.status = status.code
+        exchange.bytesToClient += output.readableBytes
+        queue(.writeClient(output))
+        log(exchange, now: now)
+        self.exchange = nil
+        if close {
+            self.close()
+        } else {
+            state = .idle
+            clientDeadline = now + settings.keepAliveTimeout
+            upstreamDeadline = nil
+            requestParser.reset()
+            processInbound(now: now)
+        }
+    }
+
+    /// Abandons the exchange: the backend connection and the client connection are closed.
+    private mutating func abort() {
+        if state == .exchanging || state == .tunnel {
+            queue(.releaseUpstream(reusable: false))
+        }
+        close()
+    }
+
+    private mutating func close() {
+        guard state != .closed else { return }
+        state = .closed
+        exchange = nil
+        inbound = nil
+        clientDeadline = nil
+        upstreamDeadline = nil
+        queue(.closeClient)
+    }
+
+    private mutating func log(_ exchange: Exchange, now: NIODeadline) {
+        guard settings.accessLog else { return }
+        queue(
+            .log(
+                AccessLogRecord(
+                    client: settings.client.address,
+                    host: exchange.host,
+                    tenant: exchange.tenant?.name ?? "-",
+                    backend: exchange.backend,
+                    method: exchange.method,
+                    target: exchange.target,
+                    status: exchange.status,
+                    bytes: exchange.bytesToClient,
+                    duration: now - exchange.started
+                )
+            )
+        )
+    }
+}

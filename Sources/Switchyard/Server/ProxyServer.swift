@@ -1,0 +1,146 @@
+import Logging
+import NIOConcurrencyHelpers
+import NIOCore
+import NIOPosix
+import ServiceLifecycle
+
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Musl)
+import Musl
+#elseif canImport(Darwin)
+import Darwin
+#endif
+
+/// The balancer's data plane as a `Service`: one listening socket per event loop and address (`SO_REUSEPORT`,
+/// so the kernel spreads new connections over the loops), a ``Worker`` per loop, and a graceful drain on shutdown.
+public final class ProxyServer: Service {
+    private let configuration: Configuration
+    private let group: MultiThreadedEventLoopGroup
+    private let routes: RouteSource
+    private let logger: Logger
+    private let accessLogger: Logger?
+    private let workers: [NIOLoopBoundBox<Worker>]
+    private let listeners: NIOLockedValueBox<[Channel]> = NIOLockedValueBox([])
+    private let bound: NIOLockedValueBox<[SocketAddress]> = NIOLockedValueBox([])
+
+    /// - Parameters:
+    ///   - group: the worker loops; one listener per loop and address is opened on it.
+    ///   - routes: the routing snapshot, which the caller may replace while the server runs.
+    public init(
+        configuration: Configuration,
+        group: MultiThreadedEventLoopGroup,
+        routes: RouteSource,
+        logger: Logger
+    ) {
+        self.configuration = configuration
+        self.group = group
+        self.routes = routes
+        self.logger = logger
+        self.accessLogger = configuration.accessLog ? Logger(label: "switchyard.access") : nil
+        let counter = ConnectionCounter(limit: configuration.limits.maxConnections)
+        var workers: [NIOLoopBoundBox<Worker>] = []
+        for loop in group.makeIterator() {
+            let worker = Worker(
+                eventLoop: loop,
+                routes: routes,
+                configuration: configuration,
+                connectionCounter: counter,
+                logger: logger,
+                accessLogger: accessLogger
+            )
+            workers.append(NIOLoopBoundBox.makeBoxSendingValue(worker, eventLoop: loop))
+        }
+        self.workers = workers
+    }
+
+    /// The addresses actually bound (with the real port when the configuration asked for port 0).
+    public var boundAddresses: [SocketAddress] {
+        bound.withLockedValue { $0 }
+    }
+
+    /// Opens the listeners. Separate from ``run()`` so that callers (tests, the demo) can learn the ports.
+    public func start() async throws {
+        for worker in workers {
+            try await worker.eventLoop.submit { worker.value.start() }.get()
+        }
+        var channels: [Channel] = []
+        var addresses: [SocketAddress] = []
+        for address in configuration.listen.http {
+            // With port 0 the first listener picks a port and the others join it.
+            var target = address
+            for worker in workers {
+                let channel = try await bind(target, worker: worker)
+                channels.append(channel)
+                if let local = channel.localAddress, target.port == 0 {
+                    target = local
+                }
+            }
+            addresses.append(target)
+            logger.info("listening for http on \(target)")
+        }
+        let started = channels
+        listeners.withLockedValue { $0 = started }
+        let resolved = addresses
+        bound.withLockedValue { $0 = resolved }
+    }
+
+    private func bind(_ address: SocketAddress, worker: NIOLoopBoundBox<Worker>) async throws -> Channel {
+        let loop = worker.eventLoop
+        return try await ServerBootstrap(group: loop)
+            .serverChannelOption(.backlog, value: 4096)
+            .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
+            .serverChannelOption(
+                ChannelOptions.Types.SocketOption(level: SocketOptionLevel(SOL_SOCKET), name: SocketOptionName(SO_REUSEPORT)),
+                value: 1
+            )
+            .serverChannelOption(.maxMessagesPerRead, value: 16)
+            .childChannelOption(.allowRemoteHalfClosure, value: true)
+            .childChannelInitializer { channel in
+                channel.eventLoop.makeCompletedFuture {
+                    let handler = ClientConnectionHandler(worker: worker.value, scheme: "http")
+                    try channel.pipeline.syncOperations.addHandler(handler)
+                }
+            }
+            .bind(to: address)
+            .get()
+    }
+
+    /// Serves until graceful shutdown is requested, then drains: listeners close at once, requests in flight get
+    /// up to `timeouts.drain` to finish, and whatever is left is closed.
+    public func run() async throws {
+        if listeners.withLockedValue({ $0.isEmpty }) {
+            try await start()
+        }
+        try? await gracefulShutdown()
+        await shutdown()
+    }
+
+    /// Stops accepting, drains and closes.
+    public func shutdown() async {
+        let channels = listeners.withLockedValue { channels in
+            defer { channels = [] }
+            return channels
+        }
+        for channel in channels {
+            try? await channel.close()
+        }
+        logger.info("draining connections", metadata: ["timeout": "\(configuration.timeouts.drain)"])
+        for worker in workers {
+            try? await worker.eventLoop.submit { worker.value.beginShutdown() }.get()
+        }
+        let deadline = NIODeadline.now() + configuration.timeouts.drain
+        while NIODeadline.now() < deadline {
+            var open = 0
+            for worker in workers {
+                open += (try? await worker.eventLoop.submit { worker.value.connectionCount }.get()) ?? 0
+            }
+            if open == 0 { break }
+            try? await Task.sleep(for: .milliseconds(50))
+        }
+        for worker in workers {
+            try? await worker.eventLoop.submit { worker.value.closeAll() }.get()
+        }
+        logger.info("stopped")
+    }
+}

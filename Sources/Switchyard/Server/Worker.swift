@@ -1,0 +1,143 @@
+import Logging
+import NIOCore
+import NIOPosix
+
+/// The data path's state for one event loop: its client connections, its pool of backend connections, its
+/// round-robin positions and the sweep that enforces timeouts.
+///
+/// Everything here is touched only on `eventLoop`, so none of it needs a lock. A connection, its backend
+/// connection and the pool it returns to all stay on one loop for their whole life.
+final class Worker {
+    let eventLoop: EventLoop
+    let routes: RouteSource
+    let configuration: Configuration
+    let logger: Logger
+    let accessLogger: Logger?
+    /// Shared by all workers: the `limits.max_connections` budget.
+    let connectionCounter: ConnectionCounter
+
+    private(set) var pool: UpstreamPool
+    private var connections: [ObjectIdentifier: ClientConnectionHandler] = [:]
+    private var roundRobin: [ObjectIdentifier: Int] = [:]
+    private var sweep: RepeatedTask?
+    private var shuttingDown = false
+
+    init(
+        eventLoop: EventLoop,
+        routes: RouteSource,
+        configuration: Configuration,
+        connectionCounter: ConnectionCounter,
+        logger: Logger,
+        accessLogger: Logger?
+    ) {
+        self.eventLoop = eventLoop
+        self.routes = routes
+        self.configuration = configuration
+        self.connectionCounter = connectionCounter
+        self.logger = logger
+        self.accessLogger = accessLogger
+        self.pool = UpstreamPool(capacityPerBackend: configuration.limits.upstreamKeepAlive)
+    }
+
+    /// How often timeouts are checked: fine enough for the shortest configured timeout, coarse enough to cost
+    /// nothing (nginx and HAProxy also check timers in batches rather than arming one per request).
+    var sweepInterval: TimeAmount {
+        let timeouts = configuration.timeouts
+        let shortest = [
+            timeouts.clientHeader, timeouts.keepAlive, timeouts.clientBody, timeouts.upstreamResponse,
+            timeouts.upstreamIdle,
+        ].min() ?? .seconds(1)
+        return max(.milliseconds(10), min(.seconds(1), .nanoseconds(shortest.nanoseconds / 4)))
+    }
+
+    /// Starts the timeout sweep; call on the loop.
+    func start() {
+        eventLoop.assertInEventLoop()
+        let worker = NIOLoopBound(self, eventLoop: eventLoop)
+        sweep = eventLoop.scheduleRepeatedTask(initialDelay: sweepInterval, delay: sweepInterval) { _ in
+            worker.value.sweepTimeouts()
+        }
+    }
+
+    func register(_ connection: ClientConnectionHandler) {
+        connections[ObjectIdentifier(connection)] = connection
+        if shuttingDown { connection.beginShutdown() }
+    }
+
+    func unregister(_ connection: ClientConnectionHandler) {
+        if connections.removeValue(forKey: ObjectIdentifier(connection)) != nil {
+            connectionCounter.release()
+        }
+    }
+
+    var connectionCount: Int {
+        connections.count
+    }
+
+    /// Picks the tenant's next backend in round-robin order, skipping `excluded` when there is another.
+    func nextBackend(of tenant: Tenant, excluding excluded: Backend?) -> Backend? {
+        let backends = tenant.backends
+        guard !backends.isEmpty else { return nil }
+        let key = ObjectIdentifier(tenant)
+        var position = roundRobin[key] ?? 0
+        var backend = backends[position % backends.count]
+        position &+= 1
+        if let excluded, backend === excluded, backends.count > 1 {
+            backend = backends[position % backends.count]
+            position &+= 1
+        }
+        roundRobin[key] = position % backends.count
+        return backend
+    }
+
+    /// An idle pooled connection to `backend`, if any.
+    func takeUpstream(_ backend: Backend) -> UpstreamConnection? {
+        pool.take(backend)
+    }
+
+    /// Returns a connection to the pool, or closes it when the pool is full or the worker is stopping.
+    func releaseUpstream(_ connection: UpstreamConnection) {
+        connection.owner = nil
+        connection.idleSince = .now()
+        connection.onIdleClose = { [self] closed in self.pool.remove(closed) }
+        if shuttingDown || !connection.isActive || !pool.put(connection) {
+            connection.close()
+        } else {
+            connection.resumeReading()
+        }
+    }
+
+    private func sweepTimeouts() {
+        let now = NIODeadline.now()
+        for connection in connections.values {
+            connection.checkTimeouts(now: now)
+        }
+        for connection in pool.expire(idleSince: now - configuration.timeouts.upstreamIdle) {
+            connection.close()
+        }
+    }
+
+    /// Stops keep-alive: idle client connections close now, busy ones after their current response; pooled backend
+    /// connections close.
+    func beginShutdown() {
+        shuttingDown = true
+        for connection in connections.values {
+            connection.beginShutdown()
+        }
+        for connection in pool.removeAll() {
+            connection.close()
+        }
+    }
+
+    /// Closes every remaining connection: the drain time is over.
+    func closeAll() {
+        for connection in connections.values {
+            connection.forceClose()
+        }
+        sweep?.cancel()
+        sweep = nil
+    }
+}
+
+@available(*, unavailable)
+extension Worker: Sendable {}

@@ -1,0 +1,104 @@
+import ArgumentParser
+import Logging
+import NIOCore
+import NIOPosix
+import ServiceLifecycle
+import Switchyard
+
+/// Options every command that runs the balancer shares.
+struct RunOptions: ParsableArguments {
+    @Option(name: .shortAndLong, help: "The configuration file.")
+    var config: String = "Config/switchyard.yaml"
+
+    @Option(help: "Log level: trace, debug, info, notice, warning, error or critical.")
+    var logLevel: Logger.Level = .info
+}
+
+extension Logger.Level: @retroactive ExpressibleByArgument {}
+
+struct ServeCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "serve",
+        abstract: "Run the balancer."
+    )
+
+    @OptionGroup var options: RunOptions
+
+    func run() async throws {
+        let configuration = try Balancer.loadConfiguration(options)
+        try await Balancer.run(configuration: configuration, options: options, extraServices: [])
+    }
+}
+
+struct CheckConfigCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "check-config",
+        abstract: "Validate a configuration file and exit."
+    )
+
+    @Argument(help: "The configuration file.")
+    var file: String = "Config/switchyard.yaml"
+
+    func run() async throws {
+        do {
+            let configuration = try ConfigurationLoader.load(path: file)
+            _ = try RouteTable(configuration: configuration)
+            print("\(file): OK (\(configuration.tenants.count) tenants)")
+        } catch {
+            print("\(error)")
+            throw ExitCode(2)
+        }
+    }
+}
+
+/// Starting and running the balancer, shared by `serve` and `demo`.
+enum Balancer {
+    static func loadConfiguration(_ options: RunOptions) throws -> Configuration {
+        let level = options.logLevel
+        LoggingSystem.bootstrap { label in
+            var handler = StreamLogHandler.standardOutput(label: label)
+            handler.logLevel = level
+            return handler
+        }
+        do {
+            return try ConfigurationLoader.load(path: options.config)
+        } catch {
+            Logger(label: "switchyard").critical("refusing to start: \(error)")
+            throw ExitCode(2)
+        }
+    }
+
+    static func run(configuration: Configuration, options: RunOptions, extraServices: [any Service]) async throws {
+        let logger = Logger(label: "switchyard")
+        let routes: RouteSource
+        do {
+            routes = RouteSource(try RouteTable(configuration: configuration))
+        } catch {
+            logger.critical("refusing to start: \(options.config): \(error)")
+            throw ExitCode(2)
+        }
+        let threads = configuration.workers ?? System.coreCount
+        let group = MultiThreadedEventLoopGroup(numberOfThreads: threads)
+        let server = ProxyServer(configuration: configuration, group: group, routes: routes, logger: logger)
+        do {
+            try await server.start()
+        } catch {
+            logger.critical("cannot listen: \(error)")
+            try? await group.shutdownGracefully()
+            throw ExitCode(1)
+        }
+        logger.info(
+            "switchyard \(SwitchyardVersion.current) serving \(configuration.tenants.count) tenants on \(threads) workers"
+        )
+        let services: [any Service] = extraServices + [server]
+        let serviceGroup = ServiceGroup(
+            configuration: .init(
+                services: services.map { .init(service: $0) },
+                gracefulShutdownSignals: [.sigterm, .sigint],
+                logger: logger
+            )
+        )
+        try await serviceGroup.run()
+        try await group.shutdownGracefully()
+    }
+}
