@@ -188,7 +188,10 @@ final class DemoPageHandler: ChannelInboundHandler, RemovableChannelHandler {
         let response = HTTPResponseHead(version: head.version, status: status, headers: headers)
         context.write(wrapOutboundOut(.head(response)), promise: nil)
         if head.method != .HEAD {
-            context.write(wrapOutboundOut(.body(.byteBuffer(context.channel.allocator.buffer(string: body)))), promise: nil)
+            context.write(
+                wrapOutboundOut(.body(.byteBuffer(context.channel.allocator.buffer(string: body)))),
+                promise: nil
+            )
         }
         context.writeAndFlush(wrapOutboundOut(.end(nil)), promise: nil)
     }

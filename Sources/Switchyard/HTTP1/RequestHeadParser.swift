@@ -297,8 +297,7 @@ struct RequestHeadParser {
     }
 
     /// `Content-Length = 1*DIGIT`; a list, a sign or an absurd size is refused.
-    static func parseContentLength(_ bytes: UnsafeRawBufferPointer, _ range: Range<Int>) throws(HTTPHeadError) -> Int
-    {
+    static func parseContentLength(_ bytes: UnsafeRawBufferPointer, _ range: Range<Int>) throws(HTTPHeadError) -> Int {
         guard !range.isEmpty, range.count <= 15 else { throw .malformed("invalid Content-Length") }
         var value = 0
         for index in range {

@@ -52,7 +52,8 @@ enum ErrorResponse {
             case .badRequest: return "400 Bad Request: the request is malformed or ambiguous.\n"
             case .notFound: return "404 Not Found: no site is served for this host.\n"
             case .requestTimeout: return "408 Request Timeout: the request was not received in time.\n"
-            case .misdirected: return "421 Misdirected Request: this connection's certificate does not cover the host.\n"
+            case .misdirected:
+                return "421 Misdirected Request: this connection's certificate does not cover the host.\n"
             case .headerTooLarge: return "431 Request Header Fields Too Large.\n"
             case .notImplemented: return "501 Not Implemented: only the chunked transfer coding is supported.\n"
             case .badGateway: return "502 Bad Gateway: the site's backend could not be reached or answered wrongly.\n"

@@ -91,7 +91,10 @@ public final class ProxyServer: Service {
             .serverChannelOption(.backlog, value: 4096)
             .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
             .serverChannelOption(
-                ChannelOptions.Types.SocketOption(level: SocketOptionLevel(SOL_SOCKET), name: SocketOptionName(SO_REUSEPORT)),
+                ChannelOptions.Types.SocketOption(
+                    level: SocketOptionLevel(SOL_SOCKET),
+                    name: SocketOptionName(SO_REUSEPORT)
+                ),
                 value: 1
             )
             .serverChannelOption(.maxMessagesPerRead, value: 16)

@@ -43,10 +43,11 @@ final class Worker {
     /// nothing (nginx and HAProxy also check timers in batches rather than arming one per request).
     var sweepInterval: TimeAmount {
         let timeouts = configuration.timeouts
-        let shortest = [
-            timeouts.clientHeader, timeouts.keepAlive, timeouts.clientBody, timeouts.upstreamResponse,
-            timeouts.upstreamIdle,
-        ].min() ?? .seconds(1)
+        let shortest =
+            [
+                timeouts.clientHeader, timeouts.keepAlive, timeouts.clientBody, timeouts.upstreamResponse,
+                timeouts.upstreamIdle,
+            ].min() ?? .seconds(1)
         return max(.milliseconds(10), min(.seconds(1), .nanoseconds(shortest.nanoseconds / 4)))
     }
 

@@ -1,0 +1,101 @@
+import NIOCore
+import Testing
+
+@testable import Switchyard
+
+/// Routing over real loopback sockets with curl: tenants by `Host`, unknown hosts, keep-alive on both sides.
+@Suite("Routing and keep-alive over loopback", .serialized)
+struct RoutingIntegrationTests {
+    @Test("three tenants' Host headers reach their own backends; an unknown host gets 404 and is never forwarded")
+    func threeTenants() async throws {
+        let shop = try await TestBackend.start(name: "shop")
+        let blog = try await TestBackend.start(name: "blog")
+        let wiki = try await TestBackend.start(name: "wiki")
+        try await withProxy(
+            backends: [shop, blog, wiki],
+            tenants: [
+                ("shop", ["shop.test", "*.shop.test"], [shop]),
+                ("blog", ["blog.test"], [blog]),
+                ("wiki", ["wiki.test"], [wiki]),
+            ]
+        ) { proxy in
+            let url = "http://127.0.0.1:\(proxy.port)/"
+            for (host, expected) in [
+                ("shop.test", "shop"), ("WWW.Shop.Test:8080", "shop"), ("blog.test", "blog"), ("wiki.test.", "wiki"),
+            ] {
+                let output = try ExternalProcess.curl(["-H", "Host: \(host)", url])
+                #expect(output.stdout == expected, "Host \(host)")
+            }
+            let unknown = try ExternalProcess.curl(["-i", "-H", "Host: nobody.test", url])
+            #expect(unknown.stdout.hasPrefix("HTTP/1.1 404 Not Found\r\n"))
+            #expect(unknown.stdout.contains("nobody.test"))
+            let total = shop.requests.count + blog.requests.count + wiki.requests.count
+            #expect(total == 4)
+        }
+    }
+
+    @Test("keep-alive is reused on both sides, forwarding headers are set and hop-by-hop ones removed")
+    func keepAliveBothSides() async throws {
+        let backend = try await TestBackend.start(name: "one")
+        try await withProxy(backends: [backend], tenants: [("shop", ["shop.test"], [backend])]) { proxy in
+            let client = try RawClient(port: proxy.port)
+            for index in 0..<5 {
+                try client.send(
+                    "GET /\(index) HTTP/1.1\r\nHost: shop.test\r\nKeep-Alive: timeout=5\r\nX-Forwarded-For: 10.9.9.9\r\n"
+                        + "X-Real-IP: 6.6.6.6\r\nTE: trailers\r\nConnection: keep-alive, TE\r\n\r\n"
+                )
+                let response = client.receiveResponse()
+                #expect(response.hasPrefix("HTTP/1.1 200 OK\r\n"))
+                #expect(response.hasSuffix("\r\n\r\none"))
+            }
+            // One client connection, one backend connection: both were kept alive.
+            #expect(backend.connectionCount == 1)
+            let requests = backend.requests
+            try #require(requests.count == 5)
+            let headers = requests[0].head.headers
+            #expect(headers["X-Forwarded-For"] == ["10.9.9.9, 127.0.0.1"])
+            #expect(headers["X-Real-IP"] == ["127.0.0.1"])
+            #expect(headers["X-Forwarded-Proto"] == ["http"])
+            #expect(headers["X-Forwarded-Host"] == ["shop.test"])
+            #expect(headers["Keep-Alive"].isEmpty)
+            #expect(headers["TE"].isEmpty)
+            #expect(headers["Connection"].isEmpty)
+        }
+    }
+
+    @Test("pipelined requests are answered in order")
+    func pipelining() async throws {
+        let backend = try await TestBackend.start { head in .respond(body: "path=\(head.uri)") }
+        try await withProxy(backends: [backend], tenants: [("shop", ["shop.test"], [backend])]) { proxy in
+            let client = try RawClient(port: proxy.port)
+            try client.send(
+                "GET /a HTTP/1.1\r\nHost: shop.test\r\n\r\nGET /b HTTP/1.1\r\nHost: shop.test\r\n\r\n"
+                    + "GET /c HTTP/1.1\r\nHost: shop.test\r\nConnection: close\r\n\r\n"
+            )
+            let (text, closed) = client.receive(timeout: 5)
+            #expect(closed)
+            let bodies = text.components(separatedBy: "\r\n\r\n").dropFirst().map { $0.prefix(7) }
+            #expect(bodies == ["path=/a", "path=/b", "path=/c"])
+        }
+    }
+
+    @Test("round robin spreads requests over a tenant's backends")
+    func roundRobin() async throws {
+        let first = try await TestBackend.start(name: "first")
+        let second = try await TestBackend.start(name: "second")
+        try await withProxy(
+            backends: [first, second],
+            tenants: [("shop", ["shop.test"], [first, second])],
+            workers: 1
+        ) { proxy in
+            var seen: [String] = []
+            for _ in 0..<4 {
+                seen.append(
+                    try ExternalProcess.curl(["-H", "Host: shop.test", "http://127.0.0.1:\(proxy.port)/"]).stdout
+                )
+            }
+            #expect(seen.filter { $0 == "first" }.count == 2)
+            #expect(seen.filter { $0 == "second" }.count == 2)
+        }
+    }
+}

@@ -1,0 +1,151 @@
+import Foundation
+
+/// Runs real command-line clients (curl) and the built `switchyard` binary.
+enum ExternalProcess {
+    struct Output {
+        var status: Int32
+        var stdout: String
+        var stderr: String
+    }
+
+    /// Runs `executable` with `arguments` and waits for it, at most `timeout` seconds.
+    static func run(_ executable: String, _ arguments: [String], timeout: Double = 60) throws -> Output {
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: executable)
+        process.arguments = arguments
+        let stdout = Pipe()
+        let stderr = Pipe()
+        process.standardOutput = stdout
+        process.standardError = stderr
+        process.standardInput = FileHandle.nullDevice
+        try process.run()
+        // Read while it runs so a large output cannot block it on a full pipe.
+        let group = DispatchGroup()
+        nonisolated(unsafe) var outData = Data()
+        nonisolated(unsafe) var errData = Data()
+        group.enter()
+        DispatchQueue.global().async {
+            outData = stdout.fileHandleForReading.readDataToEndOfFile()
+            group.leave()
+        }
+        group.enter()
+        DispatchQueue.global().async {
+            errData = stderr.fileHandleForReading.readDataToEndOfFile()
+            group.leave()
+        }
+        if group.wait(timeout: .now() + timeout) == .timedOut {
+            process.terminate()
+            group.wait()
+        }
+        process.waitUntilExit()
+        return Output(
+            status: process.terminationStatus,
+            stdout: String(decoding: outData, as: UTF8.self),
+            stderr: String(decoding: errData, as: UTF8.self)
+        )
+    }
+
+    /// curl with `arguments`; `-s` and a hard time limit are added.
+    static func curl(_ arguments: [String], timeout: Double = 60) throws -> Output {
+        try run("/usr/bin/curl", ["-s", "--max-time", String(Int(timeout))] + arguments, timeout: timeout + 5)
+    }
+
+    /// The package's root directory, found from this file's path.
+    static var packageRoot: String {
+        var path = #filePath
+        for _ in 0..<4 {
+            if let slash = path.lastIndex(of: "/") { path = String(path[..<slash]) }
+        }
+        return path
+    }
+
+    /// The `switchyard` binary built alongside the tests.
+    static var switchyardBinary: String {
+        let candidates = [".build/debug/switchyard", ".build/release/switchyard"].map { packageRoot + "/" + $0 }
+        return candidates.first { FileManager.default.isExecutableFile(atPath: $0) } ?? candidates[0]
+    }
+
+    /// A TCP port that was free a moment ago on 127.0.0.1.
+    static func freePort() throws -> Int {
+        let descriptor = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        defer { close(descriptor) }
+        var address = sockaddr_in()
+        address.sin_family = sa_family_t(AF_INET)
+        address.sin_port = 0
+        address.sin_addr.s_addr = inet_addr("127.0.0.1")
+        var length = socklen_t(MemoryLayout<sockaddr_in>.size)
+        _ = withUnsafePointer(to: &address) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(descriptor, $0, length) }
+        }
+        _ = withUnsafeMutablePointer(to: &address) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getsockname(descriptor, $0, &length) }
+        }
+        return Int(UInt16(bigEndian: address.sin_port))
+    }
+}
+
+/// The `switchyard` binary running as a child process, stopped (SIGTERM, then SIGKILL) when done.
+final class SwitchyardProcess {
+    let process: Process
+    let logPath: String
+
+    init(arguments: [String]) throws {
+        process = Process()
+        process.executableURL = URL(fileURLWithPath: ExternalProcess.switchyardBinary)
+        process.arguments = arguments
+        logPath = NSTemporaryDirectory() + "switchyard-test-\(UUID().uuidString).log"
+        _ = FileManager.default.createFile(atPath: logPath, contents: nil)
+        let log = FileHandle(forWritingAtPath: logPath)
+        process.standardOutput = log
+        process.standardError = log
+        process.standardInput = FileHandle.nullDevice
+        try process.run()
+    }
+
+    var pid: Int32 {
+        process.processIdentifier
+    }
+
+    var log: String {
+        (try? String(contentsOfFile: logPath, encoding: .utf8)) ?? ""
+    }
+
+    /// Waits until `port` accepts connections or the process exits; at most `timeout` seconds.
+    func waitUntilListening(port: Int, timeout: Double = 20) -> Bool {
+        let deadline = Date().addingTimeInterval(timeout)
+        while Date() < deadline, process.isRunning {
+            if (try? RawClient(port: port)) != nil { return true }
+            usleep(50_000)
+        }
+        return false
+    }
+
+    /// Resident set size and its peak, in KiB, from /proc.
+    func memory() -> (rss: Int, peak: Int) {
+        let status = (try? String(contentsOfFile: "/proc/\(pid)/status", encoding: .utf8)) ?? ""
+        func value(_ key: String) -> Int {
+            guard let line = status.split(separator: "\n").first(where: { $0.hasPrefix(key) }) else { return 0 }
+            return Int(line.split(separator: " ", omittingEmptySubsequences: true).dropFirst().first ?? "") ?? 0
+        }
+        return (value("VmRSS:"), value("VmHWM:"))
+    }
+
+    /// Sends SIGTERM and waits for the exit; SIGKILL after `timeout` seconds.
+    @discardableResult
+    func stop(timeout: Double = 10) -> Int32 {
+        guard process.isRunning else { return process.terminationStatus }
+        kill(pid, SIGTERM)
+        let deadline = Date().addingTimeInterval(timeout)
+        while process.isRunning, Date() < deadline { usleep(20_000) }
+        if process.isRunning {
+            kill(pid, SIGKILL)
+        }
+        process.waitUntilExit()
+        try? FileManager.default.removeItem(atPath: logPath)
+        return process.terminationStatus
+    }
+
+    deinit {
+        if process.isRunning { kill(pid, SIGKILL) }
+    }
+}
