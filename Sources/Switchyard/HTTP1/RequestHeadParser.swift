@@ -181,17 +181,18 @@ struct RequestHeadParser {
             throw .malformed("CONNECT is not supported")
         }
         if connectionOptions {
-            try dropConnectionOptions(bytes, start: index, end: end)
+            try Self.dropConnectionOptions(bytes, start: index, end: end, droppedLines: &droppedLines)
         }
         return head
     }
 
     /// Drops fields named as connection options (`Connection: X-Foo`), except those that frame or route the
-    /// message: naming them is an attack (hop-by-hop abuse), not a request.
-    private mutating func dropConnectionOptions(
+    /// message: naming them is an attack (hop-by-hop abuse), not a request. Shared with responses.
+    static func dropConnectionOptions(
         _ bytes: UnsafeRawBufferPointer,
         start: Int,
-        end: Int
+        end: Int,
+        droppedLines: inout [Range<Int>]
     ) throws(HTTPHeadError) {
         var field = HeaderField(name: 0..<0, value: 0..<0, lineEnd: 0)
         var lineStart = start

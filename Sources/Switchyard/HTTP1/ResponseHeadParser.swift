@@ -107,6 +107,7 @@ struct ResponseHeadParser {
             mustRewrite: false
         )
         var headerCount = 0
+        var connectionOptions = false
         var field = RequestHeadParser.HeaderField(name: 0..<0, value: 0..<0, lineEnd: 0)
         var lineStart = index
         while let next = try RequestHeadParser.nextField(bytes, at: lineStart, end: end, into: &field) {
@@ -125,6 +126,7 @@ struct ResponseHeadParser {
                         head.connectionKeepAlive = true
                     } else {
                         onlyKeepAlive = false
+                        if !HTTPSyntax.equalsLowercase(bytes, option, "upgrade") { connectionOptions = true }
                     }
                 }
                 if !onlyKeepAlive { head.mustRewrite = true }
@@ -160,6 +162,9 @@ struct ResponseHeadParser {
         }
         if (head.isChunked || head.hasOtherTransferCoding) && head.contentLength != nil {
             throw .malformed("both Content-Length and Transfer-Encoding in a response")
+        }
+        if connectionOptions && status != 101 {
+            try RequestHeadParser.dropConnectionOptions(bytes, start: index, end: end, droppedLines: &droppedLines)
         }
         return head
     }

@@ -238,6 +238,8 @@ struct ProxyStateMachine {
         state = .exchanging
         exchange.backend = backend
         exchange.upstreamReused = reused
+        exchange.partialResponseHead = nil
+        responseParser.reset()
         if let head = exchange.upstreamHead {
             queue(.writeUpstream(head))
         }
@@ -299,7 +301,8 @@ struct ProxyStateMachine {
             switch exchange.response {
             case .awaitingHead:
                 if let tenant = exchange.tenant, exchange.upstreamReused, exchange.replayable,
-                    exchange.upstreamHead != nil, exchange.attempts < settings.maximumAttempts
+                    exchange.upstreamHead != nil, exchange.partialResponseHead == nil,
+                    exchange.attempts < settings.maximumAttempts
                 {
                     // A pooled connection the backend had already closed: send the request again on a fresh one.
                     exchange.attempts += 1
@@ -513,6 +516,8 @@ struct ProxyStateMachine {
     private mutating func forwardRequestBody(now: NIODeadline) {
         guard var buffer = inbound, var exchange else { return }
         let progress = buffer.withUnsafeReadableBytes { exchange.requestBody.consume($0) }
+        // The backend's time to answer counts from the last request byte it was sent.
+        upstreamDeadline = now + settings.upstreamResponseTimeout
         switch progress {
         case .needMore:
             queue(.writeUpstream(buffer))
@@ -552,8 +557,7 @@ struct ProxyStateMachine {
             case .complete:
                 // Bytes past the end of the response: the backend connection cannot be trusted again.
                 exchange.upstreamKeepAlive = false
-                self.exchange = exchange
-                return
+                buffer.moveReaderIndex(to: buffer.writerIndex)
             case .body(var framing):
                 let progress = buffer.withUnsafeReadableBytes { framing.consume($0) }
                 switch progress {
@@ -650,8 +654,9 @@ struct ProxyStateMachine {
         } else {
             framing = .untilClose
         }
-        exchange.upstreamKeepAlive = head.backendKeepAlive && framing != .untilClose
-        if framing == .untilClose || clientInputClosed || !exchange.requestBody.isComplete {
+        // An HTTP/1.0 request is forwarded as such, without keep-alive: the backend closes after answering.
+        exchange.upstreamKeepAlive = head.backendKeepAlive && framing != .untilClose && exchange.minorVersion == 1
+        if framing == .untilClose || clientInputClosed || shuttingDown || !exchange.requestBody.isComplete {
             exchange.keepAlive = false
         }
         let connection: HeadWriter.ClientConnection =
@@ -671,7 +676,7 @@ struct ProxyStateMachine {
             buffer.moveReaderIndex(forwardBy: head.end)
             exchange.bytesToClient += output.readableBytes
             queue(.writeClient(output))
-            exchange.response = .body(framing)
+            exchange.response = framing.isComplete ? .complete : .body(framing)
         } else if framing.isComplete {
             // The whole response is the head: forward it in one piece.
             if let slice = buffer.readSlice(length: head.end) {

@@ -41,6 +41,8 @@ public enum HostName {
             }
             previous = byte
         }
+        // "shop.test.." would leave an empty last label.
+        guard previous != UInt8(ascii: ".") else { return nil }
         return lowercased(bytes, upTo: end)
     }
 

@@ -1,0 +1,218 @@
+import NIOCore
+import Testing
+
+@testable import Switchyard
+
+private func backend(_ port: Int) throws -> Backend {
+    Backend(address: try SocketAddress(ipAddress: "127.0.0.1", port: port))
+}
+
+/// Normalisation of `Host` values and TLS server names: lower case, port and trailing dot removed, IPv6 literals
+/// kept in brackets, and everything that is not a syntactically valid host refused.
+@Suite("HostName.normalize")
+struct HostNameTests {
+    @Test(
+        "valid hosts are normalised",
+        arguments: [
+            ("shop.test", "shop.test"),
+            ("Shop.TEST", "shop.test"),
+            ("shop.test:8080", "shop.test"),
+            ("SHOP.test:443", "shop.test"),
+            ("shop.test.", "shop.test"),
+            ("Shop.Test.:8443", "shop.test"),
+            ("shop.test:", "shop.test"),
+            ("shop.test:65535", "shop.test"),
+            ("localhost", "localhost"),
+            ("my-site_1.example", "my-site_1.example"),
+            ("127.0.0.1", "127.0.0.1"),
+            ("127.0.0.1:8080", "127.0.0.1"),
+            ("[::1]", "[::1]"),
+            ("[::1]:8080", "[::1]"),
+            ("[::1]:", "[::1]"),
+            ("[2001:DB8::A]", "[2001:db8::a]"),
+            ("[2001:db8::1]:443", "[2001:db8::1]"),
+            ("[::ffff:192.0.2.1]", "[::ffff:192.0.2.1]"),
+        ]
+    )
+    func valid(input: String, expected: String) {
+        #expect(HostName.normalize(input) == expected)
+    }
+
+    @Test(
+        "invalid hosts are refused",
+        arguments: [
+            "",
+            " ",
+            "shop test",
+            " shop.test",
+            "shop.test ",
+            "a..b",
+            ".shop.test",
+            "shop.test..",
+            ".",
+            ":8080",
+            "host:99999",
+            "host:65536",
+            "host:123456",
+            "host:abc",
+            "host:80x",
+            "host:-1",
+            "a:b:80",
+            "[zz]",
+            "[]",
+            "[::1",
+            "[::1]x",
+            "[::1]:99999",
+            "[::1]:abc",
+            "[::1%eth0]",
+            "::1",
+            "shop/test",
+            "shop@test",
+            "shop%2etest",
+            "sh\u{0}op.test",
+            "caf\u{E9}.test",
+            String(repeating: "a", count: 301),
+        ]
+    )
+    func invalid(input: String) {
+        #expect(HostName.normalize(input) == nil)
+    }
+
+    @Test("the longest accepted host is normalised")
+    func longestHost() {
+        let host = String(repeating: "a", count: 300)
+        #expect(HostName.normalize(host) == host)
+    }
+
+    @Test("the byte and string forms agree")
+    func bytesForm() {
+        let bytes = Array("WWW.Shop.Test:8080".utf8)
+        let normalized = bytes.withUnsafeBytes { HostName.normalize($0) }
+        #expect(normalized == "www.shop.test")
+        #expect([UInt8]().withUnsafeBytes { HostName.normalize($0) } == nil)
+    }
+}
+
+/// Lookups in the routing snapshot: exact names, wildcard suffixes and their precedence, duplicate domains, and the
+/// atomic publication of a new table through ``RouteSource``.
+@Suite("RouteTable and RouteSource")
+struct RouteTableTests {
+    private let shop: Tenant
+    private let api: Tenant
+    private let admin: Tenant
+    private let table: RouteTable
+
+    init() throws {
+        shop = Tenant(name: "shop", domains: ["shop.test", "*.shop.test"], backends: [try backend(9001)])
+        api = Tenant(name: "api", domains: ["*.api.shop.test"], backends: [try backend(9002)])
+        admin = Tenant(name: "admin", domains: ["admin.shop.test", "admin.test"], backends: [try backend(9003)])
+        table = try RouteTable(tenants: [shop, api, admin])
+    }
+
+    private func lookup(_ host: String) -> String? {
+        table.tenant(forNormalizedHost: host)?.name
+    }
+
+    @Test("an exact name is found")
+    func exact() {
+        #expect(table.tenant(forNormalizedHost: "shop.test") === shop)
+        #expect(table.tenant(forNormalizedHost: "admin.test") === admin)
+    }
+
+    @Test("an exact name beats a wildcard that also matches")
+    func exactBeatsWildcard() {
+        #expect(lookup("admin.shop.test") == "admin")
+        #expect(lookup("www.shop.test") == "shop")
+    }
+
+    @Test("a longer wildcard suffix beats a shorter one")
+    func longerWildcardWins() {
+        #expect(lookup("v1.api.shop.test") == "api")
+        #expect(lookup("a.b.api.shop.test") == "api")
+        // The bare suffix of *.api.shop.test is not matched by it, but *.shop.test matches it.
+        #expect(lookup("api.shop.test") == "shop")
+    }
+
+    @Test("a wildcard matches one or more labels but not the bare suffix")
+    func wildcardLabels() throws {
+        let only = try RouteTable(tenants: [Tenant(name: "w", domains: ["*.w.test"], backends: [])])
+        #expect(only.tenant(forNormalizedHost: "a.w.test")?.name == "w")
+        #expect(only.tenant(forNormalizedHost: "a.b.c.w.test")?.name == "w")
+        #expect(only.tenant(forNormalizedHost: "w.test") == nil)
+        #expect(only.tenant(forNormalizedHost: "aw.test") == nil)
+        #expect(only.tenant(forNormalizedHost: "a.w.test.evil") == nil)
+        #expect(only.tenant(forNormalizedHost: "test") == nil)
+    }
+
+    @Test("an unknown host has no tenant")
+    func unknown() {
+        #expect(lookup("other.test") == nil)
+        #expect(lookup("test") == nil)
+        #expect(lookup("xshop.test") == nil)
+        #expect(lookup("shop.test.evil") == nil)
+        #expect(RouteTable().tenant(forNormalizedHost: "shop.test") == nil)
+    }
+
+    @Test("raw Host bytes are normalised before the lookup")
+    func rawHost() {
+        func tenant(_ host: String) -> String? {
+            Array(host.utf8).withUnsafeBytes { table.tenant(forHost: $0)?.name }
+        }
+        #expect(tenant("Admin.Shop.Test:8080") == "admin")
+        #expect(tenant("WWW.shop.test.") == "shop")
+        #expect(tenant("shop..test") == nil)
+        #expect(tenant("") == nil)
+        #expect(tenant("nowhere.test") == nil)
+    }
+
+    @Test("the tenants keep their declaration order")
+    func tenantsOrder() {
+        #expect(table.tenants.map(\.name) == ["shop", "api", "admin"])
+    }
+
+    @Test("a domain claimed twice is refused, naming both tenants")
+    func duplicateExact() {
+        let first = Tenant(name: "first", domains: ["x.test"], backends: [])
+        let second = Tenant(name: "second", domains: ["y.test", "x.test"], backends: [])
+        #expect(throws: RouteTableError(domain: "x.test", firstTenant: "first", secondTenant: "second")) {
+            try RouteTable(tenants: [first, second])
+        }
+        let error = RouteTableError(domain: "x.test", firstTenant: "first", secondTenant: "second")
+        #expect(error.description.contains("x.test"))
+        #expect(error.description.contains("first"))
+        #expect(error.description.contains("second"))
+    }
+
+    @Test("a wildcard claimed twice is refused")
+    func duplicateWildcard() {
+        let first = Tenant(name: "one", domains: ["*.x.test"], backends: [])
+        let second = Tenant(name: "two", domains: ["*.x.test"], backends: [])
+        #expect(throws: RouteTableError(domain: "*.x.test", firstTenant: "one", secondTenant: "two")) {
+            try RouteTable(tenants: [first, second])
+        }
+    }
+
+    @Test("a name and the wildcard over it may belong to different tenants")
+    func exactAndWildcardDoNotClash() throws {
+        let bare = Tenant(name: "bare", domains: ["x.test"], backends: [])
+        let sub = Tenant(name: "sub", domains: ["*.x.test"], backends: [])
+        let table = try RouteTable(tenants: [bare, sub])
+        #expect(table.tenant(forNormalizedHost: "x.test") === bare)
+        #expect(table.tenant(forNormalizedHost: "a.x.test") === sub)
+    }
+
+    @Test("publishing a table swaps what RouteSource serves; a table already loaded is unchanged")
+    func publish() throws {
+        let source = RouteSource(table)
+        let loaded = source.current
+        #expect(source.current.tenant(forNormalizedHost: "shop.test") === shop)
+
+        let moved = Tenant(name: "moved", domains: ["shop.test"], backends: [try backend(9010)])
+        source.publish(try RouteTable(tenants: [moved]))
+
+        #expect(source.current.tenant(forNormalizedHost: "shop.test") === moved)
+        #expect(source.current.tenant(forNormalizedHost: "admin.test") == nil)
+        #expect(source.current.tenants.map(\.name) == ["moved"])
+        #expect(loaded.tenant(forNormalizedHost: "shop.test") === shop)
+    }
+}

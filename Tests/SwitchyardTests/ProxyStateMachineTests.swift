@@ -1,0 +1,1220 @@
+import NIOCore
+import Testing
+
+@testable import Switchyard
+
+// MARK: - Harness
+
+private let clientAddress = "192.0.2.10"
+private let backendName = "127.0.0.1:9001"
+
+private func makeRoutes() throws -> RouteSource {
+    let shop = Tenant(
+        name: "shop",
+        domains: ["shop.test", "*.shop.test"],
+        backends: [Backend(address: try SocketAddress(ipAddress: "127.0.0.1", port: 9001))]
+    )
+    let duo = Tenant(
+        name: "duo",
+        domains: ["duo.test"],
+        backends: [
+            Backend(address: try SocketAddress(ipAddress: "127.0.0.1", port: 9001)),
+            Backend(address: try SocketAddress(ipAddress: "127.0.0.1", port: 9002)),
+        ]
+    )
+    return RouteSource(try RouteTable(tenants: [shop, duo]))
+}
+
+/// Timeouts of the harness's machine.
+private enum Timeout {
+    static let clientHeader = TimeAmount.seconds(10)
+    static let keepAlive = TimeAmount.seconds(60)
+    static let clientBody = TimeAmount.seconds(20)
+    static let upstreamResponse = TimeAmount.seconds(30)
+    static let tunnelIdle = TimeAmount.seconds(300)
+}
+
+/// A ``ProxyStateMachine`` with a hand-driven clock. Each event returns the actions it queued, rendered as strings;
+/// consecutive writes in the same direction are joined, since how bytes are split into writes is not behaviour.
+private struct Harness {
+    var machine: ProxyStateMachine
+    var now = NIODeadline.uptimeNanoseconds(1_000_000_000)
+    var logs: [AccessLogRecord] = []
+
+    init(accessLog: Bool = false, maximumHeadBytes: Int = 8192, maximumHeaderCount: Int = 64) throws {
+        let settings = ProxyStateMachine.Settings(
+            maximumHeadBytes: maximumHeadBytes,
+            maximumHeaderCount: maximumHeaderCount,
+            clientHeaderTimeout: Timeout.clientHeader,
+            keepAliveTimeout: Timeout.keepAlive,
+            clientBodyTimeout: Timeout.clientBody,
+            upstreamResponseTimeout: Timeout.upstreamResponse,
+            tunnelIdleTimeout: Timeout.tunnelIdle,
+            client: HeadWriter.ClientInfo(address: clientAddress, scheme: "https"),
+            accessLog: accessLog
+        )
+        machine = ProxyStateMachine(settings: settings, routes: try makeRoutes(), now: now)
+    }
+
+    var state: ProxyStateMachine.State { machine.state }
+
+    mutating func drain() -> [String] {
+        var rendered: [String] = []
+        while let action = machine.popAction() {
+            let line: String
+            switch action {
+            case .acquireUpstream(let tenant):
+                line = "acquire \(tenant.name)"
+            case .writeUpstream(let buffer):
+                line = "upstream " + String(buffer: buffer)
+            case .writeClient(let buffer):
+                line = "client " + String(buffer: buffer)
+            case .releaseUpstream(let reusable):
+                line = reusable ? "release reusable" : "release closed"
+            case .shutdownUpstreamOutput:
+                line = "shutdown upstream"
+            case .shutdownClientOutput:
+                line = "shutdown client"
+            case .closeClient:
+                line = "close"
+            case .log(let record):
+                logs.append(record)
+                line = "log \(record.status)"
+            }
+            if let last = rendered.last,
+                let prefix = ["client ", "upstream "].first(where: { last.hasPrefix($0) && line.hasPrefix($0) })
+            {
+                rendered[rendered.count - 1] = last + line.dropFirst(prefix.count)
+            } else {
+                rendered.append(line)
+            }
+        }
+        return rendered
+    }
+
+    mutating func client(_ text: String) -> [String] {
+        machine.clientRead(ByteBuffer(string: text), now: now)
+        return drain()
+    }
+
+    mutating func upstream(_ text: String) -> [String] {
+        machine.upstreamRead(ByteBuffer(string: text), now: now)
+        return drain()
+    }
+
+    mutating func attach(reused: Bool = false) -> [String] {
+        machine.upstreamAttached(backend: backendName, reused: reused, now: now)
+        return drain()
+    }
+
+    mutating func connectFailed(_ failure: ProxyStateMachine.ConnectFailure) -> [String] {
+        machine.upstreamConnectFailed(failure, now: now)
+        return drain()
+    }
+
+    mutating func upstreamClosed() -> [String] {
+        machine.upstreamClosed(now: now)
+        return drain()
+    }
+
+    mutating func clientInputEnded() -> [String] {
+        machine.clientInputEnded(now: now)
+        return drain()
+    }
+
+    mutating func clientClosed() -> [String] {
+        machine.clientClosed()
+        return drain()
+    }
+
+    mutating func beginShutdown() -> [String] {
+        machine.beginShutdown()
+        return drain()
+    }
+
+    /// Moves the clock on and applies the deadlines that passed.
+    mutating func advance(_ amount: TimeAmount) -> [String] {
+        now = now + amount
+        machine.checkTimeouts(now: now)
+        return drain()
+    }
+
+    /// Sends a GET for `host` and attaches a fresh backend connection.
+    mutating func startGet(_ target: String = "/", host: String = "shop.test") {
+        let head = "GET \(target) HTTP/1.1\r\nHost: \(host)\r\n\r\n"
+        #expect(client(head) == ["acquire \(host == "duo.test" ? "duo" : "shop")"])
+        #expect(attach() == ["upstream " + forwarded("GET \(target) HTTP/1.1\r\nHost: \(host)\r\n", host: host)])
+    }
+}
+
+// MARK: - Expected bytes
+
+/// `headLines` (the forwarded lines, each ending in CRLF) followed by the forwarding fields and the empty line.
+private func forwarded(_ headLines: String, host: String? = "shop.test") -> String {
+    var head = headLines
+    head += "X-Forwarded-For: \(clientAddress)\r\nX-Real-IP: \(clientAddress)\r\nX-Forwarded-Proto: https\r\n"
+    if let host {
+        head += "X-Forwarded-Host: \(host)\r\n"
+    }
+    return head + "\r\n"
+}
+
+/// One of the balancer's own answers, byte for byte.
+private func errorResponse(_ statusLine: String, _ body: String, close: Bool, headOnly: Bool = false) -> String {
+    "\(statusLine)\r\nServer: switchyard\r\nContent-Type: text/plain; charset=utf-8\r\n"
+        + "Content-Length: \(body.utf8.count)\r\n" + (close ? "Connection: close\r\n" : "") + "\r\n"
+        + (headOnly ? "" : body)
+}
+
+private func badRequest() -> String {
+    errorResponse("HTTP/1.1 400 Bad Request", "400 Bad Request: the request is malformed or ambiguous.\n", close: true)
+}
+
+private func notFound(_ host: String, close: Bool, headOnly: Bool = false) -> String {
+    errorResponse(
+        "HTTP/1.1 404 Not Found",
+        "404 Not Found: no site is served for host '\(host)'.\n",
+        close: close,
+        headOnly: headOnly
+    )
+}
+
+private func requestTimeout() -> String {
+    errorResponse(
+        "HTTP/1.1 408 Request Timeout",
+        "408 Request Timeout: the request was not received in time.\n",
+        close: true
+    )
+}
+
+private func badGateway(close: Bool = false) -> String {
+    errorResponse(
+        "HTTP/1.1 502 Bad Gateway",
+        "502 Bad Gateway: the site's backend could not be reached or answered wrongly.\n",
+        close: close
+    )
+}
+
+private func gatewayTimeout(close: Bool = false, headOnly: Bool = false) -> String {
+    errorResponse(
+        "HTTP/1.1 504 Gateway Timeout",
+        "504 Gateway Timeout: the site's backend did not answer in time.\n",
+        close: close,
+        headOnly: headOnly
+    )
+}
+
+/// A request the balancer refuses before routing it, and its exact answer.
+private struct RefusedRequest: Sendable, CustomTestStringConvertible {
+    var name: String
+    var request: String
+    var answer: String
+
+    var testDescription: String { name }
+}
+
+private let refusedRequests: [RefusedRequest] = [
+    RefusedRequest(
+        name: "Content-Length with Transfer-Encoding",
+        request: "POST / HTTP/1.1\r\nHost: shop.test\r\nContent-Length: 1\r\nTransfer-Encoding: chunked\r\n\r\n",
+        answer: badRequest()
+    ),
+    RefusedRequest(name: "bare LF", request: "GET / HTTP/1.1\nHost: shop.test\n\n", answer: badRequest()),
+    RefusedRequest(name: "HTTP/1.0 without Host", request: "GET / HTTP/1.0\r\n\r\n", answer: badRequest()),
+    RefusedRequest(
+        name: "invalid Host",
+        request: "GET / HTTP/1.1\r\nHost: shop..test\r\n\r\n",
+        answer: badRequest()
+    ),
+    RefusedRequest(
+        name: "unsupported transfer coding",
+        request: "POST / HTTP/1.1\r\nHost: shop.test\r\nTransfer-Encoding: gzip\r\n\r\n",
+        answer: errorResponse(
+            "HTTP/1.1 501 Not Implemented",
+            "501 Not Implemented: only the chunked transfer coding is supported.\n",
+            close: true
+        )
+    ),
+    RefusedRequest(
+        name: "HTTP/2.0",
+        request: "GET / HTTP/2.0\r\nHost: shop.test\r\n\r\n",
+        answer: errorResponse(
+            "HTTP/1.1 505 HTTP Version Not Supported",
+            "505 HTTP Version Not Supported: use HTTP/1.1.\n",
+            close: true
+        )
+    ),
+    RefusedRequest(
+        name: "header section too large",
+        request: "GET / HTTP/1.1\r\nHost: shop.test\r\nX-Pad: " + String(repeating: "p", count: 300) + "\r\n\r\n",
+        answer: errorResponse(
+            "HTTP/1.1 431 Request Header Fields Too Large",
+            "431 Request Header Fields Too Large.\n",
+            close: true
+        )
+    ),
+]
+
+// MARK: - Tests
+
+/// The proxy's transport-free logic, driven event by event with an explicit clock: routing, forwarding of exact
+/// head bytes, bodies in both directions, pipelining, keep-alive on both sides, interim responses, upgrades and the
+/// tunnel, retries, every timeout, the balancer's own error answers, and shutdown.
+@Suite("ProxyStateMachine")
+struct ProxyStateMachineTests {
+    // MARK: Round trips
+
+    @Test("a GET round trip with keep-alive")
+    func simpleGet() throws {
+        var h = try Harness()
+        #expect(h.state == .idle)
+        #expect(h.client("GET /index.html HTTP/1.1\r\nHost: shop.test\r\nAccept: */*\r\n\r\n") == ["acquire shop"])
+        #expect(h.state == .connecting)
+        #expect(
+            h.attach() == ["upstream " + forwarded("GET /index.html HTTP/1.1\r\nHost: shop.test\r\nAccept: */*\r\n")]
+        )
+        #expect(h.state == .exchanging)
+        #expect(
+            h.upstream("HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello") == [
+                "client HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello", "release reusable",
+            ]
+        )
+        #expect(h.state == .idle)
+        #expect(h.machine.wantsClientBytes)
+    }
+
+    @Test("the access log record of a round trip")
+    func accessLog() throws {
+        var h = try Harness(accessLog: true)
+        #expect(h.client("GET /a?b=1 HTTP/1.1\r\nHost: WWW.Shop.Test\r\n\r\n") == ["acquire shop"])
+        _ = h.attach()
+        _ = h.advance(.milliseconds(25))
+        let response = "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
+        #expect(h.upstream(response) == ["client " + response, "release reusable", "log 200"])
+        #expect(
+            h.logs == [
+                AccessLogRecord(
+                    client: clientAddress,
+                    host: "www.shop.test",
+                    tenant: "shop",
+                    backend: backendName,
+                    method: "GET",
+                    target: "/a?b=1",
+                    status: 200,
+                    bytes: response.utf8.count,
+                    duration: .milliseconds(25)
+                )
+            ]
+        )
+    }
+
+    @Test("a response body across several reads")
+    func responseAcrossReads() throws {
+        var h = try Harness()
+        h.startGet()
+        #expect(h.upstream("HTTP/1.1 200 OK\r\nCont") == [])
+        #expect(h.upstream("ent-Length: 6\r\n\r\nab") == ["client HTTP/1.1 200 OK\r\nContent-Length: 6\r\n\r\nab"])
+        #expect(h.upstream("cd") == ["client cd"])
+        #expect(h.upstream("ef") == ["client ef", "release reusable"])
+        #expect(h.state == .idle)
+    }
+
+    @Test("two pipelined requests in one read are answered in order")
+    func pipelined() throws {
+        var h = try Harness()
+        let first = "GET /1 HTTP/1.1\r\nHost: shop.test\r\n\r\n"
+        let second = "GET /2 HTTP/1.1\r\nHost: www.shop.test\r\n\r\n"
+        #expect(h.client(first + second) == ["acquire shop"])
+        #expect(h.attach() == ["upstream " + forwarded("GET /1 HTTP/1.1\r\nHost: shop.test\r\n")])
+        #expect(!h.machine.wantsClientBytes)
+        #expect(
+            h.upstream("HTTP/1.1 200 OK\r\nContent-Length: 1\r\n\r\n1") == [
+                "client HTTP/1.1 200 OK\r\nContent-Length: 1\r\n\r\n1", "release reusable", "acquire shop",
+            ]
+        )
+        #expect(h.state == .connecting)
+        #expect(
+            h.attach(reused: true) == [
+                "upstream " + forwarded("GET /2 HTTP/1.1\r\nHost: www.shop.test\r\n", host: "www.shop.test")
+            ]
+        )
+        #expect(
+            h.upstream("HTTP/1.1 200 OK\r\nContent-Length: 1\r\n\r\n2") == [
+                "client HTTP/1.1 200 OK\r\nContent-Length: 1\r\n\r\n2", "release reusable",
+            ]
+        )
+        #expect(h.state == .idle)
+    }
+
+    @Test("a request after a body, preceded by an empty line, is read")
+    func pipelinedAfterBodyWithEmptyLine() throws {
+        var h = try Harness()
+        let post = "POST /p HTTP/1.1\r\nHost: shop.test\r\nContent-Length: 3\r\n\r\n"
+        #expect(h.client(post + "abc\r\nGET /g HTTP/1.1\r\nHost: shop.test\r\n\r\n") == ["acquire shop"])
+        #expect(
+            h.attach() == [
+                "upstream " + forwarded("POST /p HTTP/1.1\r\nHost: shop.test\r\nContent-Length: 3\r\n") + "abc"
+            ]
+        )
+        #expect(
+            h.upstream("HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n") == [
+                "client HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n", "release reusable", "acquire shop",
+            ]
+        )
+        #expect(h.attach(reused: true) == ["upstream " + forwarded("GET /g HTTP/1.1\r\nHost: shop.test\r\n")])
+    }
+
+    // MARK: Refusals
+
+    @Test("an unknown host is answered 404 naming the host, and nothing is sent upstream")
+    func unknownHost() throws {
+        var h = try Harness()
+        #expect(
+            h.client("GET / HTTP/1.1\r\nHost: Nowhere.Test:8080\r\n\r\n") == [
+                "client " + notFound("nowhere.test", close: false)
+            ]
+        )
+        #expect(h.state == .idle)
+        // The connection stays usable.
+        #expect(h.client("GET / HTTP/1.1\r\nHost: shop.test\r\n\r\n") == ["acquire shop"])
+    }
+
+    @Test("an unknown host with a body is answered 404 and the connection closed")
+    func unknownHostWithBody() throws {
+        var h = try Harness()
+        #expect(
+            h.client("POST / HTTP/1.1\r\nHost: nowhere.test\r\nContent-Length: 3\r\n\r\nabc") == [
+                "client " + notFound("nowhere.test", close: true), "close",
+            ]
+        )
+        #expect(h.state == .closed)
+    }
+
+    @Test("a HEAD for an unknown host gets the 404 head only")
+    func unknownHostHead() throws {
+        var h = try Harness()
+        #expect(
+            h.client("HEAD / HTTP/1.1\r\nHost: nowhere.test\r\n\r\n") == [
+                "client " + notFound("nowhere.test", close: false, headOnly: true)
+            ]
+        )
+    }
+
+    @Test("malformed requests are refused and the connection closed", arguments: refusedRequests)
+    fileprivate func refused(_ refused: RefusedRequest) throws {
+        var h = try Harness(maximumHeadBytes: 256)
+        #expect(h.client(refused.request) == ["client " + refused.answer, "close"])
+        #expect(h.state == .closed)
+        #expect(!h.machine.wantsClientBytes)
+        #expect(h.client("GET / HTTP/1.1\r\nHost: shop.test\r\n\r\n") == [])
+    }
+
+    @Test("a malformed request pipelined after a good one is refused after the first response")
+    func malformedPipelined() throws {
+        var h = try Harness()
+        let good = "GET / HTTP/1.1\r\nHost: shop.test\r\n\r\n"
+        #expect(h.client(good + "GET / HTTP/1.1\r\nHost : shop.test\r\n\r\n") == ["acquire shop"])
+        _ = h.attach()
+        #expect(
+            h.upstream("HTTP/1.1 204 No Content\r\n\r\n") == [
+                "client HTTP/1.1 204 No Content\r\n\r\n", "release reusable", "client " + badRequest(), "close",
+            ]
+        )
+    }
+
+    // MARK: Request bodies
+
+    @Test("a POST body split across reads is forwarded as it arrives")
+    func postAcrossReads() throws {
+        var h = try Harness()
+        let head = "POST /submit HTTP/1.1\r\nHost: shop.test\r\nContent-Length: 11\r\n\r\n"
+        #expect(h.client(head + "hello") == ["acquire shop"])
+        #expect(!h.machine.wantsClientBytes)
+        #expect(
+            h.attach() == [
+                "upstream " + forwarded("POST /submit HTTP/1.1\r\nHost: shop.test\r\nContent-Length: 11\r\n") + "hello"
+            ]
+        )
+        #expect(h.machine.wantsClientBytes)
+        #expect(h.client(" wor") == ["upstream  wor"])
+        #expect(h.machine.wantsClientBytes)
+        let next = "GET /next HTTP/1.1\r\nHost: shop.test\r\n\r\n"
+        #expect(h.client("ld" + next) == ["upstream ld"])
+        #expect(!h.machine.wantsClientBytes)
+        #expect(
+            h.upstream("HTTP/1.1 201 Created\r\nContent-Length: 0\r\n\r\n") == [
+                "client HTTP/1.1 201 Created\r\nContent-Length: 0\r\n\r\n", "release reusable", "acquire shop",
+            ]
+        )
+    }
+
+    @Test("body bytes that arrive while connecting are sent after the head")
+    func bodyWhileConnecting() throws {
+        var h = try Harness()
+        let head = "PUT /f HTTP/1.1\r\nHost: shop.test\r\nContent-Length: 6\r\n\r\n"
+        #expect(h.client(head + "ab") == ["acquire shop"])
+        #expect(h.client("cd") == [])
+        #expect(
+            h.attach() == [
+                "upstream " + forwarded("PUT /f HTTP/1.1\r\nHost: shop.test\r\nContent-Length: 6\r\n") + "abcd"
+            ]
+        )
+        #expect(h.client("ef") == ["upstream ef"])
+    }
+
+    @Test("a chunked request body is forwarded unchanged")
+    func chunkedRequest() throws {
+        var h = try Harness()
+        let head = "POST /c HTTP/1.1\r\nHost: shop.test\r\nTransfer-Encoding: chunked\r\n\r\n"
+        #expect(h.client(head + "5\r\nhel") == ["acquire shop"])
+        #expect(
+            h.attach() == [
+                "upstream " + forwarded("POST /c HTTP/1.1\r\nHost: shop.test\r\nTransfer-Encoding: chunked\r\n")
+                    + "5\r\nhel"
+            ]
+        )
+        #expect(h.client("lo\r\n0\r\n\r\n") == ["upstream lo\r\n0\r\n\r\n"])
+        #expect(!h.machine.wantsClientBytes)
+        #expect(
+            h.upstream("HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n") == [
+                "client HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n", "release reusable",
+            ]
+        )
+    }
+
+    @Test("an invalid chunk size read with the head is refused before anything is forwarded")
+    func invalidChunkWithHead() throws {
+        var h = try Harness()
+        let head = "POST / HTTP/1.1\r\nHost: shop.test\r\nTransfer-Encoding: chunked\r\n\r\n"
+        #expect(h.client(head + "5\r\nhello\r\nzz\r\n") == ["client " + badRequest(), "close"])
+        #expect(h.state == .closed)
+    }
+
+    @Test("an invalid chunk after forwarding began cuts the backend connection and answers 400")
+    func invalidChunkLater() throws {
+        var h = try Harness()
+        let head = "POST / HTTP/1.1\r\nHost: shop.test\r\nTransfer-Encoding: chunked\r\n\r\n"
+        #expect(h.client(head + "5\r\nhel") == ["acquire shop"])
+        _ = h.attach()
+        #expect(h.client("lo\r\n0x1\r\n") == ["release closed", "client " + badRequest(), "close"])
+        #expect(h.state == .closed)
+    }
+
+    // MARK: Responses
+
+    @Test("a chunked response, then keep-alive")
+    func chunkedResponse() throws {
+        var h = try Harness()
+        h.startGet()
+        #expect(
+            h.upstream("HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhel") == [
+                "client HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhel"
+            ]
+        )
+        #expect(h.state == .exchanging)
+        #expect(h.upstream("lo\r\n0\r\n\r\n") == ["client lo\r\n0\r\n\r\n", "release reusable"])
+        #expect(h.state == .idle)
+    }
+
+    @Test("a response without length runs until the backend closes, then the client is closed")
+    func responseUntilClose() throws {
+        var h = try Harness()
+        h.startGet()
+        #expect(
+            h.upstream("HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\n\r\nsome") == [
+                "client HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nConnection: close\r\n\r\nsome"
+            ]
+        )
+        #expect(h.upstream(" more") == ["client  more"])
+        #expect(h.upstreamClosed() == ["release closed", "close"])
+        #expect(h.state == .closed)
+    }
+
+    @Test("a HEAD response announces a length but has no body")
+    func headResponse() throws {
+        var h = try Harness()
+        #expect(h.client("HEAD / HTTP/1.1\r\nHost: shop.test\r\n\r\n") == ["acquire shop"])
+        _ = h.attach()
+        #expect(
+            h.upstream("HTTP/1.1 200 OK\r\nContent-Length: 1234\r\n\r\n") == [
+                "client HTTP/1.1 200 OK\r\nContent-Length: 1234\r\n\r\n", "release reusable",
+            ]
+        )
+        #expect(h.state == .idle)
+    }
+
+    @Test("204 and 304 have no body")
+    func noBodyStatuses() throws {
+        var h = try Harness()
+        h.startGet()
+        #expect(
+            h.upstream("HTTP/1.1 204 No Content\r\n\r\n") == [
+                "client HTTP/1.1 204 No Content\r\n\r\n", "release reusable",
+            ]
+        )
+        #expect(h.state == .idle)
+        h.startGet()
+        #expect(
+            h.upstream("HTTP/1.1 304 Not Modified\r\nContent-Length: 10\r\n\r\n") == [
+                "client HTTP/1.1 304 Not Modified\r\nContent-Length: 10\r\n\r\n", "release reusable",
+            ]
+        )
+        #expect(h.state == .idle)
+    }
+
+    @Test("a rewritten response without a body completes at once")
+    func rewrittenEmptyResponse() throws {
+        var h = try Harness()
+        h.startGet()
+        #expect(
+            h.upstream("HTTP/1.1 204 No Content\r\nConnection: close\r\n\r\n") == [
+                "client HTTP/1.1 204 No Content\r\n\r\n", "release closed",
+            ]
+        )
+        #expect(h.state == .idle)
+    }
+
+    @Test("an Apache-style response with Keep-Alive fields and a body is rewritten")
+    func apacheStyleResponse() throws {
+        var h = try Harness()
+        h.startGet()
+        #expect(
+            h.upstream(
+                "HTTP/1.1 200 OK\r\nKeep-Alive: timeout=5, max=100\r\nConnection: Keep-Alive\r\n"
+                    + "Transfer-Encoding: chunked\r\n\r\n2\r\nok\r\n0\r\n\r\n"
+            ) == [
+                "client HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nok\r\n0\r\n\r\n", "release reusable",
+            ]
+        )
+        #expect(h.state == .idle)
+    }
+
+    @Test("an Apache-style empty response with Keep-Alive fields is rewritten and completes at once")
+    func apacheStyleEmptyResponse() throws {
+        var h = try Harness()
+        h.startGet()
+        #expect(
+            h.upstream(
+                "HTTP/1.1 200 OK\r\nKeep-Alive: timeout=5, max=100\r\nConnection: Keep-Alive\r\n"
+                    + "Content-Length: 0\r\n\r\n"
+            ) == ["client HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n", "release reusable"]
+        )
+        #expect(h.state == .idle)
+    }
+
+    @Test("bytes after a complete response make the backend connection unusable")
+    func bytesAfterResponse() throws {
+        var h = try Harness()
+        h.startGet()
+        #expect(
+            h.upstream("HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nokEXTRA") == [
+                "client HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok", "release closed",
+            ]
+        )
+        #expect(h.state == .idle)
+    }
+
+    @Test("an invalid response head is answered 502")
+    func invalidResponse() throws {
+        var h = try Harness()
+        h.startGet()
+        #expect(
+            h.upstream("HTTP/1.1 200 OK\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n") == [
+                "release closed", "client " + badGateway(),
+            ]
+        )
+        #expect(h.state == .idle)
+    }
+
+    @Test("100 Continue is passed on, then the final response")
+    func continueThenOK() throws {
+        var h = try Harness()
+        let head = "POST /upload HTTP/1.1\r\nHost: shop.test\r\nExpect: 100-continue\r\nContent-Length: 5\r\n\r\n"
+        #expect(h.client(head) == ["acquire shop"])
+        #expect(
+            h.attach() == [
+                "upstream "
+                    + forwarded(
+                        "POST /upload HTTP/1.1\r\nHost: shop.test\r\nExpect: 100-continue\r\nContent-Length: 5\r\n"
+                    )
+            ]
+        )
+        #expect(h.machine.wantsClientBytes)
+        #expect(h.upstream("HTTP/1.1 100 Continue\r\n\r\n") == ["client HTTP/1.1 100 Continue\r\n\r\n"])
+        #expect(h.state == .exchanging)
+        #expect(h.client("hello") == ["upstream hello"])
+        #expect(
+            h.upstream("HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok") == [
+                "client HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok", "release reusable",
+            ]
+        )
+        #expect(h.state == .idle)
+    }
+
+    @Test("an interim response followed by a final head split across reads")
+    func interimThenSplitFinal() throws {
+        var h = try Harness()
+        h.startGet()
+        #expect(
+            h.upstream("HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\nContent-") == [
+                "client HTTP/1.1 100 Continue\r\n\r\n"
+            ]
+        )
+        #expect(
+            h.upstream("Length: 2\r\n\r\nok") == [
+                "client HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok", "release reusable",
+            ]
+        )
+    }
+
+    @Test("an interim response and the final one in the same read")
+    func interimAndFinalTogether() throws {
+        var h = try Harness()
+        h.startGet()
+        let interim = "HTTP/1.1 103 Early Hints\r\nLink: </a.css>; rel=preload\r\n\r\n"
+        let final = "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
+        #expect(h.upstream(interim + final) == ["client " + interim + final, "release reusable"])
+    }
+
+    // MARK: Connection management
+
+    @Test("a response with Connection: close releases the backend connection, the client stays")
+    func responseConnectionClose() throws {
+        var h = try Harness()
+        h.startGet()
+        #expect(
+            h.upstream("HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 2\r\n\r\nok") == [
+                "client HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok", "release closed",
+            ]
+        )
+        #expect(h.state == .idle)
+    }
+
+    @Test("a request with Connection: close gets Connection: close, then the client is closed")
+    func requestConnectionClose() throws {
+        var h = try Harness()
+        #expect(h.client("GET / HTTP/1.1\r\nHost: shop.test\r\nConnection: close\r\n\r\n") == ["acquire shop"])
+        #expect(h.attach() == ["upstream " + forwarded("GET / HTTP/1.1\r\nHost: shop.test\r\n")])
+        #expect(
+            h.upstream("HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok") == [
+                "client HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok", "release reusable",
+                "close",
+            ]
+        )
+        #expect(h.state == .closed)
+    }
+
+    @Test("an HTTP/1.0 keep-alive request gets Connection: keep-alive")
+    func http10KeepAlive() throws {
+        var h = try Harness()
+        #expect(h.client("GET / HTTP/1.0\r\nHost: shop.test\r\nConnection: keep-alive\r\n\r\n") == ["acquire shop"])
+        #expect(h.attach() == ["upstream " + forwarded("GET / HTTP/1.0\r\nHost: shop.test\r\n")])
+        #expect(
+            h.upstream("HTTP/1.0 200 OK\r\nContent-Length: 2\r\n\r\nok") == [
+                "client HTTP/1.0 200 OK\r\nContent-Length: 2\r\nConnection: keep-alive\r\n\r\nok", "release closed",
+            ]
+        )
+        #expect(h.state == .idle)
+    }
+
+    @Test("an HTTP/1.0 request without keep-alive gets Connection: close")
+    func http10Close() throws {
+        var h = try Harness()
+        #expect(h.client("GET / HTTP/1.0\r\nHost: shop.test\r\n\r\n") == ["acquire shop"])
+        _ = h.attach()
+        #expect(
+            h.upstream("HTTP/1.0 200 OK\r\nContent-Length: 2\r\n\r\nok") == [
+                "client HTTP/1.0 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok", "release closed", "close",
+            ]
+        )
+    }
+
+    @Test("a backend connection that carried an HTTP/1.0 request without keep-alive is not pooled")
+    func http10BackendNotPooled() throws {
+        // The request goes out as "HTTP/1.0" with its Connection field cut, so the backend closes after answering
+        // (RFC 9112 §9.3) even when its response says HTTP/1.1 without "Connection: close".
+        var h = try Harness()
+        #expect(h.client("GET / HTTP/1.0\r\nHost: shop.test\r\nConnection: keep-alive\r\n\r\n") == ["acquire shop"])
+        #expect(h.attach() == ["upstream " + forwarded("GET / HTTP/1.0\r\nHost: shop.test\r\n")])
+        #expect(
+            h.upstream("HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok") == [
+                "client HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: keep-alive\r\n\r\nok", "release closed",
+            ]
+        )
+    }
+
+    @Test("an early response (request body incomplete) closes both connections")
+    func earlyResponse() throws {
+        var h = try Harness()
+        let head = "POST /upload HTTP/1.1\r\nHost: shop.test\r\nContent-Length: 100\r\n\r\n"
+        #expect(h.client(head + "part") == ["acquire shop"])
+        _ = h.attach()
+        #expect(
+            h.upstream("HTTP/1.1 413 Payload Too Large\r\nContent-Length: 3\r\n\r\nbig") == [
+                "client HTTP/1.1 413 Payload Too Large\r\nContent-Length: 3\r\nConnection: close\r\n\r\nbig",
+                "release closed", "close",
+            ]
+        )
+        #expect(h.state == .closed)
+    }
+
+    @Test("an early response without a body closes both connections at once")
+    func earlyEmptyResponse() throws {
+        var h = try Harness()
+        let head = "POST /upload HTTP/1.1\r\nHost: shop.test\r\nContent-Length: 100\r\n\r\n"
+        #expect(h.client(head + "part") == ["acquire shop"])
+        _ = h.attach()
+        #expect(
+            h.upstream("HTTP/1.1 401 Unauthorized\r\nContent-Length: 0\r\n\r\n") == [
+                "client HTTP/1.1 401 Unauthorized\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+                "release closed", "close",
+            ]
+        )
+        #expect(h.state == .closed)
+    }
+
+    @Test("the client half-closing while awaiting the response: the response says close, then the client closes")
+    func clientHalfClosedAwaitingResponse() throws {
+        var h = try Harness()
+        h.startGet()
+        #expect(h.clientInputEnded() == [])
+        #expect(
+            h.upstream("HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok") == [
+                "client HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok", "release reusable",
+                "close",
+            ]
+        )
+    }
+
+    @Test("the client half-closing mid-body abandons the exchange")
+    func clientHalfClosedMidBody() throws {
+        var h = try Harness()
+        #expect(h.client("POST / HTTP/1.1\r\nHost: shop.test\r\nContent-Length: 10\r\n\r\nabc") == ["acquire shop"])
+        _ = h.attach()
+        #expect(h.clientInputEnded() == ["release closed", "close"])
+        #expect(h.state == .closed)
+    }
+
+    @Test("the client half-closing while idle closes")
+    func clientHalfClosedIdle() throws {
+        var h = try Harness()
+        #expect(h.clientInputEnded() == ["close"])
+        #expect(h.state == .closed)
+    }
+
+    @Test("the client going away mid-exchange releases the backend connection")
+    func clientGone() throws {
+        var h = try Harness()
+        h.startGet()
+        #expect(h.clientClosed() == ["release closed"])
+        #expect(h.state == .closed)
+        #expect(h.upstream("HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n") == [])
+    }
+
+    @Test("reads are wanted only when the machine can use the bytes")
+    func wantsClientBytes() throws {
+        var h = try Harness()
+        #expect(h.machine.wantsClientBytes)
+        #expect(!h.machine.wantsUpstreamBytes)
+        _ = h.client("POST / HTTP/1.1\r\nHost: shop.test\r\n")
+        #expect(h.state == .readingHead)
+        #expect(h.machine.wantsClientBytes)
+        #expect(h.client("Content-Length: 4\r\n\r\nab") == ["acquire shop"])
+        #expect(h.state == .connecting)
+        #expect(!h.machine.wantsClientBytes)
+        #expect(!h.machine.wantsUpstreamBytes)
+        _ = h.attach()
+        #expect(h.machine.wantsClientBytes)
+        #expect(h.machine.wantsUpstreamBytes)
+        _ = h.client("cd")
+        #expect(h.state == .exchanging)
+        #expect(!h.machine.wantsClientBytes)
+        #expect(h.machine.wantsUpstreamBytes)
+        _ = h.upstream("HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
+        #expect(h.machine.wantsClientBytes)
+        #expect(!h.machine.wantsUpstreamBytes)
+
+        // A GET waits for its response without reading more.
+        h.startGet()
+        #expect(!h.machine.wantsClientBytes)
+    }
+
+    // MARK: Upgrades
+
+    @Test("an upgrade answered 101 becomes a tunnel that passes bytes both ways verbatim")
+    func upgradeTunnel() throws {
+        var h = try Harness()
+        let request =
+            "GET /chat HTTP/1.1\r\nHost: shop.test\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n"
+            + "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+        #expect(h.client(request) == ["acquire shop"])
+        #expect(
+            h.attach() == [
+                "upstream "
+                    + forwarded(
+                        "GET /chat HTTP/1.1\r\nHost: shop.test\r\n"
+                            + "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n"
+                            + "Upgrade: websocket\r\nConnection: upgrade\r\n"
+                    )
+            ]
+        )
+        #expect(h.client("early") == [])
+        let switching =
+            "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+            + "Sec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n\r\n"
+        #expect(h.upstream(switching + "server-first") == ["client " + switching + "server-first", "upstream early"])
+        #expect(h.state == .tunnel)
+        #expect(h.machine.wantsClientBytes)
+        #expect(h.machine.wantsUpstreamBytes)
+        #expect(h.client("GET / HTTP/1.1\r\nHost: x\r\n\r\n") == ["upstream GET / HTTP/1.1\r\nHost: x\r\n\r\n"])
+        #expect(h.upstream("HTTP/1.1 200 OK\r\n\r\n") == ["client HTTP/1.1 200 OK\r\n\r\n"])
+        #expect(h.clientInputEnded() == ["shutdown upstream"])
+        #expect(h.upstream("last") == ["client last"])
+        #expect(h.upstreamClosed() == ["release closed", "close"])
+        #expect(h.state == .closed)
+    }
+
+    @Test("a tunnel whose backend finishes first closes once both sides are done")
+    func tunnelBackendClosesFirst() throws {
+        var h = try Harness()
+        try openTunnel(&h)
+        #expect(h.upstreamClosed() == ["shutdown client"])
+        #expect(h.state == .tunnel)
+        #expect(h.client("bye") == ["upstream bye"])
+        #expect(h.clientInputEnded() == ["shutdown upstream"])
+        // With both of its directions shut, the backend connection closes in full (NIO escalates the output
+        // shutdown of a half-closed channel to a close), which is reported again.
+        #expect(h.upstreamClosed() == ["release closed", "close"])
+        #expect(h.state == .closed)
+    }
+
+    @Test("an idle tunnel is closed after its timeout; traffic extends it")
+    func tunnelIdleTimeout() throws {
+        var h = try Harness()
+        try openTunnel(&h)
+        #expect(h.advance(Timeout.tunnelIdle - .seconds(1)) == [])
+        #expect(h.client("ping") == ["upstream ping"])
+        #expect(h.advance(Timeout.tunnelIdle - .seconds(1)) == [])
+        #expect(h.advance(.seconds(1)) == ["release closed", "close"])
+        #expect(h.state == .closed)
+    }
+
+    @Test("a 101 to a request that did not ask to upgrade closes both connections")
+    func unexpectedSwitchingProtocols() throws {
+        var h = try Harness()
+        h.startGet()
+        #expect(
+            h.upstream("HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n") == [
+                "release closed", "close",
+            ]
+        )
+        #expect(h.state == .closed)
+    }
+
+    @Test("an upgrade the backend declines is an ordinary exchange")
+    func upgradeDeclined() throws {
+        var h = try Harness()
+        #expect(
+            h.client("GET /ws HTTP/1.1\r\nHost: shop.test\r\nConnection: upgrade\r\nUpgrade: websocket\r\n\r\n") == [
+                "acquire shop"
+            ]
+        )
+        _ = h.attach()
+        #expect(
+            h.upstream("HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nno") == [
+                "client HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nno", "release reusable",
+            ]
+        )
+        #expect(h.state == .idle)
+    }
+
+    private func openTunnel(_ h: inout Harness) throws {
+        let request = "GET /ws HTTP/1.1\r\nHost: shop.test\r\nConnection: upgrade\r\nUpgrade: websocket\r\n\r\n"
+        #expect(h.client(request) == ["acquire shop"])
+        _ = h.attach()
+        let switching = "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: upgrade\r\n\r\n"
+        #expect(h.upstream(switching) == ["client " + switching])
+        try #require(h.state == .tunnel)
+    }
+
+    // MARK: Backend failures and retries
+
+    @Test("a failed connect with one backend is answered 502")
+    func connectFailedOneBackend() throws {
+        var h = try Harness()
+        #expect(h.client("GET / HTTP/1.1\r\nHost: shop.test\r\n\r\n") == ["acquire shop"])
+        #expect(h.connectFailed(.refused) == ["client " + badGateway()])
+        #expect(h.state == .idle)
+        #expect(h.client("GET / HTTP/1.1\r\nHost: shop.test\r\n\r\n") == ["acquire shop"])
+    }
+
+    @Test("a failed connect with two backends tries the other one")
+    func connectFailedTwoBackends() throws {
+        var h = try Harness()
+        #expect(h.client("GET / HTTP/1.1\r\nHost: duo.test\r\n\r\n") == ["acquire duo"])
+        #expect(h.connectFailed(.refused) == ["acquire duo"])
+        #expect(h.state == .connecting)
+        #expect(h.attach() == ["upstream " + forwarded("GET / HTTP/1.1\r\nHost: duo.test\r\n", host: "duo.test")])
+        #expect(
+            h.upstream("HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok") == [
+                "client HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok", "release reusable",
+            ]
+        )
+    }
+
+    @Test("a second failed connect is answered 502")
+    func connectFailedTwice() throws {
+        var h = try Harness()
+        #expect(h.client("GET / HTTP/1.1\r\nHost: duo.test\r\n\r\n") == ["acquire duo"])
+        #expect(h.connectFailed(.refused) == ["acquire duo"])
+        #expect(h.connectFailed(.refused) == ["client " + badGateway()])
+        #expect(h.state == .idle)
+    }
+
+    @Test("a POST whose connect failed is sent, body included, to the other backend")
+    func connectFailedPostRetried() throws {
+        var h = try Harness()
+        let head = "POST /p HTTP/1.1\r\nHost: duo.test\r\nContent-Length: 3\r\n\r\n"
+        #expect(h.client(head + "abc") == ["acquire duo"])
+        #expect(h.connectFailed(.refused) == ["acquire duo"])
+        #expect(
+            h.attach() == [
+                "upstream "
+                    + forwarded("POST /p HTTP/1.1\r\nHost: duo.test\r\nContent-Length: 3\r\n", host: "duo.test")
+                    + "abc"
+            ]
+        )
+    }
+
+    @Test("a connect timeout is answered 504")
+    func connectTimeout() throws {
+        var h = try Harness()
+        #expect(h.client("GET / HTTP/1.1\r\nHost: shop.test\r\n\r\n") == ["acquire shop"])
+        #expect(h.connectFailed(.timedOut) == ["client " + gatewayTimeout()])
+        #expect(h.state == .idle)
+    }
+
+    @Test("a GET on a pooled connection the backend had closed is sent again on a new one")
+    func staleConnectionRetried() throws {
+        var h = try Harness()
+        let forwardedGet = "upstream " + forwarded("GET / HTTP/1.1\r\nHost: shop.test\r\n")
+        #expect(h.client("GET / HTTP/1.1\r\nHost: shop.test\r\n\r\n") == ["acquire shop"])
+        #expect(h.attach(reused: true) == [forwardedGet])
+        #expect(h.upstreamClosed() == ["release closed", "acquire shop"])
+        #expect(h.state == .connecting)
+        #expect(h.attach(reused: false) == [forwardedGet])
+        #expect(
+            h.upstream("HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok") == [
+                "client HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok", "release reusable",
+            ]
+        )
+    }
+
+    @Test("a pooled connection that closes in the middle of a response head leaves nothing behind")
+    func staleConnectionClosedMidHead() throws {
+        var h = try Harness()
+        let partial = "HTTP/1.1 200 OK\r\nX-Padding: " + String(repeating: "p", count: 40) + "\r\nContent-"
+        #expect(h.client("GET / HTTP/1.1\r\nHost: shop.test\r\n\r\n") == ["acquire shop"])
+        _ = h.attach(reused: true)
+        #expect(h.upstream(partial) == [])
+        let actions = h.upstreamClosed()
+        if actions == ["release closed", "acquire shop"] {
+            // Sent again: the next connection's response must be read from a clean slate.
+            _ = h.attach()
+            #expect(
+                h.upstream("HTTP/1.1 204 No Content\r\n\r\n") == [
+                    "client HTTP/1.1 204 No Content\r\n\r\n", "release reusable",
+                ]
+            )
+        } else {
+            // The backend had begun answering: a 502.
+            #expect(actions == ["release closed", "client " + badGateway()])
+        }
+    }
+
+    @Test("a response head cut short by a timeout does not affect the next exchange")
+    func partialHeadThenNextExchange() throws {
+        var h = try Harness()
+        h.startGet()
+        #expect(h.upstream("HTTP/1.1 200 OK\r\nX-Padding: " + String(repeating: "p", count: 40) + "\r\n") == [])
+        #expect(h.advance(Timeout.upstreamResponse) == ["release closed", "client " + gatewayTimeout()])
+        #expect(h.state == .idle)
+        h.startGet()
+        #expect(
+            h.upstream("HTTP/1.1 204 No Content\r\n\r\n") == [
+                "client HTTP/1.1 204 No Content\r\n\r\n", "release reusable",
+            ]
+        )
+        #expect(h.state == .idle)
+    }
+
+    @Test("an invalid response head after a partial one does not affect the next exchange")
+    func invalidHeadThenNextExchange() throws {
+        var h = try Harness()
+        h.startGet()
+        #expect(h.upstream("HTTP/1.1 200 OK\r\nX-Padding: " + String(repeating: "p", count: 40) + "\r\n") == [])
+        #expect(h.upstream("Bad Header\r\n\r\n") == ["release closed", "client " + badGateway()])
+        h.startGet()
+        #expect(
+            h.upstream("HTTP/1.1 204 No Content\r\n\r\n") == [
+                "client HTTP/1.1 204 No Content\r\n\r\n", "release reusable",
+            ]
+        )
+    }
+
+    @Test("a fresh connection closed before answering is answered 502")
+    func freshConnectionClosed() throws {
+        var h = try Harness()
+        h.startGet()
+        #expect(h.upstreamClosed() == ["release closed", "client " + badGateway()])
+        #expect(h.state == .idle)
+    }
+
+    @Test("a POST with a body on a pooled connection the backend closed is not sent again: 502")
+    func staleConnectionPost() throws {
+        var h = try Harness()
+        let head = "POST /p HTTP/1.1\r\nHost: shop.test\r\nContent-Length: 3\r\n\r\n"
+        #expect(h.client(head + "abc") == ["acquire shop"])
+        #expect(
+            h.attach(reused: true) == [
+                "upstream " + forwarded("POST /p HTTP/1.1\r\nHost: shop.test\r\nContent-Length: 3\r\n") + "abc"
+            ]
+        )
+        #expect(h.upstreamClosed() == ["release closed", "client " + badGateway()])
+        #expect(h.state == .idle)
+    }
+
+    @Test("a backend closing mid-body closes the client")
+    func truncatedResponse() throws {
+        var h = try Harness()
+        h.startGet()
+        #expect(
+            h.upstream("HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nabc") == [
+                "client HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nabc"
+            ]
+        )
+        #expect(h.upstreamClosed() == ["release closed", "close"])
+        #expect(h.state == .closed)
+    }
+
+    // MARK: Timeouts
+
+    @Test("a head not received in time is answered 408 and the connection closed")
+    func clientHeaderTimeout() throws {
+        var h = try Harness()
+        #expect(h.client("GET / HTTP/1.1\r\nHo") == [])
+        #expect(h.state == .readingHead)
+        #expect(h.advance(.seconds(5)) == [])
+        // Trickling bytes does not extend the deadline.
+        #expect(h.client("st: sh") == [])
+        #expect(h.advance(Timeout.clientHeader - .seconds(5) - .nanoseconds(1)) == [])
+        #expect(h.advance(.nanoseconds(1)) == ["client " + requestTimeout(), "close"])
+        #expect(h.state == .closed)
+    }
+
+    @Test("an idle keep-alive connection is closed silently")
+    func keepAliveTimeout() throws {
+        var h = try Harness()
+        h.startGet()
+        _ = h.upstream("HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
+        #expect(h.state == .idle)
+        #expect(h.advance(Timeout.keepAlive - .nanoseconds(1)) == [])
+        #expect(h.advance(.nanoseconds(1)) == ["close"])
+        #expect(h.state == .closed)
+    }
+
+    @Test("a new connection that sends nothing is closed silently")
+    func newConnectionIdle() throws {
+        var h = try Harness()
+        #expect(h.advance(Timeout.keepAlive) == ["close"])
+    }
+
+    @Test("a backend that does not answer in time is answered 504")
+    func upstreamResponseTimeout() throws {
+        var h = try Harness()
+        h.startGet()
+        #expect(h.advance(Timeout.upstreamResponse - .nanoseconds(1)) == [])
+        #expect(h.advance(.nanoseconds(1)) == ["release closed", "client " + gatewayTimeout()])
+        #expect(h.state == .idle)
+    }
+
+    @Test("a slow but steady upload is not cut by the backend's response timeout")
+    func slowUploadNotCutByResponseTimeout() throws {
+        var h = try Harness()
+        #expect(h.client("POST / HTTP/1.1\r\nHost: shop.test\r\nContent-Length: 10\r\n\r\n") == ["acquire shop"])
+        _ = h.attach()
+        // One byte every 5 s: within the client body timeout, 50 s in all, longer than the response timeout.
+        for index in 0..<10 {
+            try #require(h.advance(.seconds(5)) == [], "after \(5 * (index + 1)) s")
+            try #require(h.client("x") == ["upstream x"])
+        }
+        // The backend has the whole request only now; its time to answer starts here.
+        #expect(h.advance(Timeout.upstreamResponse - .nanoseconds(1)) == [])
+        #expect(h.advance(.nanoseconds(1)) == ["release closed", "client " + gatewayTimeout()])
+    }
+
+    @Test("a HEAD that times out gets the 504 head only")
+    func upstreamResponseTimeoutHead() throws {
+        var h = try Harness()
+        #expect(h.client("HEAD / HTTP/1.1\r\nHost: shop.test\r\n\r\n") == ["acquire shop"])
+        _ = h.attach()
+        #expect(h.advance(Timeout.upstreamResponse) == ["release closed", "client " + gatewayTimeout(headOnly: true)])
+    }
+
+    @Test("a backend stalling mid-body is cut and the client closed")
+    func upstreamStallsMidBody() throws {
+        var h = try Harness()
+        h.startGet()
+        _ = h.upstream("HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nabc")
+        #expect(h.advance(Timeout.upstreamResponse) == ["release closed", "close"])
+        #expect(h.state == .closed)
+    }
+
+    @Test("a request body not received in time is answered 408 and both connections closed")
+    func clientBodyTimeout() throws {
+        var h = try Harness()
+        #expect(h.client("POST / HTTP/1.1\r\nHost: shop.test\r\nContent-Length: 10\r\n\r\nabc") == ["acquire shop"])
+        _ = h.attach()
+        #expect(h.advance(Timeout.clientBody - .nanoseconds(1)) == [])
+        #expect(h.advance(.nanoseconds(1)) == ["release closed", "client " + requestTimeout(), "close"])
+        #expect(h.state == .closed)
+    }
+
+    // MARK: Shutdown
+
+    @Test("shutdown while idle closes at once")
+    func shutdownIdle() throws {
+        var h = try Harness()
+        #expect(h.beginShutdown() == ["close"])
+        #expect(h.state == .closed)
+    }
+
+    @Test("shutdown while exchanging: the response says Connection: close, then the client is closed")
+    func shutdownExchanging() throws {
+        var h = try Harness()
+        h.startGet()
+        #expect(h.beginShutdown() == [])
+        #expect(
+            h.upstream("HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok") == [
+                "client HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok", "release reusable",
+                "close",
+            ]
+        )
+        #expect(h.state == .closed)
+    }
+
+    @Test("shutdown while a head is being read: that request is answered with Connection: close")
+    func shutdownReadingHead() throws {
+        var h = try Harness()
+        #expect(h.client("GET / HTTP/1.1\r\n") == [])
+        #expect(h.beginShutdown() == [])
+        #expect(h.client("Host: shop.test\r\n\r\n") == ["acquire shop"])
+        _ = h.attach()
+        #expect(
+            h.upstream("HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok") == [
+                "client HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok", "release reusable",
+                "close",
+            ]
+        )
+    }
+}
