@@ -4,6 +4,7 @@ import NIOCore
 import NIOPosix
 import ServiceLifecycle
 import Switchyard
+import SwitchyardTLS
 
 /// Options every command that runs the balancer shares.
 struct RunOptions: ParsableArguments {
@@ -43,6 +44,7 @@ struct CheckConfigCommand: AsyncParsableCommand {
         do {
             let configuration = try ConfigurationLoader.load(path: file)
             _ = try RouteTable(configuration: configuration)
+            _ = try CertificateStore.load(configuration: configuration)
             print("\(file): OK (\(configuration.tenants.count) tenants)")
         } catch {
             print("\(error)")
@@ -77,9 +79,22 @@ enum Balancer {
             logger.critical("refusing to start: \(options.config): \(error)")
             throw ExitCode(2)
         }
+        let certificates: CertificateSource?
+        do {
+            certificates = try CertificateStore.load(configuration: configuration).map(CertificateSource.init)
+        } catch {
+            logger.critical("refusing to start: \(error)")
+            throw ExitCode(2)
+        }
         let threads = configuration.workers ?? System.coreCount
         let group = MultiThreadedEventLoopGroup(numberOfThreads: threads)
-        let server = ProxyServer(configuration: configuration, group: group, routes: routes, logger: logger)
+        let server = ProxyServer(
+            configuration: configuration,
+            group: group,
+            routes: routes,
+            certificates: certificates,
+            logger: logger
+        )
         do {
             try await server.start()
         } catch {

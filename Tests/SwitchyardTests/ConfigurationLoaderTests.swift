@@ -651,7 +651,7 @@ struct ConfigurationLoaderTests {
             line: 2,
             reason:
                 "accepted keys: client_header, keepalive, client_body, upstream_connect, upstream_response, "
-                + "upstream_idle, tunnel_idle, drain"
+                + "upstream_idle, tls_handshake, tunnel_idle, drain"
         ),
         Refusal(
             "limits:\n  max_header_size: 5\n",

@@ -63,8 +63,8 @@ private struct Harness {
         while let action = machine.popAction() {
             let line: String
             switch action {
-            case .acquireUpstream(let tenant):
-                line = "acquire \(tenant.name)"
+            case .acquireUpstream(let tenant, let fresh):
+                line = "acquire \(tenant.name)" + (fresh ? " fresh" : "")
             case .writeUpstream(let buffer):
                 line = "upstream " + String(buffer: buffer)
             case .writeClient(let buffer):
@@ -847,7 +847,7 @@ struct ProxyStateMachineTests {
         let request =
             "GET /chat HTTP/1.1\r\nHost: shop.test\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n"
             + "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
-        #expect(h.client(request) == ["acquire shop"])
+        #expect(h.client(request) == ["acquire shop fresh"])
         #expect(
             h.attach() == [
                 "upstream "
@@ -916,7 +916,7 @@ struct ProxyStateMachineTests {
         var h = try Harness()
         #expect(
             h.client("GET /ws HTTP/1.1\r\nHost: shop.test\r\nConnection: upgrade\r\nUpgrade: websocket\r\n\r\n") == [
-                "acquire shop"
+                "acquire shop fresh"
             ]
         )
         _ = h.attach()
@@ -930,7 +930,7 @@ struct ProxyStateMachineTests {
 
     private func openTunnel(_ h: inout Harness) throws {
         let request = "GET /ws HTTP/1.1\r\nHost: shop.test\r\nConnection: upgrade\r\nUpgrade: websocket\r\n\r\n"
-        #expect(h.client(request) == ["acquire shop"])
+        #expect(h.client(request) == ["acquire shop fresh"])
         _ = h.attach()
         let switching = "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: upgrade\r\n\r\n"
         #expect(h.upstream(switching) == ["client " + switching])

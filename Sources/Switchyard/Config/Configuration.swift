@@ -95,6 +95,8 @@ public struct Configuration: Sendable, Equatable {
         public var upstreamResponse: TimeAmount
         /// How long an idle pooled backend connection is kept.
         public var upstreamIdle: TimeAmount
+        /// Time allowed for a TLS handshake, from the connection's first byte.
+        public var tlsHandshake: TimeAmount
         /// Idle time allowed on an upgraded (WebSocket) connection, in either direction (HAProxy's
         /// `timeout tunnel`).
         public var tunnelIdle: TimeAmount
@@ -108,6 +110,7 @@ public struct Configuration: Sendable, Equatable {
             upstreamConnect: TimeAmount = .seconds(5),
             upstreamResponse: TimeAmount = .seconds(60),
             upstreamIdle: TimeAmount = .seconds(60),
+            tlsHandshake: TimeAmount = .seconds(10),
             tunnelIdle: TimeAmount = .hours(1),
             drain: TimeAmount = .seconds(30)
         ) {
@@ -117,6 +120,7 @@ public struct Configuration: Sendable, Equatable {
             self.upstreamConnect = upstreamConnect
             self.upstreamResponse = upstreamResponse
             self.upstreamIdle = upstreamIdle
+            self.tlsHandshake = tlsHandshake
             self.tunnelIdle = tunnelIdle
             self.drain = drain
         }

@@ -19,7 +19,7 @@ import Musl
 ///
 /// The accepted keys, in `snake_case`: `listen` (`http`, `https`), `workers`, `admin` (`socket`), `state`, `tls`
 /// (`certificate`, `key`), `access_log`, `timeouts` (`client_header`, `keepalive`, `client_body`,
-/// `upstream_connect`, `upstream_response`, `upstream_idle`, `tunnel_idle`, `drain`), `limits` (`max_header_bytes`,
+/// `upstream_connect`, `upstream_response`, `upstream_idle`, `tls_handshake`, `tunnel_idle`, `drain`), `limits` (`max_header_bytes`,
 /// `max_headers`, `max_connections`, `upstream_keepalive`) and `tenants`, a list of mappings with `name`,
 /// `domains`, `backends`, `certificate`, `key` and `health` (`path`, `interval`, `timeout`, `rise`, `fall`).
 /// Paths are kept as written; relative ones are relative to the working directory.
@@ -69,7 +69,7 @@ public enum ConfigurationLoader {
         static let tls = ["certificate", "key"]
         static let timeouts = [
             "client_header", "keepalive", "client_body", "upstream_connect", "upstream_response", "upstream_idle",
-            "tunnel_idle", "drain",
+            "tls_handshake", "tunnel_idle", "drain",
         ]
         static let limits = ["max_header_bytes", "max_headers", "max_connections", "upstream_keepalive"]
         static let tenant = ["name", "domains", "backends", "certificate", "key", "health"]
@@ -242,6 +242,7 @@ public enum ConfigurationLoader {
             ("upstream_connect", \.upstreamConnect),
             ("upstream_response", \.upstreamResponse),
             ("upstream_idle", \.upstreamIdle),
+            ("tls_handshake", \.tlsHandshake),
             ("tunnel_idle", \.tunnelIdle),
             ("drain", \.drain),
         ]

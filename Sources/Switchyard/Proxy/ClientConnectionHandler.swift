@@ -1,6 +1,7 @@
 import Logging
 import NIOCore
 import NIOPosix
+import SwitchyardTLS
 
 /// The handler on a client connection: a thin adapter that feeds a ``ProxyStateMachine`` and performs its actions.
 ///
@@ -97,6 +98,10 @@ final class ClientConnectionHandler: ChannelDuplexHandler, RemovableChannelHandl
         if let event = event as? ChannelEvent, event == .inputClosed {
             machine?.clientInputEnded(now: .now())
             performActions()
+            return
+        }
+        if let handshake = event as? TLSHandshakeCompleted {
+            machine?.tlsEstablished(serverName: handshake.serverName, certificate: handshake.certificate)
             return
         }
         context.fireUserInboundEventTriggered(event)
@@ -201,8 +206,8 @@ final class ClientConnectionHandler: ChannelDuplexHandler, RemovableChannelHandl
     private func perform(_ action: ProxyStateMachine.Action) {
         guard let context else { return }
         switch action {
-        case .acquireUpstream(let tenant):
-            acquireUpstream(for: tenant, context: context)
+        case .acquireUpstream(let tenant, let fresh):
+            acquireUpstream(for: tenant, fresh: fresh, context: context)
         case .writeUpstream(let buffer):
             upstream?.write(buffer)
         case .writeClient(let buffer):
@@ -242,13 +247,13 @@ final class ClientConnectionHandler: ChannelDuplexHandler, RemovableChannelHandl
         return "\(tenths / 10).\(tenths % 10)"
     }
 
-    private func acquireUpstream(for tenant: Tenant, context: ChannelHandlerContext) {
+    private func acquireUpstream(for tenant: Tenant, fresh: Bool, context: ChannelHandlerContext) {
         guard let backend = worker.nextBackend(of: tenant, excluding: lastBackend) else {
             machine?.upstreamConnectFailed(.refused, now: .now())
             return
         }
         lastBackend = backend
-        if let pooled = worker.takeUpstream(backend) {
+        if !fresh, let pooled = worker.takeUpstream(backend) {
             attach(pooled, reused: true)
             return
         }

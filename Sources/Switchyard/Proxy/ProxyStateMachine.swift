@@ -27,10 +27,13 @@ struct ProxyStateMachine {
 
     /// Work for the handler, performed in the order queued.
     enum Action {
-        /// Pick one of the tenant's backends and attach a connection to it (pooled or new); answer with
-        /// ``upstreamAttached(backend:reused:now:)`` or ``upstreamConnectFailed(_:now:)``. `excluding` names a backend
-        /// that just failed, to avoid when the tenant has others.
-        case acquireUpstream(Tenant)
+        /// Pick one of the tenant's backends and attach a connection to it, pooled or, when `fresh` is set, new;
+        /// answer with ``upstreamAttached(backend:reused:now:)`` or ``upstreamConnectFailed(_:now:)``. A retry should
+        /// avoid the backend that just failed when the tenant has others.
+        ///
+        /// Upgrade requests always get a new connection: many backend servers (SwiftNIO's upgrader among them)
+        /// only switch protocols on the first request of a connection.
+        case acquireUpstream(Tenant, fresh: Bool)
         case writeUpstream(ByteBuffer)
         case writeClient(ByteBuffer)
         /// Detach the backend connection: back to the pool if `reusable`, else closed.
@@ -108,6 +111,9 @@ struct ProxyStateMachine {
     private var upstreamDeadline: NIODeadline?
     private var clientInputClosed = false
     private var shuttingDown = false
+    /// On TLS, the certificate the handshake served and the SNI name it was chosen for.
+    private var servedCertificate: (any ServedCertificate)?
+    private var serverName: String?
     private var actions: [Action] = []
     private var nextAction = 0
 
@@ -222,6 +228,12 @@ struct ProxyStateMachine {
         inbound = nil
     }
 
+    /// The TLS handshake finished: requests on this connection must be for hosts the served certificate covers.
+    mutating func tlsEstablished(serverName: String?, certificate: any ServedCertificate) {
+        self.serverName = serverName.flatMap { HostName.normalize($0) }
+        self.servedCertificate = certificate
+    }
+
     /// The server is shutting down: finish the current exchange, then close.
     mutating func beginShutdown() {
         shuttingDown = true
@@ -264,7 +276,7 @@ struct ProxyStateMachine {
         if let tenant = exchange.tenant, exchange.attempts < settings.maximumAttempts, tenant.backends.count > 1 {
             exchange.attempts += 1
             self.exchange = exchange
-            queue(.acquireUpstream(tenant))
+            queue(.acquireUpstream(tenant, fresh: exchange.isUpgrade))
             return
         }
         respondToFailedExchange(failure == .timedOut ? .gatewayTimeout : .badGateway, now: now)
@@ -310,7 +322,7 @@ struct ProxyStateMachine {
                     self.exchange = exchange
                     state = .connecting
                     queue(.releaseUpstream(reusable: false))
-                    queue(.acquireUpstream(tenant))
+                    queue(.acquireUpstream(tenant, fresh: exchange.isUpgrade))
                     return
                 }
                 queue(.releaseUpstream(reusable: false))
@@ -472,6 +484,19 @@ struct ProxyStateMachine {
             requestParser.reset()
             return true
         }
+        if let certificate = servedCertificate, routed.host != serverName, !certificate.covers(host: routed.host) {
+            // Domain fronting, or a connection reused for a host its certificate does not cover: the client must
+            // open a connection for that host (RFC 9110 §15.5.20).
+            var output = ByteBuffer()
+            ErrorResponse.write(.misdirected, close: true, headOnly: exchange.isHead, into: &output)
+            exchange.status = 421
+            exchange.bytesToClient = output.readableBytes
+            inbound = nil
+            queue(.writeClient(output))
+            log(exchange, now: now)
+            close()
+            return false
+        }
 
         var upstreamHead = ByteBuffer()
         upstreamHead.reserveCapacity(head.end - head.start + 256)
@@ -508,7 +533,7 @@ struct ProxyStateMachine {
         self.exchange = exchange
         state = .connecting
         clientDeadline = nil
-        queue(.acquireUpstream(tenant))
+        queue(.acquireUpstream(tenant, fresh: exchange.isUpgrade))
         return false
     }
 

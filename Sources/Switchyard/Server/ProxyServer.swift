@@ -3,6 +3,7 @@ import NIOConcurrencyHelpers
 import NIOCore
 import NIOPosix
 import ServiceLifecycle
+import SwitchyardTLS
 
 #if canImport(Glibc)
 import Glibc
@@ -18,6 +19,7 @@ public final class ProxyServer: Service {
     private let configuration: Configuration
     private let group: MultiThreadedEventLoopGroup
     private let routes: RouteSource
+    private let certificates: CertificateSource?
     private let logger: Logger
     private let accessLogger: Logger?
     private let workers: [NIOLoopBoundBox<Worker>]
@@ -27,15 +29,18 @@ public final class ProxyServer: Service {
     /// - Parameters:
     ///   - group: the worker loops; one listener per loop and address is opened on it.
     ///   - routes: the routing snapshot, which the caller may replace while the server runs.
+    ///   - certificates: the certificates for `listen.https`, which the caller may replace while the server runs.
     public init(
         configuration: Configuration,
         group: MultiThreadedEventLoopGroup,
         routes: RouteSource,
+        certificates: CertificateSource? = nil,
         logger: Logger
     ) {
         self.configuration = configuration
         self.group = group
         self.routes = routes
+        self.certificates = certificates
         self.logger = logger
         self.accessLogger = configuration.accessLog ? Logger(label: "switchyard.access") : nil
         let counter = ConnectionCounter(limit: configuration.limits.maxConnections)
@@ -66,18 +71,23 @@ public final class ProxyServer: Service {
         }
         var channels: [Channel] = []
         var addresses: [SocketAddress] = []
-        for address in configuration.listen.http {
+        var endpoints: [(SocketAddress, CertificateSource?)] = configuration.listen.http.map { ($0, nil) }
+        if !configuration.listen.https.isEmpty {
+            guard let certificates else { throw ProxyServerError.httpsWithoutCertificates }
+            endpoints += configuration.listen.https.map { ($0, certificates) }
+        }
+        for (address, certificates) in endpoints {
             // With port 0 the first listener picks a port and the others join it.
             var target = address
             for worker in workers {
-                let channel = try await bind(target, worker: worker)
+                let channel = try await bind(target, worker: worker, certificates: certificates)
                 channels.append(channel)
                 if let local = channel.localAddress, target.port == 0 {
                     target = local
                 }
             }
             addresses.append(target)
-            logger.info("listening for http on \(target)")
+            logger.info("listening for \(certificates == nil ? "http" : "https") on \(target)")
         }
         let started = channels
         listeners.withLockedValue { $0 = started }
@@ -85,8 +95,14 @@ public final class ProxyServer: Service {
         bound.withLockedValue { $0 = resolved }
     }
 
-    private func bind(_ address: SocketAddress, worker: NIOLoopBoundBox<Worker>) async throws -> Channel {
+    private func bind(
+        _ address: SocketAddress,
+        worker: NIOLoopBoundBox<Worker>,
+        certificates: CertificateSource?
+    ) async throws -> Channel {
         let loop = worker.eventLoop
+        let handshakeTimeout = configuration.timeouts.tlsHandshake
+        let logger = self.logger
         return try await ServerBootstrap(group: loop)
             .serverChannelOption(.backlog, value: 4096)
             .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
@@ -101,7 +117,18 @@ public final class ProxyServer: Service {
             .childChannelOption(.allowRemoteHalfClosure, value: true)
             .childChannelInitializer { channel in
                 channel.eventLoop.makeCompletedFuture {
-                    let handler = ClientConnectionHandler(worker: worker.value, scheme: "http")
+                    if let certificates {
+                        let tls = TLSServerHandler(
+                            certificates: certificates,
+                            handshakeTimeout: handshakeTimeout,
+                            logger: logger
+                        )
+                        try channel.pipeline.syncOperations.addHandler(tls)
+                    }
+                    let handler = ClientConnectionHandler(
+                        worker: worker.value,
+                        scheme: certificates == nil ? "http" : "https"
+                    )
                     try channel.pipeline.syncOperations.addHandler(handler)
                 }
             }
@@ -145,5 +172,18 @@ public final class ProxyServer: Service {
             try? await worker.eventLoop.submit { worker.value.closeAll() }.get()
         }
         logger.info("stopped")
+    }
+}
+
+/// Why the server could not start.
+public enum ProxyServerError: Error, CustomStringConvertible {
+    /// `listen.https` is set but no certificates were given.
+    case httpsWithoutCertificates
+
+    public var description: String {
+        switch self {
+        case .httpsWithoutCertificates:
+            return "listen.https needs certificates: set tls.certificate and tls.key"
+        }
     }
 }

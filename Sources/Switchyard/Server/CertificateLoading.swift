@@ -1,0 +1,22 @@
+import SwitchyardTLS
+
+extension CertificateStore {
+    /// Loads the default certificate (`tls:`) and every tenant's own, failing on the first that is unusable
+    /// (unreadable, key not matching, expired), so a bad file is refused whole and the running store kept.
+    ///
+    /// Certificate decoding takes OpenSSL 3's global locks: call this off the event loops.
+    public static func load(configuration: Configuration) throws(TLSError) -> CertificateStore? {
+        guard let files = configuration.tls else { return nil }
+        let defaultContext = try TLSContext(certificatePath: files.certificate, keyPath: files.key)
+        var contexts: [TLSContext] = []
+        for tenant in configuration.tenants {
+            guard let files = tenant.tls else { continue }
+            do {
+                contexts.append(try TLSContext(certificatePath: files.certificate, keyPath: files.key))
+            } catch {
+                throw TLSError("tenant \(tenant.name): \(error.operation)", details: error.details)
+            }
+        }
+        return CertificateStore(defaultContext: defaultContext, contexts: contexts)
+    }
+}
