@@ -55,9 +55,16 @@ struct CheckConfigCommand: AsyncParsableCommand {
 
 /// Starting and running the balancer, shared by `serve` and `demo`.
 enum Balancer {
+    /// Where access-log lines are buffered before they reach standard output.
+    static let accessLogSink = AccessLogSink()
+
     static func loadConfiguration(_ options: RunOptions) throws -> Configuration {
         let level = options.logLevel
+        let accessLog = Balancer.accessLogSink
         LoggingSystem.bootstrap { label in
+            if label == "switchyard.access" {
+                return AccessLogHandler(sink: accessLog)
+            }
             var handler = StreamLogHandler.standardOutput(label: label)
             handler.logLevel = level
             return handler
@@ -105,7 +112,7 @@ enum Balancer {
         logger.info(
             "switchyard \(SwitchyardVersion.current) serving \(configuration.tenants.count) tenants on \(threads) workers"
         )
-        let services: [any Service] = extraServices + [server]
+        let services: [any Service] = [accessLogSink] + extraServices + [server]
         let serviceGroup = ServiceGroup(
             configuration: .init(
                 services: services.map { .init(service: $0) },
