@@ -150,19 +150,20 @@ struct ProxyStateMachine {
         actions.append(action)
     }
 
-    /// Whether the handler should read from the client now. Reads stop while a backend is being connected and
-    /// while a finished request waits for its response, so that pipelined requests queue in the kernel rather than
-    /// in memory.
+    /// Whether the handler should read from the client now.
+    ///
+    /// While a request body streams, reads follow the backend's pace (the handler also checks its writability).
+    /// Otherwise reads go on until one head's worth of bytes is buffered (a pipelined request, say): holding
+    /// reads on every request would cost two `epoll_ctl` calls per request, and the buffer is bounded anyway.
     var wantsClientBytes: Bool {
+        guard !clientInputClosed else { return false }
         switch state {
-        case .idle, .readingHead:
-            return !clientInputClosed
-        case .exchanging:
-            if let exchange, !exchange.requestBody.isComplete { return !clientInputClosed }
-            return false
-        case .tunnel:
-            return !clientInputClosed
-        case .connecting, .closed:
+        case .idle, .readingHead, .tunnel:
+            return true
+        case .exchanging, .connecting:
+            if state == .exchanging, let exchange, !exchange.requestBody.isComplete { return true }
+            return (inbound?.readableBytes ?? 0) < settings.maximumHeadBytes
+        case .closed:
             return false
         }
     }
