@@ -163,19 +163,27 @@ public struct TenantConfiguration: Sendable, Equatable {
     public var tls: Configuration.TLSFiles?
     /// Active health check settings; `nil` keeps the defaults.
     public var health: HealthCheckConfiguration?
+    /// Idle time allowed on the tenant's upgraded (WebSocket) connections; `nil` means `timeouts.tunnel_idle`.
+    public var tunnelIdle: TimeAmount?
+    /// Most upgraded connections open at once for the tenant; more upgrade requests get 503.
+    public var maxTunnels: Int
 
     public init(
         name: String,
         domains: [String],
         backends: [SocketAddress],
         tls: Configuration.TLSFiles? = nil,
-        health: HealthCheckConfiguration? = nil
+        health: HealthCheckConfiguration? = nil,
+        tunnelIdle: TimeAmount? = nil,
+        maxTunnels: Int = 10_000
     ) {
         self.name = name
         self.domains = domains
         self.backends = backends
         self.tls = tls
         self.health = health
+        self.tunnelIdle = tunnelIdle
+        self.maxTunnels = maxTunnels
     }
 }
 

@@ -72,7 +72,9 @@ public enum ConfigurationLoader {
             "tls_handshake", "tunnel_idle", "drain",
         ]
         static let limits = ["max_header_bytes", "max_headers", "max_connections", "upstream_keepalive"]
-        static let tenant = ["name", "domains", "backends", "certificate", "key", "health"]
+        static let tenant = [
+            "name", "domains", "backends", "certificate", "key", "health", "tunnel_idle", "max_tunnels",
+        ]
         static let health = ["path", "interval", "timeout", "rise", "fall"]
     }
 
@@ -376,13 +378,19 @@ public enum ConfigurationLoader {
         if let healthNode = mapping["health"] {
             health = try Self.health(healthNode)
         }
-        let tenant = TenantConfiguration(
+        var tenant = TenantConfiguration(
             name: name,
             domains: domains,
             backends: backends.map(\.address),
             tls: tls,
             health: health
         )
+        if let node = mapping["tunnel_idle"] {
+            tenant.tunnelIdle = try node.positiveDuration()
+        }
+        if let node = mapping["max_tunnels"] {
+            tenant.maxTunnels = try node.integer(in: 1...1_000_000)
+        }
         return (tenant, nameNode, domainNodes)
     }
 

@@ -114,6 +114,10 @@ struct ProxyStateMachine {
     /// On TLS, the certificate the handshake served and the SNI name it was chosen for.
     private var servedCertificate: (any ServedCertificate)?
     private var serverName: String?
+    /// The tenant tunnel slot held from an upgrade request until its tunnel ends or the upgrade is declined.
+    private var tunnelSlot: TunnelGauge?
+    /// Idle timeout of the current tunnel (the tenant's, else the server's).
+    private var tunnelIdleTimeout: TimeAmount
     private var actions: [Action] = []
     private var nextAction = 0
 
@@ -129,6 +133,7 @@ struct ProxyStateMachine {
             maximumHeaderCount: settings.maximumHeaderCount
         )
         self.clientDeadline = now + settings.keepAliveTimeout
+        self.tunnelIdleTimeout = settings.tunnelIdleTimeout
         actions.reserveCapacity(8)
     }
 
@@ -181,7 +186,7 @@ struct ProxyStateMachine {
         case .closed:
             return
         case .tunnel:
-            clientDeadline = now + settings.tunnelIdleTimeout
+            clientDeadline = now + tunnelIdleTimeout
             queue(.writeUpstream(buffer))
             return
         case .idle, .readingHead, .connecting, .exchanging:
@@ -224,6 +229,7 @@ struct ProxyStateMachine {
         case .idle, .readingHead, .connecting, .closed:
             break
         }
+        releaseTunnelSlot()
         state = .closed
         exchange = nil
         inbound = nil
@@ -287,7 +293,7 @@ struct ProxyStateMachine {
     mutating func upstreamRead(_ buffer: ByteBuffer, now: NIODeadline) {
         switch state {
         case .tunnel:
-            clientDeadline = now + settings.tunnelIdleTimeout
+            clientDeadline = now + tunnelIdleTimeout
             queue(.writeClient(buffer))
         case .exchanging:
             upstreamDeadline = now + settings.upstreamResponseTimeout
@@ -497,6 +503,18 @@ struct ProxyStateMachine {
             log(exchange, now: now)
             close()
             return false
+        }
+
+        if head.isUpgrade {
+            guard tenant.tunnels.acquire() else {
+                // The tenant's tunnel cap is reached: refuse now rather than let one tenant take every socket.
+                buffer.moveReaderIndex(forwardBy: head.end)
+                inbound = buffer.readableBytes > 0 ? buffer : nil
+                self.exchange = exchange
+                respondToFailedExchange(.serviceUnavailable, now: now)
+                return false
+            }
+            tunnelSlot = tenant.tunnels
         }
 
         var upstreamHead = ByteBuffer()
@@ -758,6 +776,7 @@ struct ProxyStateMachine {
         }
         queue(.releaseUpstream(reusable: exchange.upstreamKeepAlive))
         log(exchange, now: now)
+        releaseTunnelSlot()
         self.exchange = nil
         if exchange.keepAlive && !clientInputClosed && !shuttingDown {
             state = .idle
@@ -773,7 +792,8 @@ struct ProxyStateMachine {
     private mutating func enterTunnel(now: NIODeadline) {
         state = .tunnel
         upstreamDeadline = nil
-        clientDeadline = now + settings.tunnelIdleTimeout
+        tunnelIdleTimeout = exchange?.tenant?.tunnelIdle ?? settings.tunnelIdleTimeout
+        clientDeadline = now + tunnelIdleTimeout
         exchange = nil
         processInbound(now: now)
     }
@@ -800,6 +820,7 @@ struct ProxyStateMachine {
         exchange.bytesToClient += output.readableBytes
         queue(.writeClient(output))
         log(exchange, now: now)
+        releaseTunnelSlot()
         self.exchange = nil
         if close {
             self.close()
@@ -820,7 +841,13 @@ struct ProxyStateMachine {
         close()
     }
 
+    private mutating func releaseTunnelSlot() {
+        tunnelSlot?.release()
+        tunnelSlot = nil
+    }
+
     private mutating func close() {
+        releaseTunnelSlot()
         guard state != .closed else { return }
         state = .closed
         exchange = nil

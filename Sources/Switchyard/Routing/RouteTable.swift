@@ -80,12 +80,25 @@ public struct RouteTableError: Error, Equatable, CustomStringConvertible {
 
 extension RouteTable {
     /// Builds the table for the tenants of a configuration.
-    public init(configuration: Configuration) throws(RouteTableError) {
+    ///
+    /// - Parameter previous: the table being replaced, if any: a tenant that keeps its name keeps its tunnel
+    ///   count (when its cap is unchanged), so tunnels opened before a reload still count against the cap.
+    public init(configuration: Configuration, previous: RouteTable? = nil) throws(RouteTableError) {
+        var gauges: [String: TunnelGauge] = [:]
+        for tenant in previous?.tenants ?? [] {
+            gauges[tenant.name] = tenant.tunnels
+        }
         let tenants = configuration.tenants.map { tenant in
-            Tenant(
+            var gauge = gauges[tenant.name] ?? TunnelGauge(limit: tenant.maxTunnels)
+            if gauge.limit != tenant.maxTunnels {
+                gauge = TunnelGauge(limit: tenant.maxTunnels)
+            }
+            return Tenant(
                 name: tenant.name,
                 domains: tenant.domains,
-                backends: tenant.backends.map { Backend(address: $0) }
+                backends: tenant.backends.map { Backend(address: $0) },
+                tunnelIdle: tenant.tunnelIdle,
+                tunnels: gauge
             )
         }
         try self.init(tenants: tenants)

@@ -1,3 +1,4 @@
+import Atomics
 import NIOCore
 
 /// A tenant as the data path sees it: its name, domains and backends.
@@ -11,11 +12,53 @@ public final class Tenant: Sendable {
     public let domains: [String]
     /// Backends in the order they were declared.
     public let backends: [Backend]
+    /// Idle timeout of the tenant's tunnels; `nil` for the server-wide one.
+    public let tunnelIdle: TimeAmount?
+    /// The tenant's open tunnels, against its `max_tunnels`. Shared with the tenant's successor on a reload, so
+    /// the cap holds across configuration changes.
+    public let tunnels: TunnelGauge
 
-    public init(name: String, domains: [String], backends: [Backend]) {
+    public init(
+        name: String,
+        domains: [String],
+        backends: [Backend],
+        tunnelIdle: TimeAmount? = nil,
+        tunnels: TunnelGauge = TunnelGauge(limit: 10_000)
+    ) {
         self.name = name
         self.domains = domains
         self.backends = backends
+        self.tunnelIdle = tunnelIdle
+        self.tunnels = tunnels
+    }
+}
+
+/// Counts a tenant's open tunnels (upgraded connections) against its cap, across all workers.
+public final class TunnelGauge: Sendable {
+    private let open = ManagedAtomic<Int>(0)
+    /// The most tunnels allowed at once.
+    public let limit: Int
+
+    public init(limit: Int) {
+        self.limit = limit
+    }
+
+    /// Takes a slot; `false` when the cap is reached.
+    func acquire() -> Bool {
+        if open.loadThenWrappingIncrement(ordering: .relaxed) >= limit {
+            open.wrappingDecrement(ordering: .relaxed)
+            return false
+        }
+        return true
+    }
+
+    func release() {
+        open.wrappingDecrement(ordering: .relaxed)
+    }
+
+    /// Tunnels open now.
+    public var current: Int {
+        open.load(ordering: .relaxed)
     }
 }
 
