@@ -112,7 +112,14 @@ enum Balancer {
         logger.info(
             "switchyard \(SwitchyardVersion.current) serving \(configuration.tenants.count) tenants on \(threads) workers"
         )
-        let services: [any Service] = [accessLogSink] + extraServices + [server]
+        let reloader = ConfigurationReloader(
+            path: options.config,
+            configuration: configuration,
+            routes: routes,
+            certificates: certificates,
+            logger: logger
+        )
+        let services: [any Service] = [accessLogSink, reloader] + extraServices + [server]
         let serviceGroup = ServiceGroup(
             configuration: .init(
                 services: services.map { .init(service: $0) },

@@ -38,3 +38,42 @@ struct CommandLineIntegrationTests {
         #expect(status == 0)
     }
 }
+
+/// SIGHUP re-reads the configuration file; a broken file is refused and the running configuration kept.
+@Suite("Reload on SIGHUP", .serialized)
+struct ReloadIntegrationTests {
+    @Test("a tenant added to the file is routed after SIGHUP; a broken file is refused and routing goes on")
+    func reloadTenants() async throws {
+        let backend = try await TestBackend.start(name: "extra")
+        let port = try ExternalProcess.freePort()
+        let path = NSTemporaryDirectory() + "reload-\(UUID().uuidString).yaml"
+        let base = "listen:\n  http: [\"127.0.0.1:\(port)\"]\ntenants:\n"
+        let tenant = "  - name: extra\n    domains: [\"extra.test\"]\n    backends: [\"127.0.0.1:\(backend.port)\"]\n"
+        try (base + "  - name: first\n    domains: [\"first.test\"]\n    backends: [\"127.0.0.1:\(backend.port)\"]\n")
+            .write(toFile: path, atomically: true, encoding: .utf8)
+        defer { try? FileManager.default.removeItem(atPath: path) }
+        let process = try SwitchyardProcess(arguments: ["serve", "--config", path])
+        defer { process.stop() }
+        #expect(process.waitUntilListening(port: port), "\(process.log)")
+        let url = "http://127.0.0.1:\(port)/"
+        let before = try ExternalProcess.curl(["-o", "/dev/null", "-w", "%{http_code}", "-H", "Host: extra.test", url])
+        #expect(before.stdout == "404")
+
+        try (base + tenant).write(toFile: path, atomically: true, encoding: .utf8)
+        kill(process.pid, SIGHUP)
+        var after = ""
+        for _ in 0..<50 {
+            after = try ExternalProcess.curl(["-H", "Host: extra.test", url]).stdout
+            if after == "extra" { break }
+            try await Task.sleep(for: .milliseconds(100))
+        }
+        #expect(after == "extra")
+
+        try (base + tenant + "  - name: broken\n").write(toFile: path, atomically: true, encoding: .utf8)
+        kill(process.pid, SIGHUP)
+        try await Task.sleep(for: .milliseconds(500))
+        #expect(try ExternalProcess.curl(["-H", "Host: extra.test", url]).stdout == "extra")
+        #expect(process.log.contains("reload refused"))
+        await backend.stop()
+    }
+}
