@@ -163,6 +163,8 @@ public struct TenantConfiguration: Sendable, Equatable {
     public var tls: Configuration.TLSFiles?
     /// Active health check settings; `nil` keeps the defaults.
     public var health: HealthCheckConfiguration?
+    /// Whether plain-HTTP requests are answered with a 308 redirect to HTTPS.
+    public var httpsRedirect: Bool
     /// Idle time allowed on the tenant's upgraded (WebSocket) connections; `nil` means `timeouts.tunnel_idle`.
     public var tunnelIdle: TimeAmount?
     /// Most upgraded connections open at once for the tenant; more upgrade requests get 503.
@@ -174,6 +176,7 @@ public struct TenantConfiguration: Sendable, Equatable {
         backends: [SocketAddress],
         tls: Configuration.TLSFiles? = nil,
         health: HealthCheckConfiguration? = nil,
+        httpsRedirect: Bool = false,
         tunnelIdle: TimeAmount? = nil,
         maxTunnels: Int = 10_000
     ) {
@@ -182,6 +185,7 @@ public struct TenantConfiguration: Sendable, Equatable {
         self.backends = backends
         self.tls = tls
         self.health = health
+        self.httpsRedirect = httpsRedirect
         self.tunnelIdle = tunnelIdle
         self.maxTunnels = maxTunnels
     }

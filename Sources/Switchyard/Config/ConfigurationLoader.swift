@@ -73,7 +73,8 @@ public enum ConfigurationLoader {
         ]
         static let limits = ["max_header_bytes", "max_headers", "max_connections", "upstream_keepalive"]
         static let tenant = [
-            "name", "domains", "backends", "certificate", "key", "health", "tunnel_idle", "max_tunnels",
+            "name", "domains", "backends", "certificate", "key", "health", "https_redirect", "tunnel_idle",
+            "max_tunnels",
         ]
         static let health = ["path", "interval", "timeout", "rise", "fall"]
     }
@@ -385,6 +386,9 @@ public enum ConfigurationLoader {
             tls: tls,
             health: health
         )
+        if let node = mapping["https_redirect"] {
+            tenant.httpsRedirect = try node.bool()
+        }
         if let node = mapping["tunnel_idle"] {
             tenant.tunnelIdle = try node.positiveDuration()
         }

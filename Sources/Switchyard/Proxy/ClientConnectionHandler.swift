@@ -67,7 +67,8 @@ final class ClientConnectionHandler: ChannelDuplexHandler, RemovableChannelHandl
             upstreamResponseTimeout: configuration.timeouts.upstreamResponse,
             tunnelIdleTimeout: configuration.timeouts.tunnelIdle,
             client: HeadWriter.ClientInfo(address: address, scheme: scheme),
-            accessLog: worker.accessLogger != nil
+            accessLog: worker.accessLogger != nil,
+            httpsPort: worker.httpsPort
         )
         machine = ProxyStateMachine(settings: settings, routes: worker.routes, now: .now())
         worker.register(self)
@@ -260,16 +261,12 @@ final class ClientConnectionHandler: ChannelDuplexHandler, RemovableChannelHandl
         connectAttempt &+= 1
         let attempt = connectAttempt
         let connection = UpstreamConnection(backend: backend)
-        let loopBound = NIOLoopBound(connection, eventLoop: context.eventLoop)
-        let connected = ClientBootstrap(group: context.eventLoop)
-            .connectTimeout(worker.configuration.timeouts.upstreamConnect)
-            .channelOption(.allowRemoteHalfClosure, value: true)
-            .channelInitializer { channel in
-                channel.eventLoop.makeCompletedFuture {
-                    try channel.pipeline.syncOperations.addHandler(loopBound.value)
-                }
-            }
-            .connect(to: backend.address)
+        let connected = worker.upstreamConnector.connect(
+            to: backend,
+            handler: connection,
+            timeout: worker.configuration.timeouts.upstreamConnect,
+            on: context.eventLoop
+        )
         connected.assumeIsolated().whenComplete { result in
             guard attempt == self.connectAttempt, self.machine?.state == .connecting else {
                 if case .success(let channel) = result { channel.close(promise: nil) }

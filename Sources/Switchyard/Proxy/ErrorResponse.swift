@@ -96,6 +96,25 @@ enum ErrorResponse {
         }
     }
 
+    /// Writes a `308 Permanent Redirect` to the same host and target over HTTPS (`https_redirect`). The host is
+    /// normalised and the target was checked to be visible ASCII by the parser, so both are safe in a header.
+    static func writeRedirect(
+        host: String,
+        port: Int,
+        target: UnsafeRawBufferPointer,
+        close: Bool,
+        into output: inout ByteBuffer
+    ) {
+        output.writeStaticString("HTTP/1.1 308 Permanent Redirect\r\nServer: switchyard\r\nLocation: https://")
+        output.writeString(host)
+        if port != 443 {
+            output.writeString(":\(port)")
+        }
+        output.writeBytes(target)
+        output.writeStaticString("\r\nContent-Length: 0\r\n")
+        output.writeStaticString(close ? "Connection: close\r\n\r\n" : "\r\n")
+    }
+
     /// The status a refused request head is answered with.
     static func status(for error: HTTPHeadError) -> Status {
         switch error {

@@ -21,6 +21,8 @@ struct ProxyStateMachine {
         var tunnelIdleTimeout: TimeAmount
         var client: HeadWriter.ClientInfo
         var accessLog: Bool
+        /// The port of the HTTPS listener, for `https_redirect` locations; `nil` when there is none.
+        var httpsPort: Int? = nil
         /// How many backends a request may try when connecting fails before any byte was sent.
         var maximumAttempts: Int = 2
     }
@@ -503,6 +505,33 @@ struct ProxyStateMachine {
             log(exchange, now: now)
             close()
             return false
+        }
+
+        if tenant.httpsRedirect, settings.client.scheme.description == "http", let httpsPort = settings.httpsPort {
+            var output = ByteBuffer()
+            buffer.withUnsafeReadableBytes { bytes in
+                ErrorResponse.writeRedirect(
+                    host: routed.host,
+                    port: httpsPort,
+                    target: UnsafeRawBufferPointer(rebasing: bytes[head.target]),
+                    close: !keepAlive || head.hasBody,
+                    into: &output
+                )
+            }
+            exchange.status = 308
+            exchange.bytesToClient = output.readableBytes
+            buffer.moveReaderIndex(forwardBy: head.end)
+            inbound = buffer.readableBytes > 0 ? buffer : nil
+            queue(.writeClient(output))
+            log(exchange, now: now)
+            if !keepAlive || head.hasBody {
+                close()
+                return false
+            }
+            state = .idle
+            clientDeadline = now + settings.keepAliveTimeout
+            requestParser.reset()
+            return true
         }
 
         if head.isUpgrade {

@@ -97,6 +97,7 @@ extension RouteTable {
                 name: tenant.name,
                 domains: tenant.domains,
                 backends: tenant.backends.map { Backend(address: $0) },
+                httpsRedirect: tenant.httpsRedirect,
                 tunnelIdle: tenant.tunnelIdle,
                 tunnels: gauge
             )

@@ -12,6 +12,8 @@ public final class Tenant: Sendable {
     public let domains: [String]
     /// Backends in the order they were declared.
     public let backends: [Backend]
+    /// Whether plain-HTTP requests are redirected to HTTPS (308).
+    public let httpsRedirect: Bool
     /// Idle timeout of the tenant's tunnels; `nil` for the server-wide one.
     public let tunnelIdle: TimeAmount?
     /// The tenant's open tunnels, against its `max_tunnels`. Shared with the tenant's successor on a reload, so
@@ -22,12 +24,14 @@ public final class Tenant: Sendable {
         name: String,
         domains: [String],
         backends: [Backend],
+        httpsRedirect: Bool = false,
         tunnelIdle: TimeAmount? = nil,
         tunnels: TunnelGauge = TunnelGauge(limit: 10_000)
     ) {
         self.name = name
         self.domains = domains
         self.backends = backends
+        self.httpsRedirect = httpsRedirect
         self.tunnelIdle = tunnelIdle
         self.tunnels = tunnels
     }

@@ -15,6 +15,12 @@ final class Worker {
     let accessLogger: Logger?
     /// Shared by all workers: the `limits.max_connections` budget.
     let connectionCounter: ConnectionCounter
+    /// How backend connections are opened.
+    let upstreamConnector: any UpstreamConnector
+    /// The HTTPS port `https_redirect` sends clients to.
+    var httpsPort: Int? {
+        configuration.listen.https.first?.port
+    }
 
     private(set) var pool: UpstreamPool
     private var connections: [ObjectIdentifier: ClientConnectionHandler] = [:]
@@ -28,7 +34,8 @@ final class Worker {
         configuration: Configuration,
         connectionCounter: ConnectionCounter,
         logger: Logger,
-        accessLogger: Logger?
+        accessLogger: Logger?,
+        upstreamConnector: any UpstreamConnector = SocketUpstreamConnector()
     ) {
         self.eventLoop = eventLoop
         self.routes = routes
@@ -36,6 +43,7 @@ final class Worker {
         self.connectionCounter = connectionCounter
         self.logger = logger
         self.accessLogger = accessLogger
+        self.upstreamConnector = upstreamConnector
         self.pool = UpstreamPool(capacityPerBackend: configuration.limits.upstreamKeepAlive)
     }
 
