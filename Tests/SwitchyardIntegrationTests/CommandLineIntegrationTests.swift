@@ -77,3 +77,39 @@ struct ReloadIntegrationTests {
         await backend.stop()
     }
 }
+
+/// SIGTERM drains: listeners close at once, requests in flight finish within `timeouts.drain`.
+@Suite("Graceful shutdown", .serialized)
+struct GracefulShutdownIntegrationTests {
+    @Test("a request in flight when SIGTERM arrives is answered; new connections are refused; the exit is clean")
+    func drainsInFlightRequests() async throws {
+        let backend = try await TestBackend.start { _ in .delayed(.milliseconds(800), body: "finished") }
+        let port = try ExternalProcess.freePort()
+        let path = NSTemporaryDirectory() + "drain-\(UUID().uuidString).yaml"
+        try """
+        listen:
+          http: ["127.0.0.1:\(port)"]
+        timeouts:
+          drain: 5s
+        tenants:
+          - name: slow
+            domains: ["slow.test"]
+            backends: ["127.0.0.1:\(backend.port)"]
+        """.write(toFile: path, atomically: true, encoding: .utf8)
+        defer { try? FileManager.default.removeItem(atPath: path) }
+        let process = try SwitchyardProcess(arguments: ["serve", "--config", path])
+        #expect(process.waitUntilListening(port: port), "\(process.log)")
+
+        let client = try RawClient(port: port)
+        try client.send("GET / HTTP/1.1\r\nHost: slow.test\r\n\r\n")
+        try await Task.sleep(for: .milliseconds(200))
+        kill(process.pid, SIGTERM)
+        try await Task.sleep(for: .milliseconds(200))
+        #expect((try? RawClient(port: port)) == nil, "the listener should be closed while draining")
+        let response = client.receiveResponse(timeout: 5)
+        #expect(response.hasPrefix("HTTP/1.1 200 OK\r\n"))
+        #expect(response.hasSuffix("finished"))
+        #expect(process.stop(timeout: 8) == 0)
+        await backend.stop()
+    }
+}

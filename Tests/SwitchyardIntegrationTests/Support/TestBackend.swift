@@ -24,6 +24,8 @@ final class TestBackend: Sendable {
         case name
         /// Never answers.
         case hang
+        /// Answers with `body` after `delay`.
+        case delayed(TimeAmount, body: String)
     }
 
     let name: String
@@ -139,6 +141,10 @@ final class TestBackend: Sendable {
                 respond(status: .ok, body: String(bodyBytes), extra: [], context: context)
             case .hang:
                 break
+            case .delayed(let delay, let body):
+                context.eventLoop.assumeIsolated().scheduleTask(in: delay) {
+                    self.respond(status: .ok, body: body, extra: [], context: context)
+                }
             case .stream(let bytes, let chunked):
                 var headers = HTTPHeaders()
                 if chunked {
