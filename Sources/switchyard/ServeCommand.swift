@@ -102,13 +102,7 @@ enum Balancer {
             certificates: certificates,
             logger: logger
         )
-        do {
-            try await server.start()
-        } catch {
-            logger.critical("cannot listen: \(error)")
-            try? await group.shutdownGracefully()
-            throw ExitCode(1)
-        }
+        // The server binds inside the service group, so SIGTERM is handled from the moment the ports accept.
         logger.info(
             "switchyard \(SwitchyardVersion.current) serving \(configuration.tenants.count) tenants on \(threads) workers"
         )
@@ -127,7 +121,13 @@ enum Balancer {
                 logger: logger
             )
         )
-        try await serviceGroup.run()
+        do {
+            try await serviceGroup.run()
+        } catch {
+            logger.critical("stopped: \(error)")
+            try? await group.shutdownGracefully()
+            throw ExitCode(1)
+        }
         try await group.shutdownGracefully()
     }
 }

@@ -1229,3 +1229,194 @@ struct ProxyStateMachineTests {
         )
     }
 }
+
+// MARK: - Tunnel cap
+
+/// One tenant, `capped.test`, whose tunnel gauge allows a single tunnel.
+private func makeCappedRoutes() throws -> (RouteSource, TunnelGauge) {
+    let gauge = TunnelGauge(limit: 1)
+    let capped = Tenant(
+        name: "capped",
+        domains: ["capped.test"],
+        backends: [Backend(address: try SocketAddress(ipAddress: "127.0.0.1", port: 9001))],
+        tunnelIdle: .seconds(30),
+        tunnels: gauge
+    )
+    return (RouteSource(try RouteTable(tenants: [capped])), gauge)
+}
+
+extension Harness {
+    /// A harness whose machine routes by `routes` instead of the shared tenants.
+    init(routes: RouteSource) throws {
+        try self.init()
+        let settings = ProxyStateMachine.Settings(
+            maximumHeadBytes: 8192,
+            maximumHeaderCount: 64,
+            clientHeaderTimeout: Timeout.clientHeader,
+            keepAliveTimeout: Timeout.keepAlive,
+            clientBodyTimeout: Timeout.clientBody,
+            upstreamResponseTimeout: Timeout.upstreamResponse,
+            tunnelIdleTimeout: Timeout.tunnelIdle,
+            client: HeadWriter.ClientInfo(address: clientAddress, scheme: "https"),
+            accessLog: false
+        )
+        machine = ProxyStateMachine(settings: settings, routes: routes, now: now)
+    }
+}
+
+private let cappedUpgrade =
+    "GET /ws HTTP/1.1\r\nHost: capped.test\r\nConnection: upgrade\r\nUpgrade: websocket\r\n\r\n"
+private let cappedSwitching = "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: upgrade\r\n\r\n"
+
+/// Whether `action` is the balancer's own 503 for a full tunnel cap: keep-alive, `Retry-After`, a framed body.
+/// The body's wording is not checked (it is the one for "no healthy backend", which does not fit a full cap).
+private func isTunnelCapRefusal(_ action: String?) -> Bool {
+    guard let action, action.hasPrefix("client HTTP/1.1 503 Service Unavailable\r\n"),
+        let headEnd = action.range(of: "\r\n\r\n")
+    else { return false }
+    let head = action[..<headEnd.upperBound]
+    let body = action[headEnd.upperBound...]
+    return head.contains("\r\nRetry-After: 5\r\n") && !head.contains("Connection: close")
+        && head.contains("\r\nContent-Length: \(body.utf8.count)\r\n") && body.hasPrefix("503 ")
+}
+
+/// The per-tenant tunnel cap (`max_tunnels`) as the state machine applies it: a slot is taken by an upgrade
+/// request, refused with 503 and `Retry-After` when none is left (nothing forwarded), and given back when the
+/// upgrade is declined or fails, or when the tunnel ends by either side closing or by its idle timeout.
+@Suite("ProxyStateMachine tunnel cap")
+struct ProxyStateMachineTunnelCapTests {
+    /// Takes the gauge's one slot with `h` and makes it a tunnel.
+    private func openTunnel(_ h: inout Harness, gauge: TunnelGauge) throws {
+        #expect(h.client(cappedUpgrade) == ["acquire capped fresh"])
+        #expect(gauge.current == 1)
+        let upstreamHead = "GET /ws HTTP/1.1\r\nHost: capped.test\r\nUpgrade: websocket\r\nConnection: upgrade\r\n"
+        #expect(h.attach() == ["upstream " + forwarded(upstreamHead, host: "capped.test")])
+        #expect(h.upstream(cappedSwitching) == ["client " + cappedSwitching])
+        try #require(h.state == .tunnel)
+        #expect(gauge.current == 1)
+    }
+
+    /// Sends an upgrade request on a second connection while the slot is taken; expects the 503.
+    private func expectRefused(routes: RouteSource, gauge: TunnelGauge) throws {
+        var second = try Harness(routes: routes)
+        let actions = second.client(cappedUpgrade)
+        #expect(actions.count == 1 && isTunnelCapRefusal(actions.first), "\(actions)")
+        #expect(second.state == .idle)
+        #expect(gauge.current == 1)
+        // The connection goes on as plain HTTP: a request that does not upgrade is forwarded.
+        #expect(second.client("GET / HTTP/1.1\r\nHost: capped.test\r\n\r\n") == ["acquire capped"])
+        _ = second.clientClosed()
+        #expect(gauge.current == 1)
+    }
+
+    @Test("the first upgrade takes the slot; another connection's upgrade gets 503 with Retry-After, not forwarded")
+    func secondUpgradeRefused() throws {
+        let (routes, gauge) = try makeCappedRoutes()
+        #expect(gauge.current == 0)
+        var first = try Harness(routes: routes)
+        try openTunnel(&first, gauge: gauge)
+        try expectRefused(routes: routes, gauge: gauge)
+        #expect(first.client("frame") == ["upstream frame"])
+        #expect(gauge.current == 1)
+    }
+
+    @Test("a refused upgrade with pipelined bytes behind it answers 503 then serves the next request")
+    func refusedUpgradePipelined() throws {
+        let (routes, gauge) = try makeCappedRoutes()
+        var first = try Harness(routes: routes)
+        try openTunnel(&first, gauge: gauge)
+        var second = try Harness(routes: routes)
+        let actions = second.client(cappedUpgrade + "GET /next HTTP/1.1\r\nHost: capped.test\r\n\r\n")
+        #expect(actions.count == 2 && isTunnelCapRefusal(actions.first), "\(actions)")
+        #expect(actions.last == "acquire capped")
+        #expect(
+            second.attach() == [
+                "upstream " + forwarded("GET /next HTTP/1.1\r\nHost: capped.test\r\n", host: "capped.test")
+            ]
+        )
+        #expect(gauge.current == 1)
+    }
+
+    @Test("an upgrade the backend declines gives its slot back")
+    func declinedUpgradeReleases() throws {
+        let (routes, gauge) = try makeCappedRoutes()
+        var h = try Harness(routes: routes)
+        #expect(h.client(cappedUpgrade) == ["acquire capped fresh"])
+        #expect(gauge.current == 1)
+        _ = h.attach()
+        #expect(
+            h.upstream("HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nno") == [
+                "client HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nno", "release reusable",
+            ]
+        )
+        #expect(h.state == .idle)
+        #expect(gauge.current == 0)
+        // The slot is free for the next upgrade, on this connection or another.
+        var other = try Harness(routes: routes)
+        try openTunnel(&other, gauge: gauge)
+    }
+
+    @Test("an upgrade whose backend cannot be reached gives its slot back")
+    func failedUpgradeReleases() throws {
+        let (routes, gauge) = try makeCappedRoutes()
+        var h = try Harness(routes: routes)
+        #expect(h.client(cappedUpgrade) == ["acquire capped fresh"])
+        #expect(gauge.current == 1)
+        #expect(h.connectFailed(.refused).count == 1)
+        #expect(gauge.current == 0)
+    }
+
+    @Test("an upgrade whose client leaves before the answer gives its slot back")
+    func clientLeavesDuringUpgrade() throws {
+        let (routes, gauge) = try makeCappedRoutes()
+        var h = try Harness(routes: routes)
+        #expect(h.client(cappedUpgrade) == ["acquire capped fresh"])
+        _ = h.attach()
+        #expect(gauge.current == 1)
+        #expect(h.clientClosed() == ["release closed"])
+        #expect(gauge.current == 0)
+    }
+
+    @Test("a tunnel the client closes gives its slot back")
+    func clientClosesTunnel() throws {
+        let (routes, gauge) = try makeCappedRoutes()
+        var h = try Harness(routes: routes)
+        try openTunnel(&h, gauge: gauge)
+        #expect(h.clientClosed() == ["release closed"])
+        #expect(h.state == .closed)
+        #expect(gauge.current == 0)
+        var next = try Harness(routes: routes)
+        try openTunnel(&next, gauge: gauge)
+    }
+
+    @Test("a tunnel both sides finish (client first, then backend) gives its slot back")
+    func tunnelHalfClosesRelease() throws {
+        let (routes, gauge) = try makeCappedRoutes()
+        var h = try Harness(routes: routes)
+        try openTunnel(&h, gauge: gauge)
+        #expect(h.clientInputEnded() == ["shutdown upstream"])
+        #expect(gauge.current == 1)
+        #expect(h.upstreamClosed() == ["release closed", "close"])
+        #expect(gauge.current == 0)
+        // The client connection's close that follows does not give the slot back twice.
+        #expect(h.clientClosed() == [])
+        #expect(gauge.current == 0)
+    }
+
+    @Test("a tunnel idle past the tenant's tunnel_idle is closed and gives its slot back")
+    func idleTunnelReleases() throws {
+        let (routes, gauge) = try makeCappedRoutes()
+        var h = try Harness(routes: routes)
+        try openTunnel(&h, gauge: gauge)
+        // The tenant's 30 s, not the server's 300 s.
+        #expect(h.advance(.seconds(29)) == [])
+        #expect(gauge.current == 1)
+        #expect(h.advance(.seconds(1)) == ["release closed", "close"])
+        #expect(h.state == .closed)
+        #expect(gauge.current == 0)
+        #expect(h.clientClosed() == [])
+        #expect(gauge.current == 0)
+        var next = try Harness(routes: routes)
+        try openTunnel(&next, gauge: gauge)
+    }
+}

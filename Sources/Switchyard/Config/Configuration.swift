@@ -95,7 +95,7 @@ public struct Configuration: Sendable, Equatable {
         public var upstreamResponse: TimeAmount
         /// How long an idle pooled backend connection is kept.
         public var upstreamIdle: TimeAmount
-        /// Time allowed for a TLS handshake, from the connection's first byte.
+        /// Time allowed for a TLS handshake, from the moment the connection is accepted.
         public var tlsHandshake: TimeAmount
         /// Idle time allowed on an upgraded (WebSocket) connection, in either direction (HAProxy's
         /// `timeout tunnel`).

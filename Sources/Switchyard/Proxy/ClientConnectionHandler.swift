@@ -40,6 +40,12 @@ final class ClientConnectionHandler: ChannelDuplexHandler, RemovableChannelHandl
         }
     }
 
+    func handlerRemoved(context: ChannelHandlerContext) {
+        // The context holds the pipeline, which holds this handler: keeping it would leak every connection.
+        self.context = nil
+        machine = nil
+    }
+
     func channelActive(context: ChannelHandlerContext) {
         if machine == nil {
             start(context: context)

@@ -13,6 +13,8 @@ enum ErrorResponse {
         case notImplemented
         case badGateway
         case serviceUnavailable
+        /// 503 for an upgrade over the tenant's `max_tunnels`.
+        case tooManyTunnels
         case gatewayTimeout
         case versionNotSupported
 
@@ -25,7 +27,7 @@ enum ErrorResponse {
             case .headerTooLarge: return 431
             case .notImplemented: return 501
             case .badGateway: return 502
-            case .serviceUnavailable: return 503
+            case .serviceUnavailable, .tooManyTunnels: return 503
             case .gatewayTimeout: return 504
             case .versionNotSupported: return 505
             }
@@ -40,7 +42,7 @@ enum ErrorResponse {
             case .headerTooLarge: return "HTTP/1.1 431 Request Header Fields Too Large\r\n"
             case .notImplemented: return "HTTP/1.1 501 Not Implemented\r\n"
             case .badGateway: return "HTTP/1.1 502 Bad Gateway\r\n"
-            case .serviceUnavailable: return "HTTP/1.1 503 Service Unavailable\r\n"
+            case .serviceUnavailable, .tooManyTunnels: return "HTTP/1.1 503 Service Unavailable\r\n"
             case .gatewayTimeout: return "HTTP/1.1 504 Gateway Timeout\r\n"
             case .versionNotSupported: return "HTTP/1.1 505 HTTP Version Not Supported\r\n"
             }
@@ -58,6 +60,8 @@ enum ErrorResponse {
             case .notImplemented: return "501 Not Implemented: only the chunked transfer coding is supported.\n"
             case .badGateway: return "502 Bad Gateway: the site's backend could not be reached or answered wrongly.\n"
             case .serviceUnavailable: return "503 Service Unavailable: the site has no healthy backend right now.\n"
+            case .tooManyTunnels:
+                return "503 Service Unavailable: the site has too many open WebSocket connections; try again later.\n"
             case .gatewayTimeout: return "504 Gateway Timeout: the site's backend did not answer in time.\n"
             case .versionNotSupported: return "505 HTTP Version Not Supported: use HTTP/1.1.\n"
             }
@@ -87,7 +91,7 @@ enum ErrorResponse {
         output.writeStaticString("Server: switchyard\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: ")
         output.writeString(String(body.readableBytes))
         output.writeStaticString("\r\n")
-        if status == .serviceUnavailable {
+        if status.code == 503 {
             output.writeStaticString("Retry-After: 5\r\n")
         }
         output.writeStaticString(close ? "Connection: close\r\n\r\n" : "\r\n")

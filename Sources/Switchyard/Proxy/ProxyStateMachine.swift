@@ -493,9 +493,12 @@ struct ProxyStateMachine {
             requestParser.reset()
             return true
         }
-        if let certificate = servedCertificate, routed.host != serverName, !certificate.covers(host: routed.host) {
+        if let certificate = servedCertificate, let serverName, routed.host != serverName,
+            !certificate.covers(host: routed.host)
+        {
             // Domain fronting, or a connection reused for a host its certificate does not cover: the client must
-            // open a connection for that host (RFC 9110 §15.5.20).
+            // open a connection for that host (RFC 9110 §15.5.20). A client that sent no SNI chose no certificate,
+            // so it is routed by Host alone, as nginx does.
             var output = ByteBuffer()
             ErrorResponse.write(.misdirected, close: true, headOnly: exchange.isHead, into: &output)
             exchange.status = 421
@@ -540,7 +543,7 @@ struct ProxyStateMachine {
                 buffer.moveReaderIndex(forwardBy: head.end)
                 inbound = buffer.readableBytes > 0 ? buffer : nil
                 self.exchange = exchange
-                respondToFailedExchange(.serviceUnavailable, now: now)
+                respondToFailedExchange(.tooManyTunnels, now: now)
                 return false
             }
             tunnelSlot = tenant.tunnels

@@ -140,7 +140,13 @@ public final class ProxyServer: Service {
     /// up to `timeouts.drain` to finish, and whatever is left is closed.
     public func run() async throws {
         if listeners.withLockedValue({ $0.isEmpty }) {
-            try await start()
+            do {
+                try await start()
+            } catch {
+                logger.critical("cannot listen: \(error)")
+                await shutdown()
+                throw error
+            }
         }
         try? await gracefulShutdown()
         await shutdown()

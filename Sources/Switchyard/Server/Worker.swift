@@ -51,11 +51,13 @@ final class Worker {
     /// nothing (nginx and HAProxy also check timers in batches rather than arming one per request).
     var sweepInterval: TimeAmount {
         let timeouts = configuration.timeouts
+        // Tenants' own tunnel timeouts count too (those added by a later reload are checked at this pace).
+        let tenantTunnels = configuration.tenants.compactMap(\.tunnelIdle)
         let shortest =
-            [
+            ([
                 timeouts.clientHeader, timeouts.keepAlive, timeouts.clientBody, timeouts.upstreamResponse,
-                timeouts.upstreamIdle,
-            ].min() ?? .seconds(1)
+                timeouts.upstreamIdle, timeouts.tunnelIdle,
+            ] + tenantTunnels).min() ?? .seconds(1)
         return max(.milliseconds(10), min(.seconds(1), .nanoseconds(shortest.nanoseconds / 4)))
     }
 
