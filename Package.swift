@@ -59,6 +59,8 @@ let package = Package(
             name: "SwitchyardTests",
             dependencies: [
                 "Switchyard",
+                "SwitchyardTLS",
+                "COpenSSL",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "NIOEmbedded", package: "swift-nio"),
