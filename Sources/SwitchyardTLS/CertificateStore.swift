@@ -7,6 +7,8 @@ import Atomics
 public final class CertificateStore: Sendable {
     /// Served when SNI is absent or matches nothing.
     public let defaultContext: TLSContext
+    /// Session-ticket keys for every context; a reloaded store keeps the running ring.
+    public let ticketKeys: TicketKeyRing
     private let exact: [String: TLSContext]
     /// Keyed by the suffix after `*.`.
     private let wildcard: [String: TLSContext]
@@ -15,7 +17,7 @@ public final class CertificateStore: Sendable {
     ///   - defaultContext: the `tls:` certificate.
     ///   - contexts: tenants' certificates; each is selected for the DNS names it covers. When two cover the same
     ///     name, the first wins.
-    public init(defaultContext: TLSContext, contexts: [TLSContext] = []) {
+    public init(defaultContext: TLSContext, contexts: [TLSContext] = [], ticketKeys: TicketKeyRing) {
         var exact: [String: TLSContext] = [:]
         var wildcard: [String: TLSContext] = [:]
         for context in contexts + [defaultContext] {
@@ -29,6 +31,7 @@ public final class CertificateStore: Sendable {
             }
         }
         self.defaultContext = defaultContext
+        self.ticketKeys = ticketKeys
         self.exact = exact
         self.wildcard = wildcard
     }

@@ -10,6 +10,10 @@ final class TLSConnection {
     private(set) var context: TLSContext
     /// The SNI name the client sent, if any.
     private(set) var serverName: String?
+    /// The keys of session tickets, for OpenSSL's ticket callback.
+    var ticketKeys: TicketKeyRing {
+        store.ticketKeys
+    }
     /// Ciphertext received and not yet consumed by OpenSSL.
     private var inbound: ByteBuffer?
     /// Ciphertext OpenSSL produced, waiting to be written to the network.

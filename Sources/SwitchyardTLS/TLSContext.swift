@@ -103,6 +103,8 @@ public final class TLSContext: @unchecked Sendable {
         _ = SSL_CTX_set_session_id_context(context, sessionContext, UInt32(sessionContext.count))
         _ = SSL_CTX_set_num_tickets(context, policy.ticketsPerHandshake)
         SSL_CTX_set_alpn_select_cb(context, alpnSelect, nil)
+        // Tickets are encrypted with the rotated keys of the store's TicketKeyRing, not a per-context key.
+        _ = SSL_CTX_set_tlsext_ticket_key_evp_cb(context, ticketKeyCallback)
         _ = c_openssl_SSL_CTX_set_tlsext_servername_callback(context, serverNameCallback)
     }
 

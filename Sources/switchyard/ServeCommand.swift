@@ -113,7 +113,8 @@ enum Balancer {
             certificates: certificates,
             logger: logger
         )
-        let services: [any Service] = [accessLogSink, reloader] + extraServices + [server]
+        let ticketRotation: [any Service] = certificates.map { [$0.current.ticketKeys] } ?? []
+        let services: [any Service] = [accessLogSink, reloader] + ticketRotation + extraServices + [server]
         let serviceGroup = ServiceGroup(
             configuration: .init(
                 services: services.map { .init(service: $0) },

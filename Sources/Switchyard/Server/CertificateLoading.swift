@@ -5,7 +5,13 @@ extension CertificateStore {
     /// (unreadable, key not matching, expired), so a bad file is refused whole and the running store kept.
     ///
     /// Certificate decoding takes OpenSSL 3's global locks: call this off the event loops.
-    public static func load(configuration: Configuration) throws(TLSError) -> CertificateStore? {
+    ///
+    /// - Parameter ticketKeys: the running store's session-ticket keys, kept across a reload so that sessions
+    ///   resume; a new ring when `nil`.
+    public static func load(
+        configuration: Configuration,
+        ticketKeys: TicketKeyRing? = nil
+    ) throws(TLSError) -> CertificateStore? {
         guard let files = configuration.tls else { return nil }
         let defaultContext = try TLSContext(certificatePath: files.certificate, keyPath: files.key)
         var contexts: [TLSContext] = []
@@ -17,6 +23,12 @@ extension CertificateStore {
                 throw TLSError("tenant \(tenant.name): \(error.operation)", details: error.details)
             }
         }
-        return CertificateStore(defaultContext: defaultContext, contexts: contexts)
+        let ring: TicketKeyRing
+        if let ticketKeys {
+            ring = ticketKeys
+        } else {
+            ring = try TicketKeyRing()
+        }
+        return CertificateStore(defaultContext: defaultContext, contexts: contexts, ticketKeys: ring)
     }
 }

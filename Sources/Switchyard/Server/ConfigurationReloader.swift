@@ -51,7 +51,7 @@ public final class ConfigurationReloader: Service {
         do {
             next = try ConfigurationLoader.load(path: path)
             table = try RouteTable(configuration: next, previous: routes.current)
-            store = try CertificateStore.load(configuration: next)
+            store = try CertificateStore.load(configuration: next, ticketKeys: certificates?.current.ticketKeys)
         } catch {
             logger.error("reload refused, keeping the running configuration: \(error)")
             return false
