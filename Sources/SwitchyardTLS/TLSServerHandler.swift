@@ -38,6 +38,8 @@ public final class TLSServerHandler: ChannelDuplexHandler, RemovableChannelHandl
     private var connection: TLSConnection?
     private var state: State = .handshaking
     private var receivedAnything = false
+    /// Whether the end of the client's input was passed up (close_notify or TCP FIN): once is enough.
+    private var inputClosedSent = false
     private var handshakeTimer: Scheduled<Void>?
 
     /// Plaintext read buffers are this large: one TLS record's payload.
@@ -187,8 +189,22 @@ public final class TLSServerHandler: ChannelDuplexHandler, RemovableChannelHandl
             fail(context: context)
         } else if closeNotify {
             // The client finished sending: the same as a TCP half-close for the layers above.
-            context.fireUserInboundEventTriggered(ChannelEvent.inputClosed)
+            fireInputClosed(context: context)
         }
+    }
+
+    public func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
+        if let event = event as? ChannelEvent, event == .inputClosed {
+            fireInputClosed(context: context)
+            return
+        }
+        context.fireUserInboundEventTriggered(event)
+    }
+
+    private func fireInputClosed(context: ChannelHandlerContext) {
+        guard !inputClosedSent else { return }
+        inputClosedSent = true
+        context.fireUserInboundEventTriggered(ChannelEvent.inputClosed)
     }
 
     private func refusePlaintext(_ first: UInt8, context: ChannelHandlerContext) {

@@ -114,7 +114,9 @@ enum Balancer {
             logger: logger
         )
         let ticketRotation: [any Service] = certificates.map { [$0.current.ticketKeys] } ?? []
-        let services: [any Service] = [accessLogSink, reloader] + ticketRotation + extraServices + [server]
+        let healthChecker = HealthChecker(routes: routes, group: group, logger: logger)
+        let services: [any Service] =
+            [accessLogSink, reloader, healthChecker] + ticketRotation + extraServices + [server]
         let serviceGroup = ServiceGroup(
             configuration: .init(
                 services: services.map { .init(service: $0) },

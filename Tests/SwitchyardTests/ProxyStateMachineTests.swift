@@ -77,6 +77,8 @@ private struct Harness {
                 line = "shutdown client"
             case .closeClient:
                 line = "close"
+            case .backendFailed(let tenant):
+                line = "backend failed \(tenant)"
             case .log(let record):
                 logs.append(record)
                 line = "log \(record.status)"
@@ -1048,7 +1050,11 @@ struct ProxyStateMachineTests {
         var h = try Harness()
         h.startGet()
         #expect(h.upstream("HTTP/1.1 200 OK\r\nX-Padding: " + String(repeating: "p", count: 40) + "\r\n") == [])
-        #expect(h.advance(Timeout.upstreamResponse) == ["release closed", "client " + gatewayTimeout()])
+        #expect(
+            h.advance(Timeout.upstreamResponse) == [
+                "backend failed shop", "release closed", "client " + gatewayTimeout(),
+            ]
+        )
         #expect(h.state == .idle)
         h.startGet()
         #expect(
@@ -1077,7 +1083,7 @@ struct ProxyStateMachineTests {
     func freshConnectionClosed() throws {
         var h = try Harness()
         h.startGet()
-        #expect(h.upstreamClosed() == ["release closed", "client " + badGateway()])
+        #expect(h.upstreamClosed() == ["backend failed shop", "release closed", "client " + badGateway()])
         #expect(h.state == .idle)
     }
 
@@ -1145,7 +1151,7 @@ struct ProxyStateMachineTests {
         var h = try Harness()
         h.startGet()
         #expect(h.advance(Timeout.upstreamResponse - .nanoseconds(1)) == [])
-        #expect(h.advance(.nanoseconds(1)) == ["release closed", "client " + gatewayTimeout()])
+        #expect(h.advance(.nanoseconds(1)) == ["backend failed shop", "release closed", "client " + gatewayTimeout()])
         #expect(h.state == .idle)
     }
 
@@ -1161,7 +1167,7 @@ struct ProxyStateMachineTests {
         }
         // The backend has the whole request only now; its time to answer starts here.
         #expect(h.advance(Timeout.upstreamResponse - .nanoseconds(1)) == [])
-        #expect(h.advance(.nanoseconds(1)) == ["release closed", "client " + gatewayTimeout()])
+        #expect(h.advance(.nanoseconds(1)) == ["backend failed shop", "release closed", "client " + gatewayTimeout()])
     }
 
     @Test("a HEAD that times out gets the 504 head only")
@@ -1169,7 +1175,11 @@ struct ProxyStateMachineTests {
         var h = try Harness()
         #expect(h.client("HEAD / HTTP/1.1\r\nHost: shop.test\r\n\r\n") == ["acquire shop"])
         _ = h.attach()
-        #expect(h.advance(Timeout.upstreamResponse) == ["release closed", "client " + gatewayTimeout(headOnly: true)])
+        #expect(
+            h.advance(Timeout.upstreamResponse) == [
+                "backend failed shop", "release closed", "client " + gatewayTimeout(headOnly: true),
+            ]
+        )
     }
 
     @Test("a backend stalling mid-body is cut and the client closed")
@@ -1177,7 +1187,7 @@ struct ProxyStateMachineTests {
         var h = try Harness()
         h.startGet()
         _ = h.upstream("HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nabc")
-        #expect(h.advance(Timeout.upstreamResponse) == ["release closed", "close"])
+        #expect(h.advance(Timeout.upstreamResponse) == ["backend failed shop", "release closed", "close"])
         #expect(h.state == .closed)
     }
 

@@ -223,7 +223,9 @@ final class ClientConnectionHandler: ChannelDuplexHandler, RemovableChannelHandl
         case .releaseUpstream(let reusable):
             guard let connection = upstream else { return }
             upstream = nil
+            connection.backend.status.connectionClosed()
             if reusable {
+                connection.backend.status.recordSuccess()
                 worker.releaseUpstream(connection)
             } else {
                 connection.close()
@@ -242,6 +244,10 @@ final class ClientConnectionHandler: ChannelDuplexHandler, RemovableChannelHandl
             written.futureResult.assumeIsolated().whenComplete { _ in
                 context.close(promise: nil)
             }
+        case .backendFailed(let tenant):
+            if let backend = upstream?.backend ?? lastBackend {
+                reportFailure(of: backend, tenant: tenant)
+            }
         case .log(let record):
             worker.accessLogger?.info(
                 "\(record.client) \(record.host) \(record.tenant) \(record.backend) \"\(record.method) \(record.target)\" \(record.status) \(record.bytes) \(Self.milliseconds(record.duration))ms"
@@ -255,8 +261,9 @@ final class ClientConnectionHandler: ChannelDuplexHandler, RemovableChannelHandl
     }
 
     private func acquireUpstream(for tenant: Tenant, fresh: Bool, context: ChannelHandlerContext) {
-        guard let backend = worker.nextBackend(of: tenant, excluding: lastBackend) else {
-            machine?.upstreamConnectFailed(.refused, now: .now())
+        let now = NIODeadline.now()
+        guard let backend = worker.nextBackend(of: tenant, excluding: lastBackend, now: now) else {
+            machine?.noBackendAvailable(now: now)
             return
         }
         lastBackend = backend
@@ -285,6 +292,7 @@ final class ClientConnectionHandler: ChannelDuplexHandler, RemovableChannelHandl
                 self.worker.logger.warning(
                     "backend \(backend) of \(tenant.name): connect failed: \(error)"
                 )
+                self.reportFailure(of: backend, tenant: tenant.name)
                 let timedOut = (error as? ChannelError).map { if case .connectTimeout = $0 { true } else { false } }
                 self.machine?.upstreamConnectFailed(timedOut == true ? .timedOut : .refused, now: .now())
             }
@@ -292,7 +300,17 @@ final class ClientConnectionHandler: ChannelDuplexHandler, RemovableChannelHandl
         }
     }
 
+    /// Counts a failure against `backend` and logs the ejection it may cause.
+    private func reportFailure(of backend: Backend, tenant: String) {
+        if let length = backend.status.recordFailure(now: .now()) {
+            worker.logger.warning(
+                "backend \(backend) of \(tenant): ejected for \(length.nanoseconds / 1_000_000_000)s after \(BackendStatus.PassiveEjection.threshold) failures in a row"
+            )
+        }
+    }
+
     private func attach(_ connection: UpstreamConnection, reused: Bool) {
+        connection.backend.status.connectionOpened()
         connection.owner = self
         connection.idleSince = nil
         connection.onIdleClose = nil

@@ -46,6 +46,9 @@ struct ProxyStateMachine {
         case shutdownClientOutput
         /// Close the client connection once what was written is flushed.
         case closeClient
+        /// The backend of the current exchange failed it (reset before answering, answer timed out): count it
+        /// against the backend's health. Carries the tenant's name for the log.
+        case backendFailed(tenant: String)
         case log(AccessLogRecord)
     }
 
@@ -279,6 +282,12 @@ struct ProxyStateMachine {
         processInbound(now: now)
     }
 
+    /// Every backend of the tenant is down, ejected or draining: 503 at once, never a wait.
+    mutating func noBackendAvailable(now: NIODeadline) {
+        guard state == .connecting else { return }
+        respondToFailedExchange(.serviceUnavailable, now: now)
+    }
+
     /// Connecting to the backend failed; nothing was sent.
     mutating func upstreamConnectFailed(_ failure: ConnectFailure, now: NIODeadline) {
         guard state == .connecting, var exchange else { return }
@@ -334,6 +343,10 @@ struct ProxyStateMachine {
                     queue(.acquireUpstream(tenant, fresh: exchange.isUpgrade))
                     return
                 }
+                if !exchange.upstreamReused && !exchange.responseStarted {
+                    // A fresh connection reset before any answer: the backend's fault.
+                    queue(.backendFailed(tenant: exchange.tenant?.name ?? "-"))
+                }
                 queue(.releaseUpstream(reusable: false))
                 if exchange.responseStarted {
                     close()
@@ -384,6 +397,7 @@ struct ProxyStateMachine {
                 return
             }
             if let deadline = upstreamDeadline, now >= deadline {
+                queue(.backendFailed(tenant: exchange.tenant?.name ?? "-"))
                 queue(.releaseUpstream(reusable: false))
                 if exchange.responseStarted {
                     close()

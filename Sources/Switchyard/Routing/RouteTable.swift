@@ -1,3 +1,5 @@
+import NIOCore
+
 /// An immutable map from host names to tenants: the routing snapshot every request reads.
 ///
 /// Exact names are one hash lookup. Wildcards (`*.shop.test`) are looked up by suffix, from the longest to the
@@ -85,8 +87,14 @@ extension RouteTable {
     ///   count (when its cap is unchanged), so tunnels opened before a reload still count against the cap.
     public init(configuration: Configuration, previous: RouteTable? = nil) throws(RouteTableError) {
         var gauges: [String: TunnelGauge] = [:]
+        // A backend that stays in its tenant keeps its object, so its health, its pooled connections and its
+        // health checks carry on across the reload.
+        var backends: [String: [SocketAddress: Backend]] = [:]
         for tenant in previous?.tenants ?? [] {
             gauges[tenant.name] = tenant.tunnels
+            for backend in tenant.backends {
+                backends[tenant.name, default: [:]][backend.address] = backend
+            }
         }
         let tenants = configuration.tenants.map { tenant in
             var gauge = gauges[tenant.name] ?? TunnelGauge(limit: tenant.maxTunnels)
@@ -96,7 +104,8 @@ extension RouteTable {
             return Tenant(
                 name: tenant.name,
                 domains: tenant.domains,
-                backends: tenant.backends.map { Backend(address: $0) },
+                backends: tenant.backends.map { backends[tenant.name]?[$0] ?? Backend(address: $0) },
+                health: tenant.health ?? HealthCheckConfiguration(),
                 httpsRedirect: tenant.httpsRedirect,
                 tunnelIdle: tenant.tunnelIdle,
                 tunnels: gauge

@@ -12,6 +12,8 @@ public final class Tenant: Sendable {
     public let domains: [String]
     /// Backends in the order they were declared.
     public let backends: [Backend]
+    /// How the tenant's backends are checked.
+    public let health: HealthCheckConfiguration
     /// Whether plain-HTTP requests are redirected to HTTPS (308).
     public let httpsRedirect: Bool
     /// Idle timeout of the tenant's tunnels; `nil` for the server-wide one.
@@ -24,6 +26,7 @@ public final class Tenant: Sendable {
         name: String,
         domains: [String],
         backends: [Backend],
+        health: HealthCheckConfiguration = HealthCheckConfiguration(),
         httpsRedirect: Bool = false,
         tunnelIdle: TimeAmount? = nil,
         tunnels: TunnelGauge = TunnelGauge(limit: 10_000)
@@ -31,6 +34,7 @@ public final class Tenant: Sendable {
         self.name = name
         self.domains = domains
         self.backends = backends
+        self.health = health
         self.httpsRedirect = httpsRedirect
         self.tunnelIdle = tunnelIdle
         self.tunnels = tunnels
@@ -72,10 +76,13 @@ public final class Backend: Sendable, CustomStringConvertible {
     public let address: SocketAddress
     /// `HOST:PORT` as written by the operator; used in logs.
     public let description: String
+    /// Health as the data path sees it; kept by the same backend across reloads.
+    public let status: BackendStatus
 
-    public init(address: SocketAddress, description: String? = nil) {
+    public init(address: SocketAddress, description: String? = nil, status: BackendStatus = BackendStatus()) {
         self.address = address
         self.description = description ?? Backend.format(address)
+        self.status = status
     }
 
     static func format(_ address: SocketAddress) -> String {

@@ -85,20 +85,26 @@ final class Worker {
         connections.count
     }
 
-    /// Picks the tenant's next backend in round-robin order, skipping `excluded` when there is another.
-    func nextBackend(of tenant: Tenant, excluding excluded: Backend?) -> Backend? {
+    /// Picks the tenant's next available backend in round-robin order (skipping down, ejected and draining ones),
+    /// avoiding `excluded` when another is available; `nil` when none is available.
+    func nextBackend(of tenant: Tenant, excluding excluded: Backend?, now: NIODeadline) -> Backend? {
         let backends = tenant.backends
         guard !backends.isEmpty else { return nil }
         let key = ObjectIdentifier(tenant)
-        var position = roundRobin[key] ?? 0
-        var backend = backends[position % backends.count]
-        position &+= 1
-        if let excluded, backend === excluded, backends.count > 1 {
-            backend = backends[position % backends.count]
-            position &+= 1
+        let start = roundRobin[key] ?? 0
+        var fallback: Backend?
+        for offset in 0..<backends.count {
+            let index = (start &+ offset) % backends.count
+            let backend = backends[index]
+            guard backend.status.isAvailable(now: now) else { continue }
+            if backend === excluded {
+                fallback = backend
+                continue
+            }
+            roundRobin[key] = (index &+ 1) % backends.count
+            return backend
         }
-        roundRobin[key] = position % backends.count
-        return backend
+        return fallback
     }
 
     /// An idle pooled connection to `backend`, if any.

@@ -1,0 +1,145 @@
+import Logging
+import NIOCore
+import NIOPosix
+import ServiceLifecycle
+
+/// Runs the active health checks of every backend of every tenant and publishes each verdict to the data path
+/// through the backend's ``BackendStatus``.
+///
+/// Checks are tasks scheduled on the event loops (spread over them), never a thread per check. Each backend's first
+/// check comes at a random point of its interval, and each later one at the interval ± 10 %, so that thousands of
+/// backends are not probed in lockstep. The checker follows the route table: backends added by a reload get
+/// checks, removed ones stop being checked. Every up/down transition is logged once.
+public final class HealthChecker: Service {
+    private let routes: RouteSource
+    private let group: EventLoopGroup
+    private let logger: Logger
+
+    public init(routes: RouteSource, group: EventLoopGroup, logger: Logger) {
+        self.routes = routes
+        self.group = group
+        self.logger = logger
+    }
+
+    public func run() async throws {
+        let checks = await cancelWhenGracefulShutdown {
+            var checks: [ObjectIdentifier: NIOLoopBoundBox<BackendCheck>] = [:]
+            while !Task.isCancelled {
+                checks = await self.reconcile(checks)
+                try? await Task.sleep(for: .seconds(1))
+            }
+            return checks
+        }
+        for check in checks.values {
+            check.eventLoop.execute { check.value.stop() }
+        }
+    }
+
+    /// Starts checks for backends that have none and stops those of backends no longer routed to.
+    private func reconcile(
+        _ checks: [ObjectIdentifier: NIOLoopBoundBox<BackendCheck>]
+    ) async -> [ObjectIdentifier: NIOLoopBoundBox<BackendCheck>] {
+        var next: [ObjectIdentifier: NIOLoopBoundBox<BackendCheck>] = [:]
+        for tenant in routes.current.tenants {
+            let host =
+                tenant.domains.first { !$0.hasPrefix("*.") } ?? tenant.domains.first.map { String($0.dropFirst(2)) }
+            for backend in tenant.backends {
+                let key = ObjectIdentifier(backend)
+                if let existing = checks[key] {
+                    next[key] = existing
+                    continue
+                }
+                let loop = group.next()
+                let check = BackendCheck(
+                    backend: backend,
+                    tenant: tenant.name,
+                    settings: tenant.health,
+                    host: host ?? "localhost",
+                    eventLoop: loop,
+                    logger: logger
+                )
+                let box = NIOLoopBoundBox.makeBoxSendingValue(check, eventLoop: loop)
+                loop.execute { box.value.start() }
+                next[key] = box
+            }
+        }
+        for (key, check) in checks where next[key] == nil {
+            check.eventLoop.execute { check.value.stop() }
+        }
+        return next
+    }
+}
+
+/// The checks of one backend, on one event loop.
+final class BackendCheck {
+    let backend: Backend
+    let tenant: String
+    let settings: HealthCheckConfiguration
+    let host: String
+    let eventLoop: EventLoop
+    let logger: Logger
+    private var machine: BackendHealthMachine
+    private var scheduled: Scheduled<Void>?
+    private var stopped = false
+
+    init(
+        backend: Backend,
+        tenant: String,
+        settings: HealthCheckConfiguration,
+        host: String,
+        eventLoop: EventLoop,
+        logger: Logger
+    ) {
+        self.backend = backend
+        self.tenant = tenant
+        self.settings = settings
+        self.host = host
+        self.eventLoop = eventLoop
+        self.logger = logger
+        self.machine = BackendHealthMachine(rise: settings.rise, fall: settings.fall)
+    }
+
+    func start() {
+        let interval = settings.interval.nanoseconds
+        schedule(after: .nanoseconds(Int64.random(in: 0..<max(1, interval))))
+    }
+
+    func stop() {
+        stopped = true
+        scheduled?.cancel()
+        scheduled = nil
+    }
+
+    private func schedule(after delay: TimeAmount) {
+        guard !stopped else { return }
+        let check = NIOLoopBound(self, eventLoop: eventLoop)
+        scheduled = eventLoop.scheduleTask(in: delay) { check.value.runCheck() }
+    }
+
+    private func runCheck() {
+        guard !stopped else { return }
+        let check = NIOLoopBound(self, eventLoop: eventLoop)
+        HealthProbe.run(backend: backend, settings: settings, host: host, on: eventLoop).whenSuccess { result in
+            check.value.record(result)
+        }
+    }
+
+    private func record(_ result: HealthCheckResult) {
+        guard !stopped else { return }
+        switch machine.record(result) {
+        case .none:
+            break
+        case .wentDown(let failures, let reason):
+            logger.warning("backend \(backend) of \(tenant): up → down after \(failures) failures: \(reason)")
+        case .cameUp(let successes):
+            logger.notice("backend \(backend) of \(tenant): down → up after \(successes) successes")
+        }
+        backend.status.setActivelyUp(machine.state == .up)
+        let interval = settings.interval.nanoseconds
+        let jitter = Int64.random(in: -(interval / 10)...(interval / 10))
+        schedule(after: .nanoseconds(interval + jitter))
+    }
+}
+
+@available(*, unavailable)
+extension BackendCheck: Sendable {}
