@@ -1,3 +1,5 @@
+import NIOCore
+
 /// The protocol policy of every server context.
 ///
 /// TLS 1.2 and 1.3 only; for TLS 1.2 only ECDHE key exchange with AEAD ciphers (AES-GCM, ChaCha20-Poly1305), for
@@ -15,6 +17,8 @@ public struct TLSPolicy: Sendable, Equatable {
     /// TLS 1.3 session tickets sent after a full handshake (OpenSSL sends 2 by default; 1 is enough for a browser
     /// and halves the work).
     public var ticketsPerHandshake: Int
+    /// How often the session-ticket key is replaced (see ``TicketKeyRing``).
+    public var ticketKeyRotation: TimeAmount
 
     public init(
         tls12Ciphers: String =
@@ -23,12 +27,14 @@ public struct TLSPolicy: Sendable, Equatable {
         tls13Ciphersuites: String = "TLS_AES_128_GCM_SHA256:TLS_AES_256_GCM_SHA384:TLS_CHACHA20_POLY1305_SHA256",
         groups: String = "X25519:P-256:P-384",
         sessionCacheSize: Int = 20_000,
-        ticketsPerHandshake: Int = 1
+        ticketsPerHandshake: Int = 1,
+        ticketKeyRotation: TimeAmount = .hours(12)
     ) {
         self.tls12Ciphers = tls12Ciphers
         self.tls13Ciphersuites = tls13Ciphersuites
         self.groups = groups
         self.sessionCacheSize = sessionCacheSize
         self.ticketsPerHandshake = ticketsPerHandshake
+        self.ticketKeyRotation = ticketKeyRotation
     }
 }

@@ -1,4 +1,5 @@
 import NIOCore
+import SwitchyardTLS
 
 /// The balancer's whole configuration, as read from `switchyard.yaml`.
 ///
@@ -16,6 +17,8 @@ public struct Configuration: Sendable, Equatable {
     public var statePath: String
     /// The default certificate, used when SNI names no tenant certificate.
     public var tls: TLSFiles?
+    /// Protocol versions, ciphers, groups, session cache and tickets of every TLS context (`tls:` keys).
+    public var tlsPolicy: TLSPolicy = TLSPolicy()
     /// Tenants declared in the file.
     public var tenants: [TenantConfiguration]
     /// Timeouts; every one has a safe default.

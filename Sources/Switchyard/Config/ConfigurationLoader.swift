@@ -1,4 +1,5 @@
 import NIOCore
+import SwitchyardTLS
 import Yams
 
 #if canImport(Darwin)
@@ -67,6 +68,9 @@ public enum ConfigurationLoader {
         static let listen = ["http", "https"]
         static let admin = ["socket"]
         static let tls = ["certificate", "key"]
+        static let tlsPolicy = [
+            "ciphers", "ciphersuites", "groups", "session_cache", "session_tickets", "ticket_key_rotation",
+        ]
         static let timeouts = [
             "client_header", "keepalive", "client_body", "upstream_connect", "upstream_response", "upstream_idle",
             "tls_handshake", "tunnel_idle", "drain",
@@ -97,7 +101,9 @@ public enum ConfigurationLoader {
             configuration.statePath = try node.nonEmptyString(expected: "the path of the state database")
         }
         if let node = top["tls"] {
-            configuration.tls = try Self.tlsFiles(try node.mapping(acceptedKeys: Key.tls))
+            let mapping = try node.mapping(acceptedKeys: Key.tls + Key.tlsPolicy)
+            configuration.tls = try Self.tlsFiles(mapping)
+            configuration.tlsPolicy = try Self.tlsPolicy(mapping)
         }
         if let node = top["access_log"] {
             configuration.accessLog = try node.bool()
@@ -225,6 +231,31 @@ public enum ConfigurationLoader {
     }
 
     /// `certificate` and `key`, both required.
+    /// `tls:` protocol settings. Cipher and group lists are checked by OpenSSL when the contexts are built, which
+    /// names the list and refuses the file.
+    private static func tlsPolicy(_ mapping: ConfigurationMapping) throws(ConfigurationError) -> TLSPolicy {
+        var policy = TLSPolicy()
+        if let node = mapping["ciphers"] {
+            policy.tls12Ciphers = try node.nonEmptyString(expected: "an OpenSSL cipher list for TLS 1.2")
+        }
+        if let node = mapping["ciphersuites"] {
+            policy.tls13Ciphersuites = try node.nonEmptyString(expected: "an OpenSSL list of TLS 1.3 cipher suites")
+        }
+        if let node = mapping["groups"] {
+            policy.groups = try node.nonEmptyString(expected: "an OpenSSL list of groups such as X25519:P-256")
+        }
+        if let node = mapping["session_cache"] {
+            policy.sessionCacheSize = try node.integer(in: 0...10_000_000)
+        }
+        if let node = mapping["session_tickets"] {
+            policy.ticketsPerHandshake = try node.integer(in: 0...10)
+        }
+        if let node = mapping["ticket_key_rotation"] {
+            policy.ticketKeyRotation = try node.positiveDuration()
+        }
+        return policy
+    }
+
     private static func tlsFiles(_ mapping: ConfigurationMapping) throws(ConfigurationError) -> Configuration.TLSFiles {
         let certificate = try mapping.required("certificate", expected: "the path of a PEM certificate chain")
             .nonEmptyString(expected: "the path of a PEM certificate chain")

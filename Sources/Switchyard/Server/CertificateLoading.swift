@@ -13,12 +13,13 @@ extension CertificateStore {
         ticketKeys: TicketKeyRing? = nil
     ) throws(TLSError) -> CertificateStore? {
         guard let files = configuration.tls else { return nil }
-        let defaultContext = try TLSContext(certificatePath: files.certificate, keyPath: files.key)
+        let policy = configuration.tlsPolicy
+        let defaultContext = try TLSContext(certificatePath: files.certificate, keyPath: files.key, policy: policy)
         var contexts: [TLSContext] = []
         for tenant in configuration.tenants {
             guard let files = tenant.tls else { continue }
             do {
-                contexts.append(try TLSContext(certificatePath: files.certificate, keyPath: files.key))
+                contexts.append(try TLSContext(certificatePath: files.certificate, keyPath: files.key, policy: policy))
             } catch {
                 throw TLSError("tenant \(tenant.name): \(error.operation)", details: error.details)
             }
@@ -27,7 +28,7 @@ extension CertificateStore {
         if let ticketKeys {
             ring = ticketKeys
         } else {
-            ring = try TicketKeyRing()
+            ring = try TicketKeyRing(rotationInterval: .nanoseconds(policy.ticketKeyRotation.nanoseconds))
         }
         return CertificateStore(defaultContext: defaultContext, contexts: contexts, ticketKeys: ring)
     }
