@@ -1,4 +1,5 @@
 import ArgumentParser
+import Foundation
 import Logging
 import NIOCore
 import NIOPosix
@@ -115,8 +116,13 @@ enum Balancer {
         )
         let ticketRotation: [any Service] = certificates.map { [$0.current.ticketKeys] } ?? []
         let healthChecker = HealthChecker(routes: routes, group: group, logger: logger)
+        // SWITCHYARD_ADMIN names the socket for the operator commands; the server honours it too, so both agree.
+        let adminPath = ProcessInfo.processInfo.environment["SWITCHYARD_ADMIN"].flatMap { $0.isEmpty ? nil : $0 }
+        let admin = AdminServer(path: adminPath ?? configuration.admin.socket, group: group, logger: logger) {
+            StatusReport(routes: routes.current, connections: server.openConnections)
+        }
         let services: [any Service] =
-            [accessLogSink, reloader, healthChecker] + ticketRotation + extraServices + [server]
+            [accessLogSink, reloader, healthChecker, admin] + ticketRotation + extraServices + [server]
         let serviceGroup = ServiceGroup(
             configuration: .init(
                 services: services.map { .init(service: $0) },

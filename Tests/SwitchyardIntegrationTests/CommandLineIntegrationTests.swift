@@ -113,3 +113,57 @@ struct GracefulShutdownIntegrationTests {
         await backend.stop()
     }
 }
+
+/// `switchyard status` against a running balancer, over the admin socket.
+@Suite("Status over the admin socket", .serialized)
+struct StatusIntegrationTests {
+    @Test("status lists tenants and backends with their health; a second balancer on the same socket is refused")
+    func status() async throws {
+        let backend = try await TestBackend.start()
+        let port = try ExternalProcess.freePort()
+        let deadPort = try ExternalProcess.freePort()
+        let path = NSTemporaryDirectory() + "status-\(UUID().uuidString).yaml"
+        try """
+        listen:
+          http: ["127.0.0.1:\(port)"]
+        tenants:
+          - name: shop
+            domains: ["shop.test"]
+            backends: ["127.0.0.1:\(backend.port)", "127.0.0.1:\(deadPort)"]
+            health: { interval: 100ms, timeout: 50ms, rise: 1, fall: 1 }
+        """.write(toFile: path, atomically: true, encoding: .utf8)
+        defer { try? FileManager.default.removeItem(atPath: path) }
+        let process = try SwitchyardProcess(arguments: ["serve", "--config", path])
+        defer { process.stop() }
+        #expect(process.waitUntilListening(port: port), "\(process.log)")
+
+        var report = ""
+        for _ in 0..<30 {
+            report = try ExternalProcess.run(
+                ExternalProcess.switchyardBinary,
+                ["status", "--admin", process.adminPath]
+            ).stdout
+            if report.contains("127.0.0.1:\(deadPort)  down") { break }
+            try await Task.sleep(for: .milliseconds(100))
+        }
+        #expect(report.contains("shop  shop.test  tunnels 0/10000"))
+        #expect(report.contains("127.0.0.1:\(backend.port)  up"))
+        #expect(report.contains("127.0.0.1:\(deadPort)  down"))
+
+        let json = try ExternalProcess.run(
+            ExternalProcess.switchyardBinary,
+            ["status", "--admin", process.adminPath, "--json"]
+        )
+        let decoded = try JSONSerialization.jsonObject(with: Data(json.stdout.utf8)) as? [String: Any]
+        #expect((decoded?["tenants"] as? [[String: Any]])?.first?["name"] as? String == "shop")
+
+        let second = try ExternalProcess.run(
+            "/usr/bin/env",
+            ["SWITCHYARD_ADMIN=\(process.adminPath)", ExternalProcess.switchyardBinary, "serve", "--config", path],
+            timeout: 20
+        )
+        #expect(second.status != 0)
+        #expect(second.stdout.contains("is in use by another running balancer"))
+        await backend.stop()
+    }
+}

@@ -21,6 +21,8 @@ public final class BackendStatus: Sendable {
     private let ejectedUntil = ManagedAtomic<UInt64>(0)
     private let consecutiveFailures = ManagedAtomic<Int>(0)
     private let ejections = ManagedAtomic<Int>(0)
+    /// When the last ejection was due to end (uptime nanoseconds), even if an active check ended it early.
+    private let lastEjectionEnd = ManagedAtomic<UInt64>(0)
     private let draining = ManagedAtomic<Bool>(false)
     private let openConnections = ManagedAtomic<Int>(0)
 
@@ -61,15 +63,22 @@ public final class BackendStatus: Sendable {
     func recordFailure(now: NIODeadline) -> TimeAmount? {
         let failures = consecutiveFailures.loadThenWrappingIncrement(ordering: .relaxed) + 1
         guard failures >= PassiveEjection.threshold, !isEjected(now: now) else { return nil }
+        // The backoff grows for a backend that keeps failing, and starts over after a quiet spell as long as the
+        // longest ejection.
+        let lastEnded = lastEjectionEnd.load(ordering: .relaxed)
+        if lastEnded != 0, now.uptimeNanoseconds > lastEnded &+ UInt64(PassiveEjection.maximum.nanoseconds) {
+            ejections.store(0, ordering: .relaxed)
+        }
         let previous = ejections.loadThenWrappingIncrement(ordering: .relaxed)
         let factor = Int64(1) << Int64(min(previous, 10))
         let length = min(PassiveEjection.maximum, .nanoseconds(PassiveEjection.base.nanoseconds * factor))
         ejectedUntil.store((now + length).uptimeNanoseconds, ordering: .relaxed)
+        lastEjectionEnd.store((now + length).uptimeNanoseconds, ordering: .relaxed)
         consecutiveFailures.store(0, ordering: .relaxed)
         return length
     }
 
-    /// A request that got its response: the failure streak ends.
+    /// The backend answered: the failure streak ends.
     func recordSuccess() {
         if consecutiveFailures.load(ordering: .relaxed) != 0 {
             consecutiveFailures.store(0, ordering: .relaxed)

@@ -134,7 +134,12 @@ final class BackendCheck {
         case .cameUp(let successes):
             logger.notice("backend \(backend) of \(tenant): down → up after \(successes) successes")
         }
-        backend.status.setActivelyUp(machine.state == .up)
+        // A failed check below `fall` changes nothing: in particular it must not end a passive ejection.
+        if machine.state == .down {
+            backend.status.setActivelyUp(false)
+        } else if result == .success {
+            backend.status.setActivelyUp(true)
+        }
         let interval = settings.interval.nanoseconds
         let jitter = Int64.random(in: -(interval / 10)...(interval / 10))
         schedule(after: .nanoseconds(interval + jitter))

@@ -151,6 +151,7 @@ final class ClientConnectionHandler: ChannelDuplexHandler, RemovableChannelHandl
 
     func upstreamRead(_ connection: UpstreamConnection, _ buffer: ByteBuffer) {
         guard connection === upstream else { return }
+        connection.backend.status.recordSuccess()
         machine?.upstreamRead(buffer, now: .now())
         performActions()
     }
@@ -225,7 +226,6 @@ final class ClientConnectionHandler: ChannelDuplexHandler, RemovableChannelHandl
             upstream = nil
             connection.backend.status.connectionClosed()
             if reusable {
-                connection.backend.status.recordSuccess()
                 worker.releaseUpstream(connection)
             } else {
                 connection.close()

@@ -24,6 +24,7 @@ public final class ProxyServer: Service {
     private let accessLogger: Logger?
     private let workers: [NIOLoopBoundBox<Worker>]
     private let listeners: NIOLockedValueBox<[Channel]> = NIOLockedValueBox([])
+    private let connectionCounter: ConnectionCounter
     private let bound: NIOLockedValueBox<[SocketAddress]> = NIOLockedValueBox([])
 
     /// - Parameters:
@@ -44,6 +45,7 @@ public final class ProxyServer: Service {
         self.logger = logger
         self.accessLogger = configuration.accessLog ? Logger(label: "switchyard.access") : nil
         let counter = ConnectionCounter(limit: configuration.limits.maxConnections)
+        self.connectionCounter = counter
         var workers: [NIOLoopBoundBox<Worker>] = []
         for loop in group.makeIterator() {
             let worker = Worker(
@@ -57,6 +59,11 @@ public final class ProxyServer: Service {
             workers.append(NIOLoopBoundBox.makeBoxSendingValue(worker, eventLoop: loop))
         }
         self.workers = workers
+    }
+
+    /// Client connections open now, across workers.
+    public var openConnections: Int {
+        connectionCounter.current
     }
 
     /// The addresses actually bound (with the real port when the configuration asked for port 0).

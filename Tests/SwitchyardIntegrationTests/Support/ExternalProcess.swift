@@ -88,11 +88,18 @@ enum ExternalProcess {
 final class SwitchyardProcess {
     let process: Process
     let logPath: String
+    /// The admin socket of this balancer.
+    let adminPath: String
 
     init(arguments: [String]) throws {
         process = Process()
         process.executableURL = URL(fileURLWithPath: ExternalProcess.switchyardBinary)
         process.arguments = arguments
+        // Each balancer gets its own admin socket, so tests running at once do not meet on the default one.
+        adminPath = NSTemporaryDirectory() + "switchyard-admin-\(UUID().uuidString.prefix(8)).sock"
+        var environment = ProcessInfo.processInfo.environment
+        environment["SWITCHYARD_ADMIN"] = adminPath
+        process.environment = environment
         logPath = NSTemporaryDirectory() + "switchyard-test-\(UUID().uuidString).log"
         _ = FileManager.default.createFile(atPath: logPath, contents: nil)
         let log = FileHandle(forWritingAtPath: logPath)

@@ -1,0 +1,107 @@
+import ArgumentParser
+import Foundation
+import Switchyard
+
+/// Where operator commands find the admin socket: `--admin`, else `SWITCHYARD_ADMIN`, else the configuration's
+/// `admin.socket`.
+struct AdminOptions: ParsableArguments {
+    @Option(help: "The admin socket (default: $SWITCHYARD_ADMIN, else admin.socket of the configuration).")
+    var admin: String?
+
+    @Option(name: .shortAndLong, help: "The configuration file whose admin.socket to use.")
+    var config: String = "Config/switchyard.yaml"
+
+    var socketPath: String {
+        if let admin { return admin }
+        if let path = ProcessInfo.processInfo.environment["SWITCHYARD_ADMIN"], !path.isEmpty { return path }
+        return (try? ConfigurationLoader.load(path: config))?.admin.socket ?? Configuration.Admin().socket
+    }
+}
+
+struct StatusCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "status",
+        abstract: "Show tenants, backends and their health, connections and tunnels of a running balancer."
+    )
+
+    @OptionGroup var options: AdminOptions
+
+    @Flag(help: "Print the admin API's JSON.")
+    var json = false
+
+    func run() throws {
+        let path = options.socketPath
+        let body: Data
+        do {
+            body = try AdminClient(path: path).get("/status")
+        } catch {
+            FileHandle.standardError.write(Data("switchyard: \(error)\n".utf8))
+            throw ExitCode(1)
+        }
+        if json {
+            FileHandle.standardOutput.write(body)
+            print()
+        } else {
+            let report = try JSONDecoder().decode(StatusReport.self, from: body)
+            print(report.text)
+        }
+    }
+}
+
+/// A minimal HTTP/1.1 client for the admin API's unix socket.
+struct AdminClient {
+    let path: String
+
+    struct Failure: Error, CustomStringConvertible {
+        var description: String
+    }
+
+    /// `GET path`; returns the body of a 200 answer.
+    func get(_ target: String) throws -> Data {
+        let descriptor = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue), 0)
+        guard descriptor >= 0 else { throw Failure(description: "cannot create a socket") }
+        defer { close(descriptor) }
+        // A balancer that accepts but never answers must not hang the operator's terminal.
+        var timeout = timeval(tv_sec: 10, tv_usec: 0)
+        setsockopt(descriptor, SOL_SOCKET, SO_RCVTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))
+        var address = sockaddr_un()
+        address.sun_family = sa_family_t(AF_UNIX)
+        let bytes = Array(path.utf8)
+        guard bytes.count < MemoryLayout.size(ofValue: address.sun_path) else {
+            throw Failure(description: "admin socket path too long: \(path)")
+        }
+        withUnsafeMutableBytes(of: &address.sun_path) { raw in
+            raw.copyBytes(from: bytes)
+        }
+        let connected = withUnsafePointer(to: &address) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
+                connect(descriptor, $0, socklen_t(MemoryLayout<sockaddr_un>.size))
+            }
+        }
+        guard connected == 0 else {
+            throw Failure(
+                description: "cannot reach the balancer's admin socket \(path): \(String(cString: strerror(errno))) "
+                    + "(is `switchyard serve` running? use --admin or SWITCHYARD_ADMIN)"
+            )
+        }
+        let request = Array("GET \(target) HTTP/1.1\r\nHost: switchyard\r\nConnection: close\r\n\r\n".utf8)
+        guard request.withUnsafeBytes({ write(descriptor, $0.baseAddress, $0.count) }) == request.count else {
+            throw Failure(description: "cannot send to \(path)")
+        }
+        var response = Data()
+        var buffer = [UInt8](repeating: 0, count: 65536)
+        while true {
+            let count = buffer.withUnsafeMutableBytes { read(descriptor, $0.baseAddress, $0.count) }
+            if count <= 0 { break }
+            response.append(contentsOf: buffer[0..<count])
+        }
+        guard let split = response.range(of: Data("\r\n\r\n".utf8)) else {
+            throw Failure(description: "no answer from \(path)")
+        }
+        let head = String(decoding: response[..<split.lowerBound], as: UTF8.self)
+        guard head.hasPrefix("HTTP/1.1 200") else {
+            throw Failure(description: "the admin API answered: \(head.split(separator: "\r\n").first ?? "")")
+        }
+        return response[split.upperBound...]
+    }
+}
