@@ -58,32 +58,16 @@ struct AdminClient {
 
     /// `GET path`; returns the body of a 200 answer.
     func get(_ target: String) throws -> Data {
-        let descriptor = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue), 0)
-        guard descriptor >= 0 else { throw Failure(description: "cannot create a socket") }
-        defer { close(descriptor) }
-        // A balancer that accepts but never answers must not hang the operator's terminal.
-        var timeout = timeval(tv_sec: 10, tv_usec: 0)
-        setsockopt(descriptor, SOL_SOCKET, SO_RCVTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))
-        var address = sockaddr_un()
-        address.sun_family = sa_family_t(AF_UNIX)
-        let bytes = Array(path.utf8)
-        guard bytes.count < MemoryLayout.size(ofValue: address.sun_path) else {
-            throw Failure(description: "admin socket path too long: \(path)")
-        }
-        withUnsafeMutableBytes(of: &address.sun_path) { raw in
-            raw.copyBytes(from: bytes)
-        }
-        let connected = withUnsafePointer(to: &address) {
-            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
-                connect(descriptor, $0, socklen_t(MemoryLayout<sockaddr_un>.size))
-            }
-        }
-        guard connected == 0 else {
+        guard let descriptor = AdminServer.connectUnixSocket(path) else {
             throw Failure(
                 description: "cannot reach the balancer's admin socket \(path): \(String(cString: strerror(errno))) "
                     + "(is `switchyard serve` running? use --admin or SWITCHYARD_ADMIN)"
             )
         }
+        defer { close(descriptor) }
+        // A balancer that accepts but never answers must not hang the operator's terminal.
+        var timeout = timeval(tv_sec: 10, tv_usec: 0)
+        setsockopt(descriptor, SOL_SOCKET, SO_RCVTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))
         let request = Array("GET \(target) HTTP/1.1\r\nHost: switchyard\r\nConnection: close\r\n\r\n".utf8)
         guard request.withUnsafeBytes({ write(descriptor, $0.baseAddress, $0.count) }) == request.count else {
             throw Failure(description: "cannot send to \(path)")

@@ -62,19 +62,37 @@ public final class AdminServer: Service {
 extension AdminServer {
     /// Whether something accepts connections on the unix socket at `path`.
     static func isAnswering(_ path: String) -> Bool {
+        guard let descriptor = connectUnixSocket(path) else { return false }
+        close(descriptor)
+        return true
+    }
+
+    /// A blocking stream socket connected to the unix socket at `path`, or `nil` with `errno` set. For the admin
+    /// API's clients: the CLI and the check above.
+    public static func connectUnixSocket(_ path: String) -> Int32? {
         let descriptor = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue), 0)
-        guard descriptor >= 0 else { return false }
-        defer { close(descriptor) }
+        guard descriptor >= 0 else { return nil }
         var address = sockaddr_un()
         address.sun_family = sa_family_t(AF_UNIX)
         let bytes = Array(path.utf8)
-        guard bytes.count < MemoryLayout.size(ofValue: address.sun_path) else { return false }
+        guard bytes.count < MemoryLayout.size(ofValue: address.sun_path) else {
+            close(descriptor)
+            errno = ENAMETOOLONG
+            return nil
+        }
         withUnsafeMutableBytes(of: &address.sun_path) { $0.copyBytes(from: bytes) }
-        return withUnsafePointer(to: &address) {
+        let connected = withUnsafePointer(to: &address) {
             $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
-                connect(descriptor, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) == 0
+                connect(descriptor, $0, socklen_t(MemoryLayout<sockaddr_un>.size))
             }
         }
+        guard connected == 0 else {
+            let saved = errno
+            close(descriptor)
+            errno = saved
+            return nil
+        }
+        return descriptor
     }
 }
 
