@@ -167,3 +167,56 @@ struct StatusIntegrationTests {
         await backend.stop()
     }
 }
+
+/// SIGHUP with a broken certificate: refused with a log line, the running certificate kept, connections kept.
+@Suite("Certificate reload on SIGHUP", .serialized)
+struct CertificateReloadIntegrationTests {
+    @Test("a certificate replaced by garbage is refused on SIGHUP and HTTPS goes on with the old one")
+    func brokenCertificateKept() async throws {
+        let backend = try await TestBackend.start(name: "tls-backend")
+        let port = try ExternalProcess.freePort()
+        let directory = NSTemporaryDirectory() + "cert-reload-\(UUID().uuidString)"
+        try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(atPath: directory) }
+        let certificate = directory + "/localhost.pem"
+        let key = directory + "/localhost.key"
+        try FileManager.default.copyItem(
+            atPath: ExternalProcess.packageRoot + "/Certs/localhost.pem",
+            toPath: certificate
+        )
+        try FileManager.default.copyItem(atPath: ExternalProcess.packageRoot + "/Certs/localhost.key", toPath: key)
+        let path = directory + "/switchyard.yaml"
+        try """
+        listen:
+          https: ["127.0.0.1:\(port)"]
+        tls:
+          certificate: \(certificate)
+          key: \(key)
+        tenants:
+          - name: demo
+            domains: ["demo.localhost"]
+            backends: ["127.0.0.1:\(backend.port)"]
+        """.write(toFile: path, atomically: true, encoding: .utf8)
+        let process = try SwitchyardProcess(arguments: ["serve", "--config", path])
+        defer { process.stop() }
+        #expect(process.waitUntilListening(port: port), "\(process.log)")
+        let request = [
+            "--cacert", ExternalProcess.packageRoot + "/Certs/dev-ca.pem",
+            "--resolve", "demo.localhost:\(port):127.0.0.1", "https://demo.localhost:\(port)/",
+        ]
+        #expect(try ExternalProcess.curl(request).stdout == "tls-backend")
+
+        try "not a certificate\n".write(toFile: certificate, atomically: true, encoding: .utf8)
+        kill(process.pid, SIGHUP)
+        var log = ""
+        for _ in 0..<50 {
+            log = process.log
+            if log.contains("reload refused") { break }
+            try await Task.sleep(for: .milliseconds(100))
+        }
+        #expect(log.contains("reload refused"))
+        #expect(log.contains(certificate))
+        #expect(try ExternalProcess.curl(request).stdout == "tls-backend")
+        await backend.stop()
+    }
+}
