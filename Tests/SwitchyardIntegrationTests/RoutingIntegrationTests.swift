@@ -1,4 +1,5 @@
 import NIOCore
+import NIOHTTP1
 import Testing
 
 @testable import Switchyard
@@ -97,5 +98,39 @@ struct RoutingIntegrationTests {
             #expect(seen.filter { $0 == "first" }.count == 2)
             #expect(seen.filter { $0 == "second" }.count == 2)
         }
+    }
+}
+
+/// `balance: least_connections` on real sockets: a backend busy with a slow request is passed over.
+@Suite("Least connections over loopback", .serialized)
+struct LeastConnectionsIntegrationTests {
+    @Test("while one backend serves a slow request, the others get the new ones")
+    func spreadsToIdleBackend() async throws {
+        let behavior: @Sendable (HTTPRequestHead) -> TestBackend.Behavior = { head in
+            head.uri == "/slow" ? .delayed(.milliseconds(1500), body: "slow") : .name
+        }
+        let first = try await TestBackend.start(name: "first", behavior: behavior)
+        let second = try await TestBackend.start(name: "second", behavior: behavior)
+        let harness = try await ProxyHarness.start(
+            tenants: [("shop", ["shop.test"], [first.address, second.address])],
+            workers: 1
+        ) { configuration in
+            configuration.tenants[0].balance = .leastConnections
+        }
+        let slow = try RawClient(port: harness.port)
+        try slow.send("GET /slow HTTP/1.1\r\nHost: shop.test\r\n\r\n")
+        try await Task.sleep(for: .milliseconds(200))
+        let busy = first.requests.contains { $0.head.uri == "/slow" } ? "first" : "second"
+        var names: [String] = []
+        for _ in 0..<4 {
+            names.append(
+                try ExternalProcess.curl(["-H", "Host: shop.test", "http://127.0.0.1:\(harness.port)/"]).stdout
+            )
+        }
+        #expect(names.allSatisfy { $0 != busy && !$0.isEmpty }, "\(names), busy \(busy)")
+        #expect(slow.receiveResponse(timeout: 5).hasSuffix("slow"))
+        await harness.stop()
+        await first.stop()
+        await second.stop()
     }
 }

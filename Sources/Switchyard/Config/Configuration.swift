@@ -166,6 +166,8 @@ public struct TenantConfiguration: Sendable, Equatable {
     public var tls: Configuration.TLSFiles?
     /// Active health check settings; `nil` keeps the defaults.
     public var health: HealthCheckConfiguration?
+    /// How a backend is picked for each request.
+    public var balance: BalancingAlgorithm
     /// Whether plain-HTTP requests are answered with a 308 redirect to HTTPS.
     public var httpsRedirect: Bool
     /// Idle time allowed on the tenant's upgraded (WebSocket) connections; `nil` means `timeouts.tunnel_idle`.
@@ -179,6 +181,7 @@ public struct TenantConfiguration: Sendable, Equatable {
         backends: [SocketAddress],
         tls: Configuration.TLSFiles? = nil,
         health: HealthCheckConfiguration? = nil,
+        balance: BalancingAlgorithm = .roundRobin,
         httpsRedirect: Bool = false,
         tunnelIdle: TimeAmount? = nil,
         maxTunnels: Int = 10_000
@@ -188,10 +191,20 @@ public struct TenantConfiguration: Sendable, Equatable {
         self.backends = backends
         self.tls = tls
         self.health = health
+        self.balance = balance
         self.httpsRedirect = httpsRedirect
         self.tunnelIdle = tunnelIdle
         self.maxTunnels = maxTunnels
     }
+}
+
+/// `balance:` of a tenant.
+public enum BalancingAlgorithm: String, Sendable, Equatable, CaseIterable {
+    /// Each available backend in turn (`round_robin`, the default).
+    case roundRobin = "round_robin"
+    /// The available backend with the fewest requests and tunnels in progress, across workers
+    /// (`least_connections`); ties go round robin. Suits long requests and WebSockets.
+    case leastConnections = "least_connections"
 }
 
 /// `health:` of a tenant. Defaults match the platform's existing balancer (interval 15 s, timeout 2 s, rise 2,

@@ -77,7 +77,7 @@ public enum ConfigurationLoader {
         ]
         static let limits = ["max_header_bytes", "max_headers", "max_connections", "upstream_keepalive"]
         static let tenant = [
-            "name", "domains", "backends", "certificate", "key", "health", "https_redirect", "tunnel_idle",
+            "name", "domains", "backends", "certificate", "key", "health", "balance", "https_redirect", "tunnel_idle",
             "max_tunnels",
         ]
         static let health = ["path", "interval", "timeout", "rise", "fall"]
@@ -417,6 +417,14 @@ public enum ConfigurationLoader {
             tls: tls,
             health: health
         )
+        if let node = mapping["balance"] {
+            let expected = BalancingAlgorithm.allCases.map(\.rawValue).joined(separator: " or ")
+            let text = try node.nonEmptyString(expected: expected)
+            guard let balance = BalancingAlgorithm(rawValue: text) else {
+                throw node.error("'\(text)' is not a balancing algorithm; expected \(expected)")
+            }
+            tenant.balance = balance
+        }
         if let node = mapping["https_redirect"] {
             tenant.httpsRedirect = try node.bool()
         }

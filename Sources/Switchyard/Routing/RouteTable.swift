@@ -106,6 +106,7 @@ extension RouteTable {
                 domains: tenant.domains,
                 backends: tenant.backends.map { backends[tenant.name]?[$0] ?? Backend(address: $0) },
                 health: tenant.health ?? HealthCheckConfiguration(),
+                balance: tenant.balance,
                 httpsRedirect: tenant.httpsRedirect,
                 tunnelIdle: tenant.tunnelIdle,
                 tunnels: gauge

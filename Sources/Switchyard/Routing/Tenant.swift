@@ -14,6 +14,8 @@ public final class Tenant: Sendable {
     public let backends: [Backend]
     /// How the tenant's backends are checked.
     public let health: HealthCheckConfiguration
+    /// How a backend is picked.
+    public let balance: BalancingAlgorithm
     /// Whether plain-HTTP requests are redirected to HTTPS (308).
     public let httpsRedirect: Bool
     /// Idle timeout of the tenant's tunnels; `nil` for the server-wide one.
@@ -27,6 +29,7 @@ public final class Tenant: Sendable {
         domains: [String],
         backends: [Backend],
         health: HealthCheckConfiguration = HealthCheckConfiguration(),
+        balance: BalancingAlgorithm = .roundRobin,
         httpsRedirect: Bool = false,
         tunnelIdle: TimeAmount? = nil,
         tunnels: TunnelGauge = TunnelGauge(limit: 10_000)
@@ -35,6 +38,7 @@ public final class Tenant: Sendable {
         self.domains = domains
         self.backends = backends
         self.health = health
+        self.balance = balance
         self.httpsRedirect = httpsRedirect
         self.tunnelIdle = tunnelIdle
         self.tunnels = tunnels

@@ -93,6 +93,7 @@ final class Worker {
         let key = ObjectIdentifier(tenant)
         let start = roundRobin[key] ?? 0
         var fallback: Backend?
+        var chosen: (backend: Backend, index: Int)?
         for offset in 0..<backends.count {
             let index = (start &+ offset) % backends.count
             let backend = backends[index]
@@ -101,8 +102,21 @@ final class Worker {
                 fallback = backend
                 continue
             }
-            roundRobin[key] = (index &+ 1) % backends.count
-            return backend
+            switch tenant.balance {
+            case .roundRobin:
+                roundRobin[key] = (index &+ 1) % backends.count
+                return backend
+            case .leastConnections:
+                // Scanning from the round-robin position makes ties rotate.
+                if let current = chosen, current.backend.status.connections <= backend.status.connections {
+                    continue
+                }
+                chosen = (backend, index)
+            }
+        }
+        if let chosen {
+            roundRobin[key] = (chosen.index &+ 1) % backends.count
+            return chosen.backend
         }
         return fallback
     }

@@ -1,0 +1,84 @@
+import Foundation
+import Logging
+import NIOCore
+import NIOEmbedded
+import Testing
+
+@testable import Switchyard
+
+/// `balance:` — round robin and least connections, as the worker picks backends.
+@Suite("Balancing")
+struct BalancingTests {
+    private func worker(_ tenant: Tenant) throws -> Worker {
+        var logger = Logger(label: "test")
+        logger.logLevel = .critical
+        return Worker(
+            eventLoop: EmbeddedEventLoop(),
+            routes: RouteSource(try RouteTable(tenants: [tenant])),
+            configuration: Configuration(),
+            connectionCounter: ConnectionCounter(limit: 10),
+            logger: logger,
+            accessLogger: nil
+        )
+    }
+
+    private func backends(_ count: Int) throws -> [Backend] {
+        try (0..<count).map { Backend(address: try SocketAddress(ipAddress: "10.0.0.\($0 + 1)", port: 8080)) }
+    }
+
+    @Test("least connections picks the backend with the fewest in progress, and rotates among equals")
+    func leastConnections() throws {
+        let backends = try backends(3)
+        let tenant = Tenant(name: "t", domains: ["t.test"], backends: backends, balance: .leastConnections)
+        let worker = try worker(tenant)
+        let now = NIODeadline.now()
+        backends[0].status.connectionOpened()
+        backends[0].status.connectionOpened()
+        backends[1].status.connectionOpened()
+        #expect(worker.nextBackend(of: tenant, excluding: nil, now: now) === backends[2])
+        backends[2].status.connectionOpened()
+        backends[2].status.connectionOpened()
+        // 2, 1, 2 in progress: the idle-most is the second.
+        #expect(worker.nextBackend(of: tenant, excluding: nil, now: now) === backends[1])
+        backends[1].status.connectionOpened()
+        // All at 2: ties rotate from where the last pick left off.
+        let picks = (0..<3).map { _ in worker.nextBackend(of: tenant, excluding: nil, now: now) }
+        #expect(Set(picks.compactMap { $0.map(ObjectIdentifier.init) }).count == 3)
+    }
+
+    @Test("least connections skips unavailable backends and the excluded one")
+    func leastConnectionsSkips() throws {
+        let backends = try backends(2)
+        let tenant = Tenant(name: "t", domains: ["t.test"], backends: backends, balance: .leastConnections)
+        let worker = try worker(tenant)
+        backends[1].status.connectionOpened()
+        backends[0].status.setActivelyUp(false)
+        #expect(worker.nextBackend(of: tenant, excluding: nil, now: .now()) === backends[1])
+        backends[0].status.setActivelyUp(true)
+        #expect(worker.nextBackend(of: tenant, excluding: backends[0], now: .now()) === backends[1])
+    }
+
+    @Test("round robin is the default; balance is read from the configuration and a wrong name is refused")
+    func configuration() throws {
+        let yaml = """
+            tenants:
+              - name: a
+                domains: ["a.test"]
+                backends: ["127.0.0.1:1"]
+              - name: b
+                domains: ["b.test"]
+                backends: ["127.0.0.1:2"]
+                balance: least_connections
+            """
+        let parsed = try ConfigurationLoader.parse(yaml: yaml, file: "t.yaml")
+        #expect(parsed.tenants.map(\.balance) == [.roundRobin, .leastConnections])
+        #expect {
+            _ = try ConfigurationLoader.parse(
+                yaml: yaml.replacingOccurrences(of: "least_connections", with: "random"),
+                file: "t.yaml"
+            )
+        } throws: { error in
+            "\(error)".contains("tenants[1].balance: 'random' is not a balancing algorithm")
+        }
+    }
+}
