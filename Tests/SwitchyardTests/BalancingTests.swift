@@ -81,4 +81,50 @@ struct BalancingTests {
             "\(error)".contains("tenants[1].balance: 'random' is not a balancing algorithm")
         }
     }
+
+    @Test("weights 5, 1, 1 give a a b a c a a: smooth, never five in a row")
+    func smoothWeightedRoundRobin() throws {
+        let backends = try backends(3)
+        let tenant = Tenant(name: "t", domains: ["t.test"], backends: backends, weights: [5, 1, 1])
+        let worker = try worker(tenant)
+        let names = (0..<14).map { _ -> String in
+            guard let picked = worker.nextBackend(of: tenant, excluding: nil, now: .now()),
+                let index = backends.firstIndex(where: { $0 === picked })
+            else { return "-" }
+            return ["a", "b", "c"][index]
+        }
+        #expect(names.joined() == "aabacaa" + "aabacaa")
+    }
+
+    @Test("a weighted backend that is down is skipped; the others share its turns")
+    func weightedSkipsUnavailable() throws {
+        let backends = try backends(2)
+        let tenant = Tenant(name: "t", domains: ["t.test"], backends: backends, weights: [3, 1])
+        let worker = try worker(tenant)
+        backends[0].status.setActivelyUp(false)
+        for _ in 0..<4 {
+            #expect(worker.nextBackend(of: tenant, excluding: nil, now: .now()) === backends[1])
+        }
+    }
+
+    @Test("weights are read as nginx writes them; a bad weight is refused")
+    func weightConfiguration() throws {
+        let yaml = """
+            tenants:
+              - name: a
+                domains: ["a.test"]
+                backends: ["127.0.0.1:1 weight=3", "127.0.0.1:2"]
+            """
+        let parsed = try ConfigurationLoader.parse(yaml: yaml, file: "t.yaml")
+        let table = try RouteTable(configuration: parsed)
+        #expect(table.tenants.first?.weights == [3, 1])
+        #expect {
+            _ = try ConfigurationLoader.parse(
+                yaml: yaml.replacingOccurrences(of: "weight=3", with: "weight=0"),
+                file: "t.yaml"
+            )
+        } throws: { error in
+            "\(error)".contains("HOST:PORT weight=N with N from 1 to 1000")
+        }
+    }
 }

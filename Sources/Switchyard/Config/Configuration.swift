@@ -162,6 +162,8 @@ public struct TenantConfiguration: Sendable, Equatable {
     public var domains: [String]
     /// Backend addresses, resolved when the file is read.
     public var backends: [SocketAddress]
+    /// Weights of backends (`HOST:PORT weight=N`); a backend not listed weighs 1.
+    public var weights: [SocketAddress: Int] = [:]
     /// The tenant's own certificate, chosen by SNI; the default one otherwise.
     public var tls: Configuration.TLSFiles?
     /// Active health check settings; `nil` keeps the defaults.

@@ -374,12 +374,23 @@ public enum ConfigurationLoader {
 
         let backendsNode = try mapping.required("backends", expected: "a list of HOST:PORT backend addresses")
         var backends: [(address: SocketAddress, path: String)] = []
+        var weights: [SocketAddress: Int] = [:]
         for (text, item) in try backendsNode.stringList(
             allowingSingle: false,
             listDescription: "a list of HOST:PORT addresses",
             itemDescription: "a HOST:PORT address"
         ) {
-            let address = try Self.backendAddress(text, at: item)
+            // "HOST:PORT" or, as in nginx's upstream blocks, "HOST:PORT weight=N".
+            let words = text.split(separator: " ", omittingEmptySubsequences: true)
+            let address = try Self.backendAddress(words.first.map(String.init) ?? text, at: item)
+            if words.count > 1 {
+                guard words.count == 2, words[1].hasPrefix("weight="), let weight = Int(words[1].dropFirst(7)),
+                    (1...1000).contains(weight)
+                else {
+                    throw item.error("'\(text)' is not HOST:PORT or HOST:PORT weight=N with N from 1 to 1000")
+                }
+                weights[address] = weight
+            }
             if let earlier = backends.first(where: { $0.address == address }) {
                 throw item.error("'\(text)' is the same backend as \(earlier.path) (\(address))")
             }
@@ -417,6 +428,7 @@ public enum ConfigurationLoader {
             tls: tls,
             health: health
         )
+        tenant.weights = weights
         if let node = mapping["balance"] {
             let expected = BalancingAlgorithm.allCases.map(\.rawValue).joined(separator: " or ")
             let text = try node.nonEmptyString(expected: expected)

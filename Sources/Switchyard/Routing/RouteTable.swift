@@ -107,6 +107,7 @@ extension RouteTable {
                 backends: tenant.backends.map { backends[tenant.name]?[$0] ?? Backend(address: $0) },
                 health: tenant.health ?? HealthCheckConfiguration(),
                 balance: tenant.balance,
+                weights: tenant.backends.map { tenant.weights[$0] ?? 1 },
                 httpsRedirect: tenant.httpsRedirect,
                 tunnelIdle: tenant.tunnelIdle,
                 tunnels: gauge

@@ -16,6 +16,8 @@ public final class Tenant: Sendable {
     public let health: HealthCheckConfiguration
     /// How a backend is picked.
     public let balance: BalancingAlgorithm
+    /// Each backend's weight, in the order of ``backends``; `nil` when all weigh the same.
+    public let weights: [Int]?
     /// Whether plain-HTTP requests are redirected to HTTPS (308).
     public let httpsRedirect: Bool
     /// Idle timeout of the tenant's tunnels; `nil` for the server-wide one.
@@ -30,6 +32,7 @@ public final class Tenant: Sendable {
         backends: [Backend],
         health: HealthCheckConfiguration = HealthCheckConfiguration(),
         balance: BalancingAlgorithm = .roundRobin,
+        weights: [Int]? = nil,
         httpsRedirect: Bool = false,
         tunnelIdle: TimeAmount? = nil,
         tunnels: TunnelGauge = TunnelGauge(limit: 10_000)
@@ -39,6 +42,7 @@ public final class Tenant: Sendable {
         self.backends = backends
         self.health = health
         self.balance = balance
+        self.weights = weights.flatMap { $0.count == backends.count && Set($0).count > 1 ? $0 : nil }
         self.httpsRedirect = httpsRedirect
         self.tunnelIdle = tunnelIdle
         self.tunnels = tunnels

@@ -25,6 +25,8 @@ final class Worker {
     private(set) var pool: UpstreamPool
     private var connections: [ObjectIdentifier: ClientConnectionHandler] = [:]
     private var roundRobin: [ObjectIdentifier: Int] = [:]
+    /// Smooth weighted round robin's running weights, per tenant (nginx's algorithm).
+    private var currentWeights: [ObjectIdentifier: [Int]] = [:]
     private var sweep: RepeatedTask?
     private var shuttingDown = false
 
@@ -91,6 +93,9 @@ final class Worker {
         let backends = tenant.backends
         guard !backends.isEmpty else { return nil }
         let key = ObjectIdentifier(tenant)
+        if tenant.balance == .roundRobin, let weights = tenant.weights {
+            return nextWeightedBackend(of: tenant, weights: weights, excluding: excluded, now: now)
+        }
         let start = roundRobin[key] ?? 0
         var fallback: Backend?
         var chosen: (backend: Backend, index: Int)?
@@ -119,6 +124,36 @@ final class Worker {
             return chosen.backend
         }
         return fallback
+    }
+
+    /// Smooth weighted round robin: every available backend gains its weight, the one with the most is picked and
+    /// loses the total. With weights 5, 1, 1 the order is a a b a c a a: spread out, never five in a row.
+    private func nextWeightedBackend(
+        of tenant: Tenant,
+        weights: [Int],
+        excluding excluded: Backend?,
+        now: NIODeadline
+    ) -> Backend? {
+        let key = ObjectIdentifier(tenant)
+        var current = currentWeights[key] ?? [Int](repeating: 0, count: weights.count)
+        defer { currentWeights[key] = current }
+        var total = 0
+        var best: Int?
+        var fallback: Backend?
+        for (index, backend) in tenant.backends.enumerated() {
+            guard backend.status.isAvailable(now: now) else { continue }
+            if backend === excluded {
+                fallback = backend
+                continue
+            }
+            current[index] += weights[index]
+            total += weights[index]
+            if let chosen = best, current[chosen] >= current[index] { continue }
+            best = index
+        }
+        guard let best else { return fallback }
+        current[best] -= total
+        return tenant.backends[best]
     }
 
     /// An idle pooled connection to `backend`, if any.
