@@ -107,7 +107,7 @@ struct LeastConnectionsIntegrationTests {
     @Test("while one backend serves a slow request, the others get the new ones")
     func spreadsToIdleBackend() async throws {
         let behavior: @Sendable (HTTPRequestHead) -> TestBackend.Behavior = { head in
-            head.uri == "/slow" ? .delayed(.milliseconds(1500), body: "slow") : .name
+            head.uri == "/slow" ? .delayed(.seconds(3), body: "slow") : .name
         }
         let first = try await TestBackend.start(name: "first", behavior: behavior)
         let second = try await TestBackend.start(name: "second", behavior: behavior)
@@ -119,8 +119,18 @@ struct LeastConnectionsIntegrationTests {
         }
         let slow = try RawClient(port: harness.port)
         try slow.send("GET /slow HTTP/1.1\r\nHost: shop.test\r\n\r\n")
-        try await Task.sleep(for: .milliseconds(200))
-        let busy = first.requests.contains { $0.head.uri == "/slow" } ? "first" : "second"
+        // Wait until the slow request has reached its backend (the machine may be busy).
+        var busy = ""
+        for _ in 0..<100 where busy.isEmpty {
+            if first.requests.contains(where: { $0.head.uri == "/slow" }) {
+                busy = "first"
+            } else if second.requests.contains(where: { $0.head.uri == "/slow" }) {
+                busy = "second"
+            } else {
+                try await Task.sleep(for: .milliseconds(20))
+            }
+        }
+        #expect(!busy.isEmpty)
         var names: [String] = []
         for _ in 0..<4 {
             names.append(

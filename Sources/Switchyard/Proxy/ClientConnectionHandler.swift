@@ -313,7 +313,7 @@ final class ClientConnectionHandler: ChannelDuplexHandler, RemovableChannelHandl
         connection.backend.status.connectionOpened()
         connection.owner = self
         connection.idleSince = nil
-        connection.onIdleClose = nil
+        connection.pool = nil
         upstream = connection
         machine?.upstreamAttached(backend: connection.backend.description, reused: reused, now: .now())
     }

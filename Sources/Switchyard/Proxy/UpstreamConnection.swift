@@ -14,8 +14,9 @@ final class UpstreamConnection: ChannelDuplexHandler, RemovableChannelHandler {
     var owner: ClientConnectionHandler?
     /// When it was last released to the pool.
     var idleSince: NIODeadline?
-    /// Called when the connection closes while idle, to drop it from the pool.
-    var onIdleClose: ((UpstreamConnection) -> Void)?
+    /// The worker whose pool holds this connection while it idles, told when the connection closes there.
+    /// (A reference rather than a closure: releasing a connection happens on every request.)
+    weak var pool: Worker?
 
     private var context: ChannelHandlerContext?
     private var readPending = false
@@ -49,7 +50,7 @@ final class UpstreamConnection: ChannelDuplexHandler, RemovableChannelHandler {
         if let owner {
             owner.upstreamClosed(self)
         } else {
-            onIdleClose?(self)
+            pool?.idleConnectionClosed(self)
         }
         context.fireChannelInactive()
     }
@@ -129,7 +130,7 @@ final class UpstreamConnection: ChannelDuplexHandler, RemovableChannelHandler {
 
     func close() {
         owner = nil
-        onIdleClose = nil
+        pool = nil
         context?.close(promise: nil)
     }
 }

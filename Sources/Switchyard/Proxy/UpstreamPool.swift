@@ -61,9 +61,4 @@ struct UpstreamPool {
         idle = [:]
         return all
     }
-
-    /// How many connections are idle.
-    var count: Int {
-        idle.values.reduce(0) { $0 + $1.count }
-    }
 }

@@ -22,7 +22,7 @@ final class Worker {
         configuration.listen.https.first?.port
     }
 
-    private(set) var pool: UpstreamPool
+    private var pool: UpstreamPool
     private var connections: [ObjectIdentifier: ClientConnectionHandler] = [:]
     private var roundRobin: [ObjectIdentifier: Int] = [:]
     /// Smooth weighted round robin's running weights, per tenant (nginx's algorithm).
@@ -161,11 +161,16 @@ final class Worker {
         pool.take(backend)
     }
 
+    /// A pooled connection closed while idle.
+    func idleConnectionClosed(_ connection: UpstreamConnection) {
+        pool.remove(connection)
+    }
+
     /// Returns a connection to the pool, or closes it when the pool is full or the worker is stopping.
     func releaseUpstream(_ connection: UpstreamConnection) {
         connection.owner = nil
         connection.idleSince = .now()
-        connection.onIdleClose = { [self] closed in self.pool.remove(closed) }
+        connection.pool = self
         if shuttingDown || !connection.isActive || !pool.put(connection) {
             connection.close()
         } else {
