@@ -733,7 +733,8 @@ struct ConfigurationLoaderTests {
             validTenant + "\n    health: /healthz\n",
             key: "tenants[0].health",
             line: 5,
-            reason: "expected a mapping with the keys path, interval, timeout, rise, fall; found '/healthz'"
+            reason: "expected a mapping with the keys path, host, status, interval, timeout, rise, fall; "
+                + "found '/healthz'"
         ),
 
         // workers.

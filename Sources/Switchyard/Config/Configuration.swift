@@ -214,6 +214,10 @@ public enum BalancingAlgorithm: String, Sendable, Equatable, CaseIterable {
 public struct HealthCheckConfiguration: Sendable, Equatable {
     /// Path probed with `GET`; `nil` means a plain TCP connect.
     public var path: String?
+    /// The check's `Host` header; `nil` means the tenant's first domain.
+    public var host: String?
+    /// Statuses that count as healthy.
+    public var expectedStatus: ClosedRange<Int> = 200...399
     public var interval: TimeAmount
     public var timeout: TimeAmount
     /// Consecutive successes that bring a down backend up.

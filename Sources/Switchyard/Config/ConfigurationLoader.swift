@@ -80,7 +80,7 @@ public enum ConfigurationLoader {
             "name", "domains", "backends", "certificate", "key", "health", "balance", "https_redirect", "tunnel_idle",
             "max_tunnels",
         ]
-        static let health = ["path", "interval", "timeout", "rise", "fall"]
+        static let health = ["path", "host", "status", "interval", "timeout", "rise", "fall"]
     }
 
     private static func configuration(from document: ConfigurationNode) throws(ConfigurationError) -> Configuration {
@@ -497,6 +497,26 @@ public enum ConfigurationLoader {
                 throw pathNode.error("'\(path)' must not contain spaces, control or non-ASCII characters")
             }
             health.path = path
+        }
+        if let hostNode = mapping["host"] {
+            let text = try hostNode.nonEmptyString(expected: "a host name for the check's Host header")
+            guard let host = HostName.normalize(text) else {
+                throw hostNode.error("'\(text)' is not a host name")
+            }
+            health.host = host
+        }
+        if let statusNode = mapping["status"] {
+            // "200" or "200-399".
+            let text = try statusNode.scalarText(expected: "a status or a range such as 200-399")
+            let bounds = text.split(separator: "-", omittingEmptySubsequences: false).map {
+                Int(String($0.filter { $0 != " " }))
+            }
+            guard (1...2).contains(bounds.count), let low = bounds.first ?? nil, let high = bounds.last ?? nil,
+                (100...599).contains(low), (100...599).contains(high), low <= high
+            else {
+                throw statusNode.error("'\(text)' is not a status or a range such as 200-399 (100 to 599)")
+            }
+            health.expectedStatus = low...high
         }
         if let interval = mapping["interval"] {
             health.interval = try interval.positiveDuration()

@@ -54,7 +54,7 @@ public final class HealthChecker: Service {
                     backend: backend,
                     tenant: tenant.name,
                     settings: tenant.health,
-                    host: host ?? "localhost",
+                    host: tenant.health.host ?? host ?? "localhost",
                     eventLoop: loop,
                     logger: logger
                 )

@@ -22,7 +22,7 @@ enum HealthProbe {
                 channel.eventLoop.makeCompletedFuture {
                     if let request {
                         try channel.pipeline.syncOperations.addHandler(
-                            HealthProbeHandler(request: request, promise: promise)
+                            HealthProbeHandler(request: request, expected: settings.expectedStatus, promise: promise)
                         )
                     }
                 }
@@ -75,11 +75,13 @@ private final class HealthProbeHandler: ChannelInboundHandler {
     typealias OutboundOut = ByteBuffer
 
     private let request: String
+    private let expected: ClosedRange<Int>
     private let promise: EventLoopPromise<HealthCheckResult>
     private var received = ByteBuffer()
 
-    init(request: String, promise: EventLoopPromise<HealthCheckResult>) {
+    init(request: String, expected: ClosedRange<Int>, promise: EventLoopPromise<HealthCheckResult>) {
         self.request = request
+        self.expected = expected
         self.promise = promise
     }
 
@@ -102,7 +104,7 @@ private final class HealthProbeHandler: ChannelInboundHandler {
             promise.succeed(.failure("not an HTTP response"))
             return
         }
-        promise.succeed((200...399).contains(status) ? .success : .failure("status \(status)"))
+        promise.succeed(expected.contains(status) ? .success : .failure("status \(status)"))
     }
 
     func channelInactive(context: ChannelHandlerContext) {
