@@ -9,7 +9,14 @@ enum ExternalProcess {
     }
 
     /// Runs `executable` with `arguments` and waits for it, at most `timeout` seconds.
-    static func run(_ executable: String, _ arguments: [String], timeout: Double = 60) throws -> Output {
+    /// With `input`, it is written to standard input, then end of file (inputs here are a request or a
+    /// certificate: far below a pipe's capacity, so the write cannot block); without, standard input is empty.
+    static func run(
+        _ executable: String,
+        _ arguments: [String],
+        input: String? = nil,
+        timeout: Double = 60
+    ) throws -> Output {
         let process = Process()
         process.executableURL = URL(fileURLWithPath: executable)
         process.arguments = arguments
@@ -17,8 +24,13 @@ enum ExternalProcess {
         let stderr = Pipe()
         process.standardOutput = stdout
         process.standardError = stderr
-        process.standardInput = FileHandle.nullDevice
+        let stdin = input.map { _ in Pipe() }
+        process.standardInput = stdin ?? FileHandle.nullDevice
         try process.run()
+        if let stdin, let input {
+            try stdin.fileHandleForWriting.write(contentsOf: Data(input.utf8))
+            try stdin.fileHandleForWriting.close()
+        }
         // Read while it runs so a large output cannot block it on a full pipe.
         let group = DispatchGroup()
         nonisolated(unsafe) var outData = Data()
