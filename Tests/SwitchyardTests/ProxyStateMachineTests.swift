@@ -22,7 +22,16 @@ private func makeRoutes() throws -> RouteSource {
             Backend(address: try SocketAddress(ipAddress: "127.0.0.1", port: 9002)),
         ]
     )
-    return RouteSource(try RouteTable(tenants: [shop, duo]))
+    let pinned = Tenant(
+        name: "pinned",
+        domains: ["pinned.test"],
+        backends: [
+            Backend(address: try SocketAddress(ipAddress: "127.0.0.1", port: 9001)),
+            Backend(address: try SocketAddress(ipAddress: "127.0.0.1", port: 9002)),
+        ],
+        sticky: StickySessionConfiguration(cookie: "sb")
+    )
+    return RouteSource(try RouteTable(tenants: [shop, duo, pinned]))
 }
 
 /// Timeouts of the harness's machine.
@@ -40,6 +49,7 @@ private struct Harness {
     var machine: ProxyStateMachine
     var now = NIODeadline.uptimeNanoseconds(1_000_000_000)
     var logs: [AccessLogRecord] = []
+    let routes: RouteSource
 
     init(accessLog: Bool = false, maximumHeadBytes: Int = 8192, maximumHeaderCount: Int = 64) throws {
         let settings = ProxyStateMachine.Settings(
@@ -53,7 +63,8 @@ private struct Harness {
             client: HeadWriter.ClientInfo(address: clientAddress, scheme: "https"),
             accessLog: accessLog
         )
-        machine = ProxyStateMachine(settings: settings, routes: try makeRoutes(), now: now)
+        routes = try makeRoutes()
+        machine = ProxyStateMachine(settings: settings, routes: routes, now: now)
     }
 
     var state: ProxyStateMachine.State { machine.state }
@@ -63,8 +74,8 @@ private struct Harness {
         while let action = machine.popAction() {
             let line: String
             switch action {
-            case .acquireUpstream(let tenant, let fresh):
-                line = "acquire \(tenant.name)" + (fresh ? " fresh" : "")
+            case .acquireUpstream(let tenant, let fresh, let preferred):
+                line = "acquire \(tenant.name)" + (fresh ? " fresh" : "") + (preferred.map { " prefer \($0)" } ?? "")
             case .writeUpstream(let buffer):
                 line = "upstream " + String(buffer: buffer)
             case .writeClient(let buffer):
@@ -104,8 +115,13 @@ private struct Harness {
         return drain()
     }
 
-    mutating func attach(reused: Bool = false) -> [String] {
-        machine.upstreamAttached(backend: backendName, reused: reused, now: now)
+    /// The backend at `index` of the tenant named `tenant`.
+    func backend(_ tenant: String = "shop", _ index: Int = 0) -> Backend {
+        routes.current.tenants.first { $0.name == tenant }!.backends[index]
+    }
+
+    mutating func attach(reused: Bool = false, to backend: Backend? = nil) -> [String] {
+        machine.upstreamAttached(backend: backend ?? self.backend(), reused: reused, now: now)
         return drain()
     }
 
@@ -1428,5 +1444,143 @@ struct ProxyStateMachineTunnelCapTests {
         #expect(gauge.current == 0)
         var next = try Harness(routes: routes)
         try openTunnel(&next, gauge: gauge)
+    }
+}
+
+// MARK: - Sticky sessions
+
+/// `Set-Cookie` lines the `pinned` tenant (cookie `sb`) sends over HTTPS, by backend. The values are FNV-1a of
+/// "pinned\0" + the address, fixed here so that a change of the hash (which would move every client of a fleet at
+/// once) cannot go unnoticed.
+private let pinnedCookie = [
+    "Set-Cookie: sb=9c415fbce48d0b2a; Path=/; HttpOnly; SameSite=Lax; Secure\r\n",
+    "Set-Cookie: sb=9c415ebce48d0977; Path=/; HttpOnly; SameSite=Lax; Secure\r\n",
+]
+
+@Suite("Proxy state machine: sticky sessions")
+struct ProxyStateMachineStickyTests {
+    private let ok = "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
+    private let okWithCookie = { (line: String) in "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n" + line + "\r\nok" }
+
+    @Test("a request without the cookie is balanced and the response pins the client to its backend")
+    func issuesCookie() throws {
+        var h = try Harness()
+        #expect(h.client("GET / HTTP/1.1\r\nHost: pinned.test\r\nCookie: other=1\r\n\r\n") == ["acquire pinned"])
+        _ = h.attach(to: h.backend("pinned", 1))
+        #expect(h.upstream(ok) == ["client " + okWithCookie(pinnedCookie[1]), "release reusable"])
+    }
+
+    @Test("a request whose cookie names a backend prefers it; the response is forwarded as it came")
+    func honoursCookie() throws {
+        var h = try Harness()
+        let request = "GET / HTTP/1.1\r\nHost: pinned.test\r\nCookie: a=1; sb=9c415ebce48d0977 ; c=2\r\n\r\n"
+        #expect(h.client(request) == ["acquire pinned prefer 127.0.0.1:9002"])
+        _ = h.attach(to: h.backend("pinned", 1))
+        #expect(h.upstream(ok) == ["client " + ok, "release reusable"])
+    }
+
+    @Test("when the cookie's backend is unavailable the request moves and the cookie is reissued")
+    func reissuesCookie() throws {
+        var h = try Harness()
+        let request = "GET / HTTP/1.1\r\nHost: pinned.test\r\nCookie: sb=\"9C415EBCE48D0977\"\r\n\r\n"
+        #expect(h.client(request) == ["acquire pinned prefer 127.0.0.1:9002"])
+        // The worker found 9002 down and gave 9001.
+        _ = h.attach(to: h.backend("pinned", 0))
+        #expect(h.upstream(ok) == ["client " + okWithCookie(pinnedCookie[0]), "release reusable"])
+    }
+
+    @Test("a retry after a failed connect keeps preferring the cookie's backend; the worker excludes the failed one")
+    func retryReissues() throws {
+        var h = try Harness()
+        let request = "GET / HTTP/1.1\r\nHost: pinned.test\r\nCookie: sb=9c415ebce48d0977\r\n\r\n"
+        #expect(h.client(request) == ["acquire pinned prefer 127.0.0.1:9002"])
+        #expect(h.connectFailed(.refused) == ["acquire pinned prefer 127.0.0.1:9002"])
+        _ = h.attach(to: h.backend("pinned", 0))
+        #expect(h.upstream(ok) == ["client " + okWithCookie(pinnedCookie[0]), "release reusable"])
+    }
+
+    @Test("a cookie naming no current backend is ignored: balanced, and a new cookie issued")
+    func unknownCookie() throws {
+        for value in ["0000000000000000", "9c415ebce48d09", "not-hex-at-all!!", ""] {
+            var h = try Harness()
+            let request = "GET / HTTP/1.1\r\nHost: pinned.test\r\nCookie: sb=\(value)\r\n\r\n"
+            #expect(h.client(request) == ["acquire pinned"], "value \(value)")
+            _ = h.attach(to: h.backend("pinned", 0))
+            #expect(h.upstream(ok) == ["client " + okWithCookie(pinnedCookie[0]), "release reusable"])
+        }
+    }
+
+    @Test("the cookie goes in next to a Connection: close the proxy adds")
+    func cookieWithClose() throws {
+        var h = try Harness()
+        #expect(h.client("GET / HTTP/1.0\r\nHost: pinned.test\r\n\r\n") == ["acquire pinned"])
+        _ = h.attach(to: h.backend("pinned", 0))
+        #expect(
+            h.upstream(ok) == [
+                "client HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n" + pinnedCookie[0] + "\r\nok",
+                "release closed", "close",
+            ]
+        )
+    }
+
+    @Test("tenants without sticky sessions neither read nor set the cookie")
+    func notSticky() throws {
+        var h = try Harness()
+        let request = "GET / HTTP/1.1\r\nHost: duo.test\r\nCookie: sb=9c415ebce48d0977\r\n\r\n"
+        #expect(h.client(request) == ["acquire duo"])
+        _ = h.attach(to: h.backend("duo", 1))
+        #expect(h.upstream(ok) == ["client " + ok, "release reusable"])
+    }
+}
+
+@Suite("Sticky cookie")
+struct StickyCookieTests {
+    private func value(_ field: String, name: String = "sb") -> String? {
+        let bytes = Array(field.utf8)
+        return bytes.withUnsafeBytes { raw in
+            StickyCookie.value(of: name, in: raw, field: 0..<raw.count).map {
+                String(decoding: raw[$0], as: UTF8.self)
+            }
+        }
+    }
+
+    @Test("finds the named cookie among pairs, trimmed and unquoted, and no other")
+    func parsing() {
+        #expect(value("sb=1") == "1")
+        #expect(value("a=1; sb=2; c=3") == "2")
+        #expect(value("a=1;sb=2") == "2")
+        #expect(value("  sb = \"x\" ") == "x")
+        #expect(value("sb=") == "")
+        #expect(value("xsb=1; sbx=2; SB=3") == nil)
+        #expect(value("sb") == nil)
+        #expect(value("a=sb=1; sb=2") == "2")
+        #expect(value("sb=1; sb=2") == "1")
+    }
+
+    @Test("the line carries Max-Age when configured, and Secure only over HTTPS")
+    func line() {
+        let cookie = StickyCookie(
+            configuration: StickySessionConfiguration(cookie: "route", maxAge: .hours(1)),
+            tenant: "pinned",
+            backends: ["127.0.0.1:9001"]
+        )
+        #expect(
+            cookie.setCookieLine(forBackendAt: 0, secure: false)
+                == "Set-Cookie: route=9c415fbce48d0b2a; Path=/; HttpOnly; SameSite=Lax; Max-Age=3600\r\n"
+        )
+        #expect(cookie.setCookieLine(forBackendAt: 0, secure: true).hasSuffix("; Max-Age=3600; Secure\r\n"))
+    }
+
+    @Test("the first Cookie field naming the cookie decides")
+    func severalFields() {
+        let cookie = StickyCookie(
+            configuration: StickySessionConfiguration(cookie: "sb"),
+            tenant: "pinned",
+            backends: ["127.0.0.1:9001", "127.0.0.1:9002"]
+        )
+        let text = "a=1" + "sb=9c415ebce48d0977" + "sb=9c415fbce48d0b2a"
+        let fields = [0..<3, 3..<22, 22..<41]
+        let index = Array(text.utf8).withUnsafeBytes { cookie.backendIndex(in: $0, fields: fields) }
+        #expect(index == 1)
     }
 }

@@ -176,6 +176,8 @@ public struct TenantConfiguration: Sendable, Equatable {
     public var tunnelIdle: TimeAmount?
     /// Most upgraded connections open at once for the tenant; more upgrade requests get 503.
     public var maxTunnels: Int
+    /// Sticky sessions by cookie; `nil` when every request is balanced afresh.
+    public var sticky: StickySessionConfiguration?
 
     public init(
         name: String,
@@ -207,6 +209,24 @@ public enum BalancingAlgorithm: String, Sendable, Equatable, CaseIterable {
     /// The available backend with the fewest requests and tunnels in progress, across workers
     /// (`least_connections`); ties go round robin. Suits long requests and WebSockets.
     case leastConnections = "least_connections"
+}
+
+/// `sticky:` of a tenant: a client's requests stay on the backend that served its first one, through a cookie the
+/// balancer sets (HAProxy's `cookie … insert`, Traefik's `sticky.cookie`). The first request, and any whose backend
+/// is no longer available, is balanced as usual and the cookie is (re)issued.
+public struct StickySessionConfiguration: Sendable, Equatable {
+    /// The default cookie name.
+    public static let defaultCookie = "switchyard_backend"
+
+    /// The cookie's name (an RFC 6265 token).
+    public var cookie: String
+    /// The cookie's `Max-Age`; `nil` for a session cookie, which browsers drop when they close.
+    public var maxAge: TimeAmount?
+
+    public init(cookie: String = StickySessionConfiguration.defaultCookie, maxAge: TimeAmount? = nil) {
+        self.cookie = cookie
+        self.maxAge = maxAge
+    }
 }
 
 /// `health:` of a tenant. Defaults match the platform's existing balancer (interval 15 s, timeout 2 s, rise 2,

@@ -78,8 +78,9 @@ public enum ConfigurationLoader {
         static let limits = ["max_header_bytes", "max_headers", "max_connections", "upstream_keepalive"]
         static let tenant = [
             "name", "domains", "backends", "certificate", "key", "health", "balance", "https_redirect", "tunnel_idle",
-            "max_tunnels",
+            "max_tunnels", "sticky",
         ]
+        static let sticky = ["cookie", "max_age"]
         static let health = ["path", "host", "status", "interval", "timeout", "rise", "fall"]
     }
 
@@ -446,6 +447,9 @@ public enum ConfigurationLoader {
         if let node = mapping["max_tunnels"] {
             tenant.maxTunnels = try node.integer(in: 1...1_000_000)
         }
+        if let node = mapping["sticky"] {
+            tenant.sticky = try Self.sticky(node)
+        }
         return (tenant, nameNode, domainNodes)
     }
 
@@ -483,6 +487,32 @@ public enum ConfigurationLoader {
                     + "machine can resolve"
             )
         }
+    }
+
+    /// `sticky: true`, or `sticky: { cookie: NAME, max_age: 1h }`.
+    private static func sticky(_ node: ConfigurationNode) throws(ConfigurationError) -> StickySessionConfiguration? {
+        if case .scalar = node.node {
+            return try node.bool() ? StickySessionConfiguration() : nil
+        }
+        let mapping = try node.mapping(acceptedKeys: Key.sticky)
+        var sticky = StickySessionConfiguration()
+        if let cookie = mapping["cookie"] {
+            let name = try cookie.nonEmptyString(expected: "a cookie name such as \(StickySessionConfiguration.defaultCookie)")
+            guard name.utf8.allSatisfy(HTTPSyntax.isTokenCharacter) else {
+                throw cookie.error(
+                    "'\(name)' is not a valid cookie name; use letters, digits and !#$%&'*+-.^_`|~ (no spaces, '=' or ';')"
+                )
+            }
+            sticky.cookie = name
+        }
+        if let maxAge = mapping["max_age"] {
+            let duration = try maxAge.positiveDuration()
+            guard duration >= .seconds(1) else {
+                throw maxAge.error("must be at least 1s (cookies count their age in whole seconds)")
+            }
+            sticky.maxAge = duration
+        }
+        return sticky
     }
 
     private static func health(_ node: ConfigurationNode) throws(ConfigurationError) -> HealthCheckConfiguration {

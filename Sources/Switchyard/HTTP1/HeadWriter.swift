@@ -67,12 +67,13 @@ enum HeadWriter {
     }
 
     /// Writes a rewritten response head: the backend's head without its hop-by-hop lines, plus the `Connection`
-    /// field for the client connection.
+    /// field for the client connection and, for sticky sessions, a `Set-Cookie` line (with its CRLF).
     static func writeResponse(
         _ bytes: UnsafeRawBufferPointer,
         end: Int,
         dropped: [Range<Int>],
         connection: ClientConnection,
+        setCookie: String? = nil,
         into output: inout ByteBuffer
     ) {
         var position = 0
@@ -88,6 +89,9 @@ enum HeadWriter {
             output.writeStaticString("Connection: keep-alive\r\n")
         case .close:
             output.writeStaticString("Connection: close\r\n")
+        }
+        if let setCookie {
+            output.writeString(setCookie)
         }
         output.writeStaticString("\r\n")
     }

@@ -18,6 +18,8 @@ struct RequestHeadParser {
     private(set) var droppedLines: [Range<Int>] = []
     /// Values of `X-Forwarded-For` fields, to be extended with the client's address.
     private(set) var forwardedFor: [Range<Int>] = []
+    /// Values of `Cookie` fields, for sticky sessions.
+    private(set) var cookies: [Range<Int>] = []
 
     private var locator = HeadLocator()
 
@@ -26,6 +28,7 @@ struct RequestHeadParser {
         self.maximumHeaderCount = maximumHeaderCount
         droppedLines.reserveCapacity(8)
         forwardedFor.reserveCapacity(2)
+        cookies.reserveCapacity(2)
     }
 
     enum Result: Equatable {
@@ -70,6 +73,7 @@ struct RequestHeadParser {
     ) throws(HTTPHeadError) -> RequestHead {
         droppedLines.removeAll(keepingCapacity: true)
         forwardedFor.removeAll(keepingCapacity: true)
+        cookies.removeAll(keepingCapacity: true)
 
         // Request line: method SP target SP HTTP-version CRLF
         var index = start
@@ -122,6 +126,8 @@ struct RequestHeadParser {
                 head.host = field.value
             case 6 where HTTPSyntax.equalsLowercase(bytes, field.name, "expect"):
                 head.expectsContinue = HTTPSyntax.equalsLowercase(bytes, field.value, "100-continue")
+            case 6 where HTTPSyntax.equalsLowercase(bytes, field.name, "cookie"):
+                cookies.append(field.value)
             case 7 where HTTPSyntax.equalsLowercase(bytes, field.name, "upgrade"):
                 // Re-added by the writer when the upgrade is honoured.
                 guard head.upgrade == nil else { throw .malformed("more than one Upgrade field") }

@@ -214,8 +214,8 @@ final class ClientConnectionHandler: ChannelDuplexHandler, RemovableChannelHandl
     private func perform(_ action: ProxyStateMachine.Action) {
         guard let context else { return }
         switch action {
-        case .acquireUpstream(let tenant, let fresh):
-            acquireUpstream(for: tenant, fresh: fresh, context: context)
+        case .acquireUpstream(let tenant, let fresh, let preferred):
+            acquireUpstream(for: tenant, fresh: fresh, preferred: preferred, context: context)
         case .writeUpstream(let buffer):
             upstream?.write(buffer)
         case .writeClient(let buffer):
@@ -260,9 +260,15 @@ final class ClientConnectionHandler: ChannelDuplexHandler, RemovableChannelHandl
         return "\(tenths / 10).\(tenths % 10)"
     }
 
-    private func acquireUpstream(for tenant: Tenant, fresh: Bool, context: ChannelHandlerContext) {
+    private func acquireUpstream(
+        for tenant: Tenant,
+        fresh: Bool,
+        preferred: Backend?,
+        context: ChannelHandlerContext
+    ) {
         let now = NIODeadline.now()
-        guard let backend = worker.nextBackend(of: tenant, excluding: lastBackend, now: now) else {
+        guard let backend = worker.nextBackend(of: tenant, preferring: preferred, excluding: lastBackend, now: now)
+        else {
             machine?.noBackendAvailable(now: now)
             return
         }
@@ -315,7 +321,7 @@ final class ClientConnectionHandler: ChannelDuplexHandler, RemovableChannelHandl
         connection.idleSince = nil
         connection.pool = nil
         upstream = connection
-        machine?.upstreamAttached(backend: connection.backend.description, reused: reused, now: .now())
+        machine?.upstreamAttached(backend: connection.backend, reused: reused, now: .now())
     }
 }
 

@@ -31,11 +31,12 @@ struct ProxyStateMachine {
     enum Action {
         /// Pick one of the tenant's backends and attach a connection to it, pooled or, when `fresh` is set, new;
         /// answer with ``upstreamAttached(backend:reused:now:)`` or ``upstreamConnectFailed(_:now:)``. A retry should
-        /// avoid the backend that just failed when the tenant has others.
+        /// avoid the backend that just failed when the tenant has others. `preferred` is the backend the client's
+        /// sticky-session cookie names, to be used if it is available.
         ///
         /// Upgrade requests always get a new connection: many backend servers (SwiftNIO's upgrader among them)
         /// only switch protocols on the first request of a connection.
-        case acquireUpstream(Tenant, fresh: Bool)
+        case acquireUpstream(Tenant, fresh: Bool, preferred: Backend?)
         case writeUpstream(ByteBuffer)
         case writeClient(ByteBuffer)
         /// Detach the backend connection: back to the pool if `reusable`, else closed.
@@ -85,6 +86,11 @@ struct ProxyStateMachine {
         var minorVersion: Int
         var isHead: Bool
         var isUpgrade: Bool
+        /// The backend the request's sticky-session cookie names, if any.
+        var stickyBackend: Backend?
+        /// The `Set-Cookie` line added to the response when the request was not served by the backend its cookie
+        /// named (no cookie, or that backend is unavailable).
+        var setCookie: String?
         /// The head as forwarded, kept until the response starts in case the request is sent again.
         var upstreamHead: ByteBuffer?
         /// Whether the request may be sent a second time: idempotent and without a body.
@@ -257,10 +263,20 @@ struct ProxyStateMachine {
     // MARK: Backend events
 
     /// A backend connection is ready for the current request.
-    mutating func upstreamAttached(backend: String, reused: Bool, now: NIODeadline) {
+    mutating func upstreamAttached(backend: Backend, reused: Bool, now: NIODeadline) {
         guard state == .connecting, var exchange else { return }
         state = .exchanging
-        exchange.backend = backend
+        exchange.backend = backend.description
+        exchange.setCookie = nil
+        if let tenant = exchange.tenant, let sticky = tenant.sticky, backend !== exchange.stickyBackend,
+            let index = tenant.backends.firstIndex(where: { $0 === backend })
+        {
+            // Pin the client to the backend that serves it (first request, or its node is gone).
+            exchange.setCookie = sticky.setCookieLine(
+                forBackendAt: index,
+                secure: settings.client.scheme.description == "https"
+            )
+        }
         exchange.upstreamReused = reused
         exchange.partialResponseHead = nil
         responseParser.reset()
@@ -294,7 +310,7 @@ struct ProxyStateMachine {
         if let tenant = exchange.tenant, exchange.attempts < settings.maximumAttempts, tenant.backends.count > 1 {
             exchange.attempts += 1
             self.exchange = exchange
-            queue(.acquireUpstream(tenant, fresh: exchange.isUpgrade))
+            queue(.acquireUpstream(tenant, fresh: exchange.isUpgrade, preferred: exchange.stickyBackend))
             return
         }
         respondToFailedExchange(failure == .timedOut ? .gatewayTimeout : .badGateway, now: now)
@@ -340,7 +356,7 @@ struct ProxyStateMachine {
                     self.exchange = exchange
                     state = .connecting
                     queue(.releaseUpstream(reusable: false))
-                    queue(.acquireUpstream(tenant, fresh: exchange.isUpgrade))
+                    queue(.acquireUpstream(tenant, fresh: exchange.isUpgrade, preferred: exchange.stickyBackend))
                     return
                 }
                 if !exchange.upstreamReused && !exchange.responseStarted {
@@ -563,6 +579,11 @@ struct ProxyStateMachine {
             tunnelSlot = tenant.tunnels
         }
 
+        if let sticky = tenant.sticky {
+            let index = buffer.withUnsafeReadableBytes { sticky.backendIndex(in: $0, fields: requestParser.cookies) }
+            exchange.stickyBackend = index.map { tenant.backends[$0] }
+        }
+
         var upstreamHead = ByteBuffer()
         upstreamHead.reserveCapacity(head.end - head.start + 256)
         buffer.withUnsafeReadableBytes { bytes in
@@ -598,7 +619,7 @@ struct ProxyStateMachine {
         self.exchange = exchange
         state = .connecting
         clientDeadline = nil
-        queue(.acquireUpstream(tenant, fresh: exchange.isUpgrade))
+        queue(.acquireUpstream(tenant, fresh: exchange.isUpgrade, preferred: exchange.stickyBackend))
         return false
     }
 
@@ -751,15 +772,16 @@ struct ProxyStateMachine {
         }
         let connection: HeadWriter.ClientConnection =
             !exchange.keepAlive ? .close : (exchange.minorVersion == 0 ? .keepAliveHTTP10 : .keepAlive)
-        if head.mustRewrite || connection != .keepAlive {
+        if head.mustRewrite || connection != .keepAlive || exchange.setCookie != nil {
             var output = ByteBuffer()
-            output.reserveCapacity(head.end + 24)
+            output.reserveCapacity(head.end + 24 + (exchange.setCookie?.utf8.count ?? 0))
             buffer.withUnsafeReadableBytes { bytes in
                 HeadWriter.writeResponse(
                     bytes,
                     end: head.end,
                     dropped: responseParser.droppedLines,
                     connection: connection,
+                    setCookie: exchange.setCookie,
                     into: &output
                 )
             }

@@ -110,7 +110,8 @@ extension RouteTable {
                 weights: tenant.backends.map { tenant.weights[$0] ?? 1 },
                 httpsRedirect: tenant.httpsRedirect,
                 tunnelIdle: tenant.tunnelIdle,
-                tunnels: gauge
+                tunnels: gauge,
+                sticky: tenant.sticky
             )
         }
         try self.init(tenants: tenants)

@@ -25,6 +25,8 @@ public final class Tenant: Sendable {
     /// The tenant's open tunnels, against its `max_tunnels`. Shared with the tenant's successor on a reload, so
     /// the cap holds across configuration changes.
     public let tunnels: TunnelGauge
+    /// The sticky-session cookie; `nil` when requests are not pinned to a backend.
+    public let sticky: StickyCookie?
 
     public init(
         name: String,
@@ -35,7 +37,8 @@ public final class Tenant: Sendable {
         weights: [Int]? = nil,
         httpsRedirect: Bool = false,
         tunnelIdle: TimeAmount? = nil,
-        tunnels: TunnelGauge = TunnelGauge(limit: 10_000)
+        tunnels: TunnelGauge = TunnelGauge(limit: 10_000),
+        sticky: StickySessionConfiguration? = nil
     ) {
         self.name = name
         self.domains = domains
@@ -46,6 +49,9 @@ public final class Tenant: Sendable {
         self.httpsRedirect = httpsRedirect
         self.tunnelIdle = tunnelIdle
         self.tunnels = tunnels
+        self.sticky = sticky.map {
+            StickyCookie(configuration: $0, tenant: name, backends: backends.map(\.description))
+        }
     }
 }
 

@@ -87,9 +87,18 @@ final class Worker {
         connections.count
     }
 
-    /// Picks the tenant's next available backend in round-robin order (skipping down, ejected and draining ones),
-    /// avoiding `excluded` when another is available; `nil` when none is available.
-    func nextBackend(of tenant: Tenant, excluding excluded: Backend?, now: NIODeadline) -> Backend? {
+    /// Picks the backend for a request: `preferred` (the one its sticky-session cookie names) if it is available
+    /// and not `excluded`, else the tenant's next available backend by its balancing algorithm (skipping down,
+    /// ejected and draining ones), avoiding `excluded` when another is available; `nil` when none is available.
+    func nextBackend(
+        of tenant: Tenant,
+        preferring preferred: Backend? = nil,
+        excluding excluded: Backend?,
+        now: NIODeadline
+    ) -> Backend? {
+        if let preferred, preferred !== excluded, preferred.status.isAvailable(now: now) {
+            return preferred
+        }
         let backends = tenant.backends
         guard !backends.isEmpty else { return nil }
         let key = ObjectIdentifier(tenant)
