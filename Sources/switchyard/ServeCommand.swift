@@ -118,9 +118,8 @@ enum Balancer {
         let healthChecker = HealthChecker(routes: routes, group: group, logger: logger)
         // SWITCHYARD_ADMIN names the socket for the operator commands; the server honours it too, so both agree.
         let adminPath = ProcessInfo.processInfo.environment["SWITCHYARD_ADMIN"].flatMap { $0.isEmpty ? nil : $0 }
-        let admin = AdminServer(path: adminPath ?? configuration.admin.socket, group: group, logger: logger) {
-            StatusReport(routes: routes.current, connections: server.openConnections)
-        }
+        let api = AdminAPI(routes: routes, logger: logger) { server.openConnections }
+        let admin = AdminServer(path: adminPath ?? configuration.admin.socket, group: group, logger: logger, api: api)
         let services: [any Service] =
             [accessLogSink, reloader, healthChecker, admin] + ticketRotation + extraServices + [server]
         let serviceGroup = ServiceGroup(

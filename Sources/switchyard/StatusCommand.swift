@@ -56,8 +56,18 @@ struct AdminClient {
         var description: String
     }
 
-    /// `GET path`; returns the body of a 200 answer.
+    /// `GET target`; returns the body of a 200 answer.
     func get(_ target: String) throws -> Data {
+        try request("GET", target)
+    }
+
+    /// `POST target` without a body; returns the body of a 200 answer.
+    func post(_ target: String) throws -> Data {
+        try request("POST", target)
+    }
+
+    /// Sends one request; returns the body of a 200 answer and throws the API's error message otherwise.
+    private func request(_ method: String, _ target: String) throws -> Data {
         guard let descriptor = AdminServer.connectUnixSocket(path) else {
             throw Failure(
                 description: "cannot reach the balancer's admin socket \(path): \(String(cString: strerror(errno))) "
@@ -68,7 +78,9 @@ struct AdminClient {
         // A balancer that accepts but never answers must not hang the operator's terminal.
         var timeout = timeval(tv_sec: 10, tv_usec: 0)
         setsockopt(descriptor, SOL_SOCKET, SO_RCVTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))
-        let request = Array("GET \(target) HTTP/1.1\r\nHost: switchyard\r\nConnection: close\r\n\r\n".utf8)
+        let request = Array(
+            "\(method) \(target) HTTP/1.1\r\nHost: switchyard\r\nContent-Length: 0\r\nConnection: close\r\n\r\n".utf8
+        )
         guard request.withUnsafeBytes({ write(descriptor, $0.baseAddress, $0.count) }) == request.count else {
             throw Failure(description: "cannot send to \(path)")
         }
@@ -83,9 +95,13 @@ struct AdminClient {
             throw Failure(description: "no answer from \(path)")
         }
         let head = String(decoding: response[..<split.lowerBound], as: UTF8.self)
+        let body = response[split.upperBound...]
         guard head.hasPrefix("HTTP/1.1 200") else {
+            if let answer = try? JSONDecoder().decode([String: String].self, from: body), let error = answer["error"] {
+                throw Failure(description: error)
+            }
             throw Failure(description: "the admin API answered: \(head.split(separator: "\r\n").first ?? "")")
         }
-        return response[split.upperBound...]
+        return body
     }
 }

@@ -7,7 +7,9 @@ struct SwitchyardCommand: AsyncParsableCommand {
         commandName: "switchyard",
         abstract: "A shared HTTP/HTTPS load balancer for many tenants.",
         version: SwitchyardVersion.current,
-        subcommands: [ServeCommand.self, DemoCommand.self, CheckConfigCommand.self, StatusCommand.self]
+        subcommands: [
+            ServeCommand.self, DemoCommand.self, CheckConfigCommand.self, StatusCommand.self, BackendsCommand.self,
+        ]
     )
 }
 

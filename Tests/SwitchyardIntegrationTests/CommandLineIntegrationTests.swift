@@ -143,12 +143,15 @@ struct StatusIntegrationTests {
                 ExternalProcess.switchyardBinary,
                 ["status", "--admin", process.adminPath]
             ).stdout
-            if report.contains("127.0.0.1:\(deadPort)  down") { break }
+            if report.contains("127.0.0.1:\(deadPort)  down"), report.contains("last check ok") { break }
             try await Task.sleep(for: .milliseconds(100))
         }
         #expect(report.contains("shop  shop.test  tunnels 0/10000"))
         #expect(report.contains("127.0.0.1:\(backend.port)  up"))
         #expect(report.contains("127.0.0.1:\(deadPort)  down"))
+        // Each backend shows its latest check: when, and why it failed.
+        #expect(report.contains("127.0.0.1:\(backend.port)  up  connections 0  last check ok "), "\(report)")
+        #expect(report.contains("127.0.0.1:\(deadPort)  down  connections 0  last check failed "), "\(report)")
 
         let json = try ExternalProcess.run(
             ExternalProcess.switchyardBinary,

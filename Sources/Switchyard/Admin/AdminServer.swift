@@ -8,24 +8,18 @@ import ServiceLifecycle
 /// The admin API: JSON over HTTP on a unix socket (mode 0600, so only the balancer's user can reach it). The CLI
 /// is a thin client of it.
 ///
-/// Read-only for now: `GET /status`.
+/// The endpoints are ``AdminAPI``'s.
 public final class AdminServer: Service {
     private let path: String
     private let group: EventLoopGroup
     private let logger: Logger
-    private let status: @Sendable () -> StatusReport
+    private let api: AdminAPI
 
-    /// - Parameter status: builds the current report; called on an event loop for each request.
-    public init(
-        path: String,
-        group: EventLoopGroup,
-        logger: Logger,
-        status: @escaping @Sendable () -> StatusReport
-    ) {
+    public init(path: String, group: EventLoopGroup, logger: Logger, api: AdminAPI) {
         self.path = path
         self.group = group
         self.logger = logger
-        self.status = status
+        self.api = api
     }
 
     public func run() async throws {
@@ -41,12 +35,12 @@ public final class AdminServer: Service {
             }
             try FileManager.default.removeItem(atPath: path)
         }
-        let status = self.status
+        let api = self.api
         let channel = try await ServerBootstrap(group: group)
             .childChannelInitializer { channel in
                 channel.eventLoop.makeCompletedFuture {
                     try channel.pipeline.syncOperations.configureHTTPServerPipeline()
-                    try channel.pipeline.syncOperations.addHandler(AdminHandler(status: status))
+                    try channel.pipeline.syncOperations.addHandler(AdminHandler(api: api))
                 }
             }
             .bind(unixDomainSocketPath: path)
@@ -114,11 +108,11 @@ private final class AdminHandler: ChannelInboundHandler {
     typealias InboundIn = HTTPServerRequestPart
     typealias OutboundOut = HTTPServerResponsePart
 
-    private let status: @Sendable () -> StatusReport
+    private let api: AdminAPI
     private var head: HTTPRequestHead?
 
-    init(status: @escaping @Sendable () -> StatusReport) {
-        self.status = status
+    init(api: AdminAPI) {
+        self.api = api
     }
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
@@ -130,17 +124,9 @@ private final class AdminHandler: ChannelInboundHandler {
         case .end:
             guard let head else { return }
             self.head = nil
-            let (code, body): (HTTPResponseStatus, Data)
-            switch (head.method, head.uri) {
-            case (.GET, "/status"):
-                let encoder = JSONEncoder()
-                encoder.outputFormatting = [.prettyPrinted, .sortedKeys]
-                code = .ok
-                body = (try? encoder.encode(status())) ?? Data("{}".utf8)
-            default:
-                code = .notFound
-                body = Data("{\"error\":\"no such endpoint: \(head.method) \(head.uri)\"}".utf8)
-            }
+            let response = api.respond(method: head.method.rawValue, path: head.uri)
+            let code = HTTPResponseStatus(statusCode: response.status)
+            let body = response.body
             var headers = HTTPHeaders()
             headers.add(name: "Content-Type", value: "application/json")
             headers.add(name: "Content-Length", value: String(body.count))

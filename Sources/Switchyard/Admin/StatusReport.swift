@@ -1,3 +1,4 @@
+import Foundation
 import NIOCore
 
 /// What `switchyard status` shows: every tenant with its backends' health and load, and the open connections and
@@ -9,6 +10,19 @@ public struct StatusReport: Codable, Sendable, Equatable {
         public var state: String
         /// Requests and tunnels using the backend now.
         public var connections: Int
+        /// The latest active health check; `nil` before the first one.
+        public var lastCheck: Check?
+    }
+
+    /// One active health check's outcome.
+    public struct Check: Codable, Sendable, Equatable {
+        /// When it completed (ISO 8601, UTC).
+        public var at: String
+        /// Seconds between the check and the report.
+        public var secondsAgo: Double
+        public var ok: Bool
+        /// Why it failed (`connection refused`, `status 500`, `timed out after 2s`…).
+        public var error: String?
     }
 
     public struct Tenant: Codable, Sendable, Equatable {
@@ -25,8 +39,9 @@ public struct StatusReport: Codable, Sendable, Equatable {
     public var tenants: [Tenant]
 
     /// The report for the current routes.
-    public init(routes: RouteTable, connections: Int, now: NIODeadline = .now()) {
+    public init(routes: RouteTable, connections: Int, now: NIODeadline = .now(), date: Date = Date()) {
         self.connections = connections
+        let formatter = ISO8601DateFormatter()
         self.tenants = routes.tenants.map { tenant in
             Tenant(
                 name: tenant.name,
@@ -43,7 +58,22 @@ public struct StatusReport: Codable, Sendable, Equatable {
                     } else {
                         state = "up"
                     }
-                    return Backend(address: backend.description, state: state, connections: status.connections)
+                    let check = status.lastCheck.map { check in
+                        var error: String?
+                        if case .failure(let reason) = check.result { error = reason }
+                        return Check(
+                            at: formatter.string(from: check.at),
+                            secondsAgo: max(0, (date.timeIntervalSince(check.at) * 10).rounded() / 10),
+                            ok: error == nil,
+                            error: error
+                        )
+                    }
+                    return Backend(
+                        address: backend.description,
+                        state: state,
+                        connections: status.connections,
+                        lastCheck: check
+                    )
                 },
                 tunnels: tenant.tunnels.current,
                 maxTunnels: tenant.tunnels.limit
@@ -59,7 +89,12 @@ public struct StatusReport: Codable, Sendable, Equatable {
                 "\(tenant.name)  \(tenant.domains.joined(separator: ", "))  tunnels \(tenant.tunnels)/\(tenant.maxTunnels)"
             )
             for backend in tenant.backends {
-                lines.append("    \(backend.address)  \(backend.state)  connections \(backend.connections)")
+                var line = "    \(backend.address)  \(backend.state)  connections \(backend.connections)"
+                if let check = backend.lastCheck {
+                    line += "  last check \(check.ok ? "ok" : "failed") \(check.secondsAgo)s ago"
+                    if let error = check.error { line += ": \(error)" }
+                }
+                lines.append(line)
             }
         }
         return lines.joined(separator: "\n")

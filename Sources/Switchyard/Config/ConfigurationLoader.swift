@@ -497,7 +497,9 @@ public enum ConfigurationLoader {
         let mapping = try node.mapping(acceptedKeys: Key.sticky)
         var sticky = StickySessionConfiguration()
         if let cookie = mapping["cookie"] {
-            let name = try cookie.nonEmptyString(expected: "a cookie name such as \(StickySessionConfiguration.defaultCookie)")
+            let name = try cookie.nonEmptyString(
+                expected: "a cookie name such as \(StickySessionConfiguration.defaultCookie)"
+            )
             guard name.utf8.allSatisfy(HTTPSyntax.isTokenCharacter) else {
                 throw cookie.error(
                     "'\(name)' is not a valid cookie name; use letters, digits and !#$%&'*+-.^_`|~ (no spaces, '=' or ';')"

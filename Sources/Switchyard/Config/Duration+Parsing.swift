@@ -2,7 +2,7 @@ import NIOCore
 
 extension TimeAmount {
     /// Why a duration could not be read; see ``TimeAmount/parseConfigurationDuration(_:)``.
-    enum DurationParsingFailure: Error, Equatable {
+    public enum DurationParsingFailure: Error, Equatable {
         /// Not an unsigned integer followed by one of the units `ms`, `s`, `m`, `h`.
         case malformed
         /// Well-formed but too long to be counted in nanoseconds.
@@ -18,7 +18,7 @@ extension TimeAmount {
     /// Deliberately strict: a bare number (`5`) is refused because its unit would be a guess, and so are signs,
     /// fractions, spaces and compound forms (`1m30s`). Zero is well-formed (`0s`); whether it is acceptable is for
     /// the caller to decide.
-    static func parseConfigurationDuration(_ text: String) -> Result<TimeAmount, DurationParsingFailure> {
+    public static func parseConfigurationDuration(_ text: String) -> Result<TimeAmount, DurationParsingFailure> {
         let digits = text.prefix(while: { $0.isASCII && $0.isNumber })
         let unit = text.dropFirst(digits.count)
         guard !digits.isEmpty else {

@@ -29,8 +29,6 @@ struct BackendHealthMachine: Equatable {
     private(set) var state: State = .up
     private(set) var consecutiveSuccesses = 0
     private(set) var consecutiveFailures = 0
-    /// The last check's result, for status.
-    private(set) var lastResult: HealthCheckResult?
 
     init(rise: Int, fall: Int) {
         self.rise = max(1, rise)
@@ -38,7 +36,6 @@ struct BackendHealthMachine: Equatable {
     }
 
     mutating func record(_ result: HealthCheckResult) -> Transition {
-        lastResult = result
         switch result {
         case .success:
             consecutiveFailures = 0

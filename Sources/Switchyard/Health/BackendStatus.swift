@@ -1,4 +1,6 @@
 import Atomics
+import Foundation
+import NIOConcurrencyHelpers
 import NIOCore
 
 /// What the data path knows of a backend's health, published lock-free: written by the ``HealthChecker`` (active
@@ -25,6 +27,15 @@ public final class BackendStatus: Sendable {
     private let lastEjectionEnd = ManagedAtomic<UInt64>(0)
     private let draining = ManagedAtomic<Bool>(false)
     private let openConnections = ManagedAtomic<Int>(0)
+    /// Written once per check and read by the admin API, never by the data path: a lock costs nothing here.
+    private let lastCheckRecord = NIOLockedValueBox<LastCheck?>(nil)
+
+    /// The outcome of the latest active check, for status.
+    public struct LastCheck: Sendable, Equatable {
+        /// Wall-clock time the check completed.
+        public var at: Date
+        public var result: HealthCheckResult
+    }
 
     public init() {}
 
@@ -83,6 +94,15 @@ public final class BackendStatus: Sendable {
         if consecutiveFailures.load(ordering: .relaxed) != 0 {
             consecutiveFailures.store(0, ordering: .relaxed)
         }
+    }
+
+    /// The latest active check, `nil` before the first one completes.
+    public var lastCheck: LastCheck? {
+        lastCheckRecord.withLockedValue { $0 }
+    }
+
+    func recordCheck(_ result: HealthCheckResult, at date: Date = Date()) {
+        lastCheckRecord.withLockedValue { $0 = LastCheck(at: date, result: result) }
     }
 
     /// Client requests and tunnels using the backend now (least-connections, status).

@@ -126,6 +126,7 @@ final class BackendCheck {
 
     private func record(_ result: HealthCheckResult) {
         guard !stopped else { return }
+        backend.status.recordCheck(result)
         switch machine.record(result) {
         case .none:
             break

@@ -71,7 +71,8 @@ public struct StickyCookie: Sendable {
             while valueStart < valueEnd, bytes[valueStart] == HTTPSyntax.space { valueStart += 1 }
             while valueEnd > valueStart, bytes[valueEnd - 1] == HTTPSyntax.space { valueEnd -= 1 }
             // A quoted value is the same value (RFC 6265 §4.1.1).
-            if valueEnd - valueStart >= 2, bytes[valueStart] == UInt8(ascii: "\""), bytes[valueEnd - 1] == UInt8(ascii: "\"")
+            if valueEnd - valueStart >= 2, bytes[valueStart] == UInt8(ascii: "\""),
+                bytes[valueEnd - 1] == UInt8(ascii: "\"")
             {
                 valueStart += 1
                 valueEnd -= 1

@@ -1,0 +1,149 @@
+import Foundation
+import NIOCore
+import Testing
+
+/// `switchyard backends drain|undrain` against a running balancer: a draining backend receives nothing new, what
+/// it was serving finishes, and `--wait` returns once it is idle.
+@Suite("Backend drain over the admin socket", .serialized)
+struct DrainIntegrationTests {
+    @Test("a drained backend gets no new requests while its slow request finishes; undrain brings it back")
+    func drainAndUndrain() async throws {
+        let slowDelay = TimeAmount.seconds(3)
+        let first = try await TestBackend.start(name: "first") { head in
+            head.uri == "/slow" ? .delayed(slowDelay, body: "slow-first") : .name
+        }
+        let second = try await TestBackend.start(name: "second")
+        let port = try ExternalProcess.freePort()
+        let path = NSTemporaryDirectory() + "drain-\(UUID().uuidString).yaml"
+        // One worker: its round robin starts at the first backend, so the slow request lands there.
+        try """
+        listen:
+          http: ["127.0.0.1:\(port)"]
+        workers: 1
+        tenants:
+          - name: shop
+            domains: ["shop.test"]
+            backends: ["127.0.0.1:\(first.port)", "127.0.0.1:\(second.port)"]
+        """.write(toFile: path, atomically: true, encoding: .utf8)
+        defer { try? FileManager.default.removeItem(atPath: path) }
+        let process = try SwitchyardProcess(arguments: ["serve", "--config", path])
+        defer { process.stop() }
+        #expect(process.waitUntilListening(port: port), "\(process.log)")
+        let url = "http://127.0.0.1:\(port)"
+        func admin(_ arguments: [String]) throws -> ExternalProcess.Output {
+            try ExternalProcess.run(ExternalProcess.switchyardBinary, arguments + ["--admin", process.adminPath])
+        }
+
+        let slow = try BackgroundCurl(["-H", "Host: shop.test", url + "/slow"])
+        for _ in 0..<100 where !first.requests.contains(where: { $0.head.uri == "/slow" }) {
+            try await Task.sleep(for: .milliseconds(20))
+        }
+        #expect(first.requests.contains { $0.head.uri == "/slow" })
+
+        let drain = try admin(["backends", "drain", "shop", "127.0.0.1:\(first.port)"])
+        #expect(drain.status == 0, "\(drain.stderr)")
+        #expect(drain.stdout.contains("draining 127.0.0.1:\(first.port) of shop: 1 in progress"), "\(drain.stdout)")
+
+        let status = try admin(["status"])
+        #expect(status.stdout.contains("127.0.0.1:\(first.port)  draining  connections 1"), "\(status.stdout)")
+
+        let before = first.requests.count
+        for _ in 0..<20 {
+            let answer = try ExternalProcess.curl(["-H", "Host: shop.test", url + "/"])
+            #expect(answer.stdout == "second")
+        }
+        #expect(first.requests.count == before, "the draining backend received new requests")
+
+        // --wait returns once the slow request is done; that request was served in full.
+        let started = ContinuousClock.now
+        let wait = try admin(["backends", "drain", "shop", "127.0.0.1:\(first.port)", "--wait", "--timeout", "10s"])
+        #expect(wait.status == 0, "\(wait.stderr)")
+        #expect(wait.stdout.contains("drained: nothing in progress on 127.0.0.1:\(first.port)"), "\(wait.stdout)")
+        #expect(ContinuousClock.now - started < .seconds(6))
+        let slowAnswer = slow.wait()
+        #expect(slowAnswer.status == 0)
+        #expect(slowAnswer.stdout == "slow-first")
+
+        let undrain = try admin(["backends", "undrain", "shop", "127.0.0.1:\(first.port)"])
+        #expect(undrain.status == 0, "\(undrain.stderr)")
+        #expect(undrain.stdout.contains("127.0.0.1:\(first.port) of shop: up"), "\(undrain.stdout)")
+        var names: Set<String> = []
+        for _ in 0..<4 {
+            names.insert(try ExternalProcess.curl(["-H", "Host: shop.test", url + "/"]).stdout)
+        }
+        #expect(names == ["first", "second"])
+        #expect(process.log.contains("backend 127.0.0.1:\(first.port) of shop: draining (admin API)"))
+        #expect(process.log.contains("backend 127.0.0.1:\(first.port) of shop: drain ended (admin API)"))
+        await first.stop()
+        await second.stop()
+    }
+
+    @Test("drain names what is wrong: an unknown tenant or backend, a bad --timeout; nothing changes")
+    func drainErrors() async throws {
+        let backend = try await TestBackend.start()
+        let port = try ExternalProcess.freePort()
+        let path = NSTemporaryDirectory() + "drain-errors-\(UUID().uuidString).yaml"
+        try """
+        listen:
+          http: ["127.0.0.1:\(port)"]
+        tenants:
+          - name: shop
+            domains: ["shop.test"]
+            backends: ["127.0.0.1:\(backend.port)"]
+        """.write(toFile: path, atomically: true, encoding: .utf8)
+        defer { try? FileManager.default.removeItem(atPath: path) }
+        let process = try SwitchyardProcess(arguments: ["serve", "--config", path])
+        defer { process.stop() }
+        #expect(process.waitUntilListening(port: port), "\(process.log)")
+        func admin(_ arguments: [String]) throws -> ExternalProcess.Output {
+            try ExternalProcess.run(ExternalProcess.switchyardBinary, arguments + ["--admin", process.adminPath])
+        }
+
+        let tenant = try admin(["backends", "drain", "nope", "127.0.0.1:1"])
+        #expect(tenant.status == 1)
+        #expect(tenant.stderr.contains("no tenant 'nope'"), "\(tenant.stderr)")
+        let unknown = try admin(["backends", "drain", "shop", "127.0.0.1:1"])
+        #expect(unknown.status == 1)
+        #expect(
+            unknown.stderr.contains(
+                "tenant 'shop' has no backend 127.0.0.1:1; its backends: 127.0.0.1:\(backend.port)"
+            ),
+            "\(unknown.stderr)"
+        )
+        let timeout = try admin([
+            "backends", "drain", "shop", "127.0.0.1:\(backend.port)", "--wait", "--timeout", "soon",
+        ])
+        #expect(timeout.status != 0)
+        #expect(timeout.stderr.contains("--timeout 'soon' is not a duration"), "\(timeout.stderr)")
+        let status = try admin(["status"])
+        #expect(status.stdout.contains("127.0.0.1:\(backend.port)  up"), "\(status.stdout)")
+        #expect(try ExternalProcess.curl(["-H", "Host: shop.test", "http://127.0.0.1:\(port)/"]).stdout == "backend")
+        await backend.stop()
+    }
+}
+
+/// curl running in the background while a test goes on.
+private final class BackgroundCurl {
+    private let process = Process()
+    private let output = Pipe()
+    private let errors = Pipe()
+
+    init(_ arguments: [String]) throws {
+        process.executableURL = URL(fileURLWithPath: "/usr/bin/curl")
+        process.arguments = ["-s", "--max-time", "30"] + arguments
+        process.standardOutput = output
+        process.standardError = errors
+        process.standardInput = FileHandle.nullDevice
+        try process.run()
+    }
+
+    /// Waits for curl to exit (its output is small: it fits the pipe, so curl never blocks on it).
+    func wait() -> ExternalProcess.Output {
+        process.waitUntilExit()
+        return ExternalProcess.Output(
+            status: process.terminationStatus,
+            stdout: String(decoding: output.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self),
+            stderr: String(decoding: errors.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+        )
+    }
+}
