@@ -127,4 +127,115 @@ struct BalancingTests {
             "\(error)".contains("HOST:PORT weight=N with N from 1 to 1000")
         }
     }
+
+    // MARK: - Sticky sessions: the backend a cookie names
+
+    /// Ways a backend stops being available for new requests.
+    enum Unavailability: String, CaseIterable, Sendable {
+        case down, draining, ejected
+
+        func apply(to status: BackendStatus) {
+            switch self {
+            case .down:
+                status.setActivelyUp(false)
+            case .draining:
+                status.isDraining = true
+            case .ejected:
+                let now = NIODeadline.now()
+                for _ in 0..<BackendStatus.PassiveEjection.threshold { _ = status.recordFailure(now: now) }
+            }
+        }
+
+        func lift(from status: BackendStatus) {
+            switch self {
+            case .down, .ejected:
+                // An `up` verdict of the active checks also ends an ejection.
+                status.setActivelyUp(true)
+            case .draining:
+                status.isDraining = false
+            }
+        }
+    }
+
+    /// The index of the backend `worker` picks for a request to `tenant`; `nil` when it picks none.
+    private func pick(
+        _ worker: Worker,
+        _ tenant: Tenant,
+        preferring preferred: Backend? = nil,
+        excluding excluded: Backend? = nil
+    ) -> Int? {
+        let picked = worker.nextBackend(of: tenant, preferring: preferred, excluding: excluded, now: .now())
+        return tenant.backends.firstIndex { $0 === picked }
+    }
+
+    @Test("an available preferred backend is picked every time, and round robin does not move meanwhile")
+    func preferredIsPicked() throws {
+        let backends = try backends(3)
+        let tenant = Tenant(name: "t", domains: ["t.test"], backends: backends)
+        let worker = try worker(tenant)
+        #expect(pick(worker, tenant) == 0)
+        #expect((0..<10).map { _ in pick(worker, tenant, preferring: backends[2]) } == Array(repeating: 2, count: 10))
+        // Clients without a cookie carry on from where they were.
+        #expect((0..<3).map { _ in pick(worker, tenant) } == [1, 2, 0])
+    }
+
+    @Test(
+        "an unavailable preferred backend is passed over: the others take turns, until it is back",
+        arguments: Unavailability.allCases
+    )
+    func unavailablePreferred(_ unavailability: Unavailability) throws {
+        let backends = try backends(3)
+        let tenant = Tenant(name: "t", domains: ["t.test"], backends: backends)
+        let worker = try worker(tenant)
+        unavailability.apply(to: backends[1].status)
+        #expect((0..<4).map { _ in pick(worker, tenant, preferring: backends[1]) } == [0, 2, 0, 2])
+        unavailability.lift(from: backends[1].status)
+        #expect((0..<3).map { _ in pick(worker, tenant, preferring: backends[1]) } == [1, 1, 1])
+    }
+
+    @Test("an excluded preferred backend (whose connect just failed) is passed over unless it is the only one left")
+    func excludedPreferred() throws {
+        let backends = try backends(3)
+        let tenant = Tenant(name: "t", domains: ["t.test"], backends: backends)
+        let worker = try worker(tenant)
+        let retries = (0..<4).map { _ in pick(worker, tenant, preferring: backends[0], excluding: backends[0]) }
+        #expect(retries == [1, 2, 1, 2])
+        // Excluding another backend does not affect the preference.
+        #expect(pick(worker, tenant, preferring: backends[0], excluding: backends[1]) == 0)
+        // The others are down: the excluded one is all there is, as without a cookie.
+        backends[1].status.setActivelyUp(false)
+        backends[2].status.setActivelyUp(false)
+        #expect(pick(worker, tenant, preferring: backends[0], excluding: backends[0]) == 0)
+        // Nothing available at all.
+        backends[0].status.isDraining = true
+        #expect(pick(worker, tenant, preferring: backends[0]) == nil)
+    }
+
+    @Test("with weights, the preferred backend is picked whatever its weight; when it is down the rest share by weight")
+    func weightedPreferred() throws {
+        let backends = try backends(3)
+        let tenant = Tenant(name: "t", domains: ["t.test"], backends: backends, weights: [5, 1, 1])
+        let worker = try worker(tenant)
+        #expect((0..<7).map { _ in pick(worker, tenant, preferring: backends[2]) } == Array(repeating: 2, count: 7))
+        backends[2].status.setActivelyUp(false)
+        var counts = [0, 0, 0]
+        for _ in 0..<12 {
+            if let index = pick(worker, tenant, preferring: backends[2]) { counts[index] += 1 }
+        }
+        #expect(counts == [10, 2, 0])
+        // The heavy one preferred but excluded: the light one that is up takes the request.
+        #expect(pick(worker, tenant, preferring: backends[0], excluding: backends[0]) == 1)
+    }
+
+    @Test("with least connections, the preferred backend is picked even when it is the busiest")
+    func leastConnectionsPreferred() throws {
+        let backends = try backends(2)
+        let tenant = Tenant(name: "t", domains: ["t.test"], backends: backends, balance: .leastConnections)
+        let worker = try worker(tenant)
+        for _ in 0..<3 { backends[0].status.connectionOpened() }
+        #expect(pick(worker, tenant) == 1)
+        #expect(pick(worker, tenant, preferring: backends[0]) == 0)
+        backends[0].status.isDraining = true
+        #expect(pick(worker, tenant, preferring: backends[0]) == 1)
+    }
 }

@@ -300,6 +300,84 @@ struct ConfigurationLoaderTests {
         #expect(configuration.tenants[0].health == HealthCheckConfiguration())
     }
 
+    // MARK: - Sticky sessions
+
+    @Test(
+        "sticky: true uses the default cookie, a session cookie; false turns it off",
+        arguments: [
+            ("true", StickySessionConfiguration()), ("yes", StickySessionConfiguration()),
+            ("\"true\"", StickySessionConfiguration()), ("false", nil), ("off", nil),
+        ] as [(String, StickySessionConfiguration?)]
+    )
+    func stickyFlag(text: String, expected: StickySessionConfiguration?) throws {
+        let configuration = try parse(validTenant + "\n    sticky: \(text)\n")
+        #expect(configuration.tenants[0].sticky == expected)
+    }
+
+    @Test func stickyIsOffByDefault() throws {
+        #expect(try parse(validTenant).tenants[0].sticky == nil)
+        #expect(StickySessionConfiguration().cookie == "switchyard_backend")
+        #expect(StickySessionConfiguration().maxAge == nil)
+    }
+
+    @Test func stickyMapping() throws {
+        let configuration = try parse(
+            validTenant
+                + """
+
+                    sticky:
+                      cookie: SERVERID
+                      max_age: 1h
+                  - name: blog
+                    domains: [blog.test]
+                    backends: ["10.0.0.7:80"]
+                    sticky: { max_age: 90s }
+                  - name: wiki
+                    domains: [wiki.test]
+                    backends: ["10.0.0.8:80"]
+                    sticky: { cookie: "a!#$%&'*+-.^_`|~9" }
+                  - name: news
+                    domains: [news.test]
+                    backends: ["10.0.0.9:80"]
+                    sticky: { max_age: 1s }
+                """
+        )
+        #expect(
+            configuration.tenants.map(\.sticky) == [
+                StickySessionConfiguration(cookie: "SERVERID", maxAge: .hours(1)),
+                StickySessionConfiguration(cookie: "switchyard_backend", maxAge: .seconds(90)),
+                StickySessionConfiguration(cookie: "a!#$%&'*+-.^_`|~9", maxAge: nil),
+                StickySessionConfiguration(maxAge: .seconds(1)),
+            ]
+        )
+        // The route table hands the settings to the tenant's cookie.
+        let table = try RouteTable(configuration: configuration)
+        let cookie = try #require(table.tenants.first?.sticky)
+        #expect(cookie.name == "SERVERID")
+        #expect(cookie.setCookieLine(forBackendAt: 0, secure: false).hasSuffix("; Max-Age=3600\r\n"))
+        #expect(table.tenants[1].sticky?.setCookieLine(forBackendAt: 0, secure: false).contains("Max-Age=90\r") == true)
+    }
+
+    @Test("sticky: {} keeps the defaults", arguments: ["{}", "{ }"])
+    func stickyDefaultsWhenEmpty(text: String) throws {
+        let configuration = try parse(validTenant + "\n    sticky: \(text)\n")
+        #expect(configuration.tenants[0].sticky == StickySessionConfiguration())
+    }
+
+    @Test(
+        "A cookie name that is not an RFC token is refused",
+        arguments: ["a b", "x;y", "a=b", "a,b", "\\\"q\\\"", "(c)", "a/b", "é", "a\\tb"]
+    )
+    func invalidCookieNames(name: String) throws {
+        try Refusal(
+            validTenant + "\n    sticky: { cookie: \"\(name)\" }\n",
+            key: "tenants[0].sticky.cookie",
+            line: 5,
+            reason: "is not a valid cookie name; use letters, digits and !#$%&'*+-.^_`|~"
+        )
+        .check()
+    }
+
     // MARK: - Durations
 
     @Test(arguments: [
@@ -956,6 +1034,80 @@ struct ConfigurationLoaderTests {
             key: "tenants[0].health.fall",
             line: 5,
             reason: "101 is out of range"
+        ),
+
+        // Sticky sessions.
+        Refusal(
+            validTenant + "\n    stiky: true\n",
+            key: "tenants[0].stiky",
+            line: 5,
+            reason: "unknown key 'stiky' (did you mean 'sticky'?)"
+        ),
+        Refusal(
+            validTenant + "\n    sticky: { cookie: sid, path: / }\n",
+            key: "tenants[0].sticky.path",
+            line: 5,
+            reason: "unknown key 'path'; accepted keys: cookie, max_age"
+        ),
+        Refusal(
+            validTenant + "\n    sticky:\n      cookie: sid\n      maxage: 1h\n",
+            key: "tenants[0].sticky.maxage",
+            line: 7,
+            reason: "unknown key 'maxage' (did you mean 'max_age'?); accepted keys: cookie, max_age"
+        ),
+        Refusal(
+            validTenant + "\n    sticky: maybe\n",
+            key: "tenants[0].sticky",
+            line: 5,
+            reason: "expected true or false, found 'maybe'"
+        ),
+        Refusal(
+            validTenant + "\n    sticky: [sid]\n",
+            key: "tenants[0].sticky",
+            line: 5,
+            reason: "expected a mapping with the keys cookie, max_age; found a list"
+        ),
+        Refusal(
+            validTenant + "\n    sticky:\n      cookie: \"a b\"\n",
+            key: "tenants[0].sticky.cookie",
+            line: 6,
+            reason: "'a b' is not a valid cookie name"
+        ),
+        Refusal(
+            validTenant + "\n    sticky: { cookie: \"x;y\" }\n",
+            key: "tenants[0].sticky.cookie",
+            line: 5,
+            reason: "'x;y' is not a valid cookie name; use letters, digits and !#$%&'*+-.^_`|~ (no spaces, '=' or ';')"
+        ),
+        Refusal(
+            validTenant + "\n    sticky: { cookie: \"\" }\n",
+            key: "tenants[0].sticky.cookie",
+            line: 5,
+            reason: "must not be empty; expected a cookie name such as switchyard_backend"
+        ),
+        Refusal(
+            validTenant + "\n    sticky: { cookie: [a] }\n",
+            key: "tenants[0].sticky.cookie",
+            line: 5,
+            reason: "expected a cookie name such as switchyard_backend, found a list"
+        ),
+        Refusal(
+            validTenant + "\n    sticky:\n      max_age: 500ms\n",
+            key: "tenants[0].sticky.max_age",
+            line: 6,
+            reason: "must be at least 1s (cookies count their age in whole seconds)"
+        ),
+        Refusal(
+            validTenant + "\n    sticky: { max_age: 0s }\n",
+            key: "tenants[0].sticky.max_age",
+            line: 5,
+            reason: "must be greater than zero"
+        ),
+        Refusal(
+            validTenant + "\n    sticky: { max_age: 3600 }\n",
+            key: "tenants[0].sticky.max_age",
+            line: 5,
+            reason: "(a number needs a unit: ms, s, m or h)"
         ),
 
         // YAML syntax.

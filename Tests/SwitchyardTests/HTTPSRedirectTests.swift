@@ -34,7 +34,7 @@ struct HTTPSRedirectTests {
         var rendered: [String] = []
         while let action = machine.popAction() {
             switch action {
-            case .acquireUpstream(let tenant, _, _): rendered.append("acquire \(tenant.name)")
+            case .acquireUpstream(let tenant, _, _, _): rendered.append("acquire \(tenant.name)")
             case .writeClient(let buffer): rendered.append("client " + String(buffer: buffer))
             case .closeClient: rendered.append("close")
             default: rendered.append("other")

@@ -307,7 +307,7 @@ struct NoBackendAvailableTests {
         var rendered: [String] = []
         while let action = machine.popAction() {
             switch action {
-            case .acquireUpstream(let tenant, _, _): rendered.append("acquire \(tenant.name)")
+            case .acquireUpstream(let tenant, _, _, _): rendered.append("acquire \(tenant.name)")
             case .writeUpstream(let buffer): rendered.append("upstream " + String(buffer: buffer))
             case .writeClient(let buffer): rendered.append("client " + String(buffer: buffer))
             case .releaseUpstream: rendered.append("release")

@@ -74,8 +74,10 @@ private struct Harness {
         while let action = machine.popAction() {
             let line: String
             switch action {
-            case .acquireUpstream(let tenant, let fresh, let preferred):
-                line = "acquire \(tenant.name)" + (fresh ? " fresh" : "") + (preferred.map { " prefer \($0)" } ?? "")
+            case .acquireUpstream(let tenant, let fresh, let preferred, let avoidingLast):
+                line =
+                    "acquire \(tenant.name)" + (fresh ? " fresh" : "") + (preferred.map { " prefer \($0)" } ?? "")
+                    + (avoidingLast ? " avoiding last" : "")
             case .writeUpstream(let buffer):
                 line = "upstream " + String(buffer: buffer)
             case .writeClient(let buffer):
@@ -981,7 +983,7 @@ struct ProxyStateMachineTests {
     func connectFailedTwoBackends() throws {
         var h = try Harness()
         #expect(h.client("GET / HTTP/1.1\r\nHost: duo.test\r\n\r\n") == ["acquire duo"])
-        #expect(h.connectFailed(.refused) == ["acquire duo"])
+        #expect(h.connectFailed(.refused) == ["acquire duo avoiding last"])
         #expect(h.state == .connecting)
         #expect(h.attach() == ["upstream " + forwarded("GET / HTTP/1.1\r\nHost: duo.test\r\n", host: "duo.test")])
         #expect(
@@ -995,7 +997,7 @@ struct ProxyStateMachineTests {
     func connectFailedTwice() throws {
         var h = try Harness()
         #expect(h.client("GET / HTTP/1.1\r\nHost: duo.test\r\n\r\n") == ["acquire duo"])
-        #expect(h.connectFailed(.refused) == ["acquire duo"])
+        #expect(h.connectFailed(.refused) == ["acquire duo avoiding last"])
         #expect(h.connectFailed(.refused) == ["client " + badGateway()])
         #expect(h.state == .idle)
     }
@@ -1005,7 +1007,7 @@ struct ProxyStateMachineTests {
         var h = try Harness()
         let head = "POST /p HTTP/1.1\r\nHost: duo.test\r\nContent-Length: 3\r\n\r\n"
         #expect(h.client(head + "abc") == ["acquire duo"])
-        #expect(h.connectFailed(.refused) == ["acquire duo"])
+        #expect(h.connectFailed(.refused) == ["acquire duo avoiding last"])
         #expect(
             h.attach() == [
                 "upstream "
@@ -1029,7 +1031,7 @@ struct ProxyStateMachineTests {
         let forwardedGet = "upstream " + forwarded("GET / HTTP/1.1\r\nHost: shop.test\r\n")
         #expect(h.client("GET / HTTP/1.1\r\nHost: shop.test\r\n\r\n") == ["acquire shop"])
         #expect(h.attach(reused: true) == [forwardedGet])
-        #expect(h.upstreamClosed() == ["release closed", "acquire shop"])
+        #expect(h.upstreamClosed() == ["release closed", "acquire shop fresh"])
         #expect(h.state == .connecting)
         #expect(h.attach(reused: false) == [forwardedGet])
         #expect(
@@ -1494,9 +1496,20 @@ struct ProxyStateMachineStickyTests {
         var h = try Harness()
         let request = "GET / HTTP/1.1\r\nHost: pinned.test\r\nCookie: sb=9c415ebce48d0977\r\n\r\n"
         #expect(h.client(request) == ["acquire pinned prefer 127.0.0.1:9002"])
-        #expect(h.connectFailed(.refused) == ["acquire pinned prefer 127.0.0.1:9002"])
+        #expect(h.connectFailed(.refused) == ["acquire pinned prefer 127.0.0.1:9002 avoiding last"])
         _ = h.attach(to: h.backend("pinned", 0))
         #expect(h.upstream(ok) == ["client " + okWithCookie(pinnedCookie[0]), "release reusable"])
+    }
+
+    @Test("a pooled connection found closed is replaced by a new one to the same backend, without blame")
+    func staleConnectionKeepsBackend() throws {
+        var h = try Harness()
+        let request = "GET / HTTP/1.1\r\nHost: pinned.test\r\nCookie: sb=9c415ebce48d0977\r\n\r\n"
+        #expect(h.client(request) == ["acquire pinned prefer 127.0.0.1:9002"])
+        _ = h.attach(reused: true, to: h.backend("pinned", 1))
+        #expect(h.upstreamClosed() == ["release closed", "acquire pinned fresh prefer 127.0.0.1:9002"])
+        _ = h.attach(to: h.backend("pinned", 1))
+        #expect(h.upstream(ok) == ["client " + ok, "release reusable"])
     }
 
     @Test("a cookie naming no current backend is ignored: balanced, and a new cookie issued")

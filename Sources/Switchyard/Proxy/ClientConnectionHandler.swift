@@ -18,7 +18,7 @@ final class ClientConnectionHandler: ChannelDuplexHandler, RemovableChannelHandl
     private var machine: ProxyStateMachine?
     private var context: ChannelHandlerContext?
     private var upstream: UpstreamConnection?
-    /// The backend of the current or last attempt, avoided by a retry.
+    /// The backend of the current or last attempt: avoided by a retry, blamed for a failure.
     private var lastBackend: Backend?
     /// Identifies the current connect attempt, so a late answer to an abandoned one is ignored.
     private var connectAttempt = 0
@@ -214,8 +214,14 @@ final class ClientConnectionHandler: ChannelDuplexHandler, RemovableChannelHandl
     private func perform(_ action: ProxyStateMachine.Action) {
         guard let context else { return }
         switch action {
-        case .acquireUpstream(let tenant, let fresh, let preferred):
-            acquireUpstream(for: tenant, fresh: fresh, preferred: preferred, context: context)
+        case .acquireUpstream(let tenant, let fresh, let preferred, let avoidingLast):
+            acquireUpstream(
+                for: tenant,
+                fresh: fresh,
+                preferred: preferred,
+                excluding: avoidingLast ? lastBackend : nil,
+                context: context
+            )
         case .writeUpstream(let buffer):
             upstream?.write(buffer)
         case .writeClient(let buffer):
@@ -264,10 +270,11 @@ final class ClientConnectionHandler: ChannelDuplexHandler, RemovableChannelHandl
         for tenant: Tenant,
         fresh: Bool,
         preferred: Backend?,
+        excluding excluded: Backend?,
         context: ChannelHandlerContext
     ) {
         let now = NIODeadline.now()
-        guard let backend = worker.nextBackend(of: tenant, preferring: preferred, excluding: lastBackend, now: now)
+        guard let backend = worker.nextBackend(of: tenant, preferring: preferred, excluding: excluded, now: now)
         else {
             machine?.noBackendAvailable(now: now)
             return

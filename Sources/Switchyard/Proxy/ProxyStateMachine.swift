@@ -30,13 +30,14 @@ struct ProxyStateMachine {
     /// Work for the handler, performed in the order queued.
     enum Action {
         /// Pick one of the tenant's backends and attach a connection to it, pooled or, when `fresh` is set, new;
-        /// answer with ``upstreamAttached(backend:reused:now:)`` or ``upstreamConnectFailed(_:now:)``. A retry should
-        /// avoid the backend that just failed when the tenant has others. `preferred` is the backend the client's
-        /// sticky-session cookie names, to be used if it is available.
+        /// answer with ``upstreamAttached(backend:reused:now:)`` or ``upstreamConnectFailed(_:now:)``. `preferred` is
+        /// the backend the client's sticky-session cookie names, to be used if it is available. With `avoidingLast`
+        /// (a retry after a failed connect) the backend of the previous attempt is avoided when the tenant has
+        /// others.
         ///
         /// Upgrade requests always get a new connection: many backend servers (SwiftNIO's upgrader among them)
         /// only switch protocols on the first request of a connection.
-        case acquireUpstream(Tenant, fresh: Bool, preferred: Backend?)
+        case acquireUpstream(Tenant, fresh: Bool, preferred: Backend?, avoidingLast: Bool)
         case writeUpstream(ByteBuffer)
         case writeClient(ByteBuffer)
         /// Detach the backend connection: back to the pool if `reusable`, else closed.
@@ -310,7 +311,14 @@ struct ProxyStateMachine {
         if let tenant = exchange.tenant, exchange.attempts < settings.maximumAttempts, tenant.backends.count > 1 {
             exchange.attempts += 1
             self.exchange = exchange
-            queue(.acquireUpstream(tenant, fresh: exchange.isUpgrade, preferred: exchange.stickyBackend))
+            queue(
+                .acquireUpstream(
+                    tenant,
+                    fresh: exchange.isUpgrade,
+                    preferred: exchange.stickyBackend,
+                    avoidingLast: true
+                )
+            )
             return
         }
         respondToFailedExchange(failure == .timedOut ? .gatewayTimeout : .badGateway, now: now)
@@ -350,13 +358,14 @@ struct ProxyStateMachine {
                     exchange.upstreamHead != nil, exchange.partialResponseHead == nil,
                     exchange.attempts < settings.maximumAttempts
                 {
-                    // A pooled connection the backend had already closed: send the request again on a fresh one.
+                    // A pooled connection the backend had already closed (a keep-alive race, not a sign of ill
+                    // health): send the request again on a fresh connection, to the same backend if it is sticky.
                     exchange.attempts += 1
                     exchange.upstreamReused = false
                     self.exchange = exchange
                     state = .connecting
                     queue(.releaseUpstream(reusable: false))
-                    queue(.acquireUpstream(tenant, fresh: exchange.isUpgrade, preferred: exchange.stickyBackend))
+                    queue(.acquireUpstream(tenant, fresh: true, preferred: exchange.stickyBackend, avoidingLast: false))
                     return
                 }
                 if !exchange.upstreamReused && !exchange.responseStarted {
@@ -619,7 +628,9 @@ struct ProxyStateMachine {
         self.exchange = exchange
         state = .connecting
         clientDeadline = nil
-        queue(.acquireUpstream(tenant, fresh: exchange.isUpgrade, preferred: exchange.stickyBackend))
+        queue(
+            .acquireUpstream(tenant, fresh: exchange.isUpgrade, preferred: exchange.stickyBackend, avoidingLast: false)
+        )
         return false
     }
 

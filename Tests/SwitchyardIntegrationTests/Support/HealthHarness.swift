@@ -80,17 +80,21 @@ final class HealthHarness: Sendable {
         self.checker = checker
     }
 
-    /// Starts a balancer whose tenant `shop` has `backends`, checked as `health` says.
+    /// Starts a balancer whose tenant `shop` has `backends`, checked as `health` says, with sticky sessions if
+    /// `sticky` is set.
     static func start(
         backends: [SocketAddress],
         health: HealthCheckConfiguration,
         workers: Int = 2,
-        timeouts: Configuration.Timeouts = .init(upstreamConnect: .milliseconds(500))
+        timeouts: Configuration.Timeouts = .init(upstreamConnect: .milliseconds(500)),
+        sticky: StickySessionConfiguration? = nil
     ) async throws -> HealthHarness {
+        var tenant = TenantConfiguration(name: "shop", domains: [host], backends: backends, health: health)
+        tenant.sticky = sticky
         var configuration = Configuration(
             listen: .init(http: [try SocketAddress(ipAddress: "127.0.0.1", port: 0)]),
             workers: workers,
-            tenants: [TenantConfiguration(name: "shop", domains: [host], backends: backends, health: health)],
+            tenants: [tenant],
             timeouts: timeouts
         )
         configuration.accessLog = false
@@ -128,18 +132,33 @@ final class HealthHarness: Sendable {
         var status: Int
         var head: String
         var body: String
+
+        /// The answer in `text`, one whole response as ``RawClient/receiveResponse(timeout:)`` reads it; status 0
+        /// when no whole head came.
+        init(parsing text: String) {
+            guard let end = text.range(of: "\r\n\r\n") else {
+                self.init(status: 0, head: text, body: "")
+                return
+            }
+            let head = String(text[..<end.lowerBound])
+            let parts = head.prefix { $0 != "\r\n" }.split(separator: " ")
+            let status = parts.count >= 2 ? Int(parts[1]) ?? 0 : 0
+            self.init(status: status, head: head, body: String(text[end.upperBound...]))
+        }
+
+        init(status: Int, head: String, body: String) {
+            self.status = status
+            self.head = head
+            self.body = body
+        }
     }
 
-    /// Sends `GET path` on a new client connection (closed after the answer) and reads the answer.
-    func get(_ path: String = "/", timeout: Double = 3) throws -> Reply {
+    /// Sends `GET path` with `headers` on a new client connection (closed after the answer) and reads the answer.
+    func get(_ path: String = "/", headers: [(String, String)] = [], timeout: Double = 3) throws -> Reply {
         let client = try RawClient(port: port)
-        try client.send("GET \(path) HTTP/1.1\r\nHost: \(Self.host)\r\nConnection: close\r\n\r\n")
-        let text = client.receiveResponse(timeout: timeout)
-        guard let end = text.range(of: "\r\n\r\n") else { return Reply(status: 0, head: text, body: "") }
-        let head = String(text[..<end.lowerBound])
-        let parts = head.prefix { $0 != "\r\n" }.split(separator: " ")
-        let status = parts.count >= 2 ? Int(parts[1]) ?? 0 : 0
-        return Reply(status: status, head: head, body: String(text[end.upperBound...]))
+        let fields = headers.map { "\($0.0): \($0.1)\r\n" }.joined()
+        try client.send("GET \(path) HTTP/1.1\r\nHost: \(Self.host)\r\n\(fields)Connection: close\r\n\r\n")
+        return Reply(parsing: client.receiveResponse(timeout: timeout))
     }
 }
 
@@ -148,9 +167,15 @@ func withHealthProxy(
     backends: [SocketAddress],
     health: HealthCheckConfiguration,
     timeouts: Configuration.Timeouts = .init(upstreamConnect: .milliseconds(500)),
+    sticky: StickySessionConfiguration? = nil,
     _ body: (HealthHarness) async throws -> Void
 ) async throws {
-    let harness = try await HealthHarness.start(backends: backends, health: health, timeouts: timeouts)
+    let harness = try await HealthHarness.start(
+        backends: backends,
+        health: health,
+        timeouts: timeouts,
+        sticky: sticky
+    )
     do {
         try await body(harness)
     } catch {
