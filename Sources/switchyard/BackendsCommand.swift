@@ -33,7 +33,8 @@ struct BackendsCommand: ParsableCommand {
             abstract: "Send the backend no new requests or tunnels; those in progress finish.",
             discussion: """
                 The drain lasts until `switchyard backends undrain`, across reloads, but not across a restart of \
-                the balancer.
+                the balancer. With --wait, the command returns once nothing is in progress on the backend (exit \
+                status 1 if --timeout passes first).
                 """
         )
 
@@ -43,26 +44,39 @@ struct BackendsCommand: ParsableCommand {
         @Flag(help: "Wait until the backend has no requests or tunnels in progress.")
         var wait = false
 
-        @Option(help: "With --wait, give up after this long (e.g. 30s, 5m).")
-        var timeout: String = "5m"
+        @Option(help: "With --wait, give up after this long (default 5m).")
+        var timeout: String?
 
-        func run() throws {
-            guard case .success(let limit) = TimeAmount.parseConfigurationDuration(timeout) else {
+        func validate() throws {
+            guard let timeout else { return }
+            guard wait else { throw ValidationError("--timeout only applies with --wait") }
+            guard case .success(let limit) = TimeAmount.parseConfigurationDuration(timeout), limit > .zero else {
                 throw ValidationError("--timeout '\(timeout)' is not a duration such as 30s or 5m")
             }
+        }
+
+        func run() throws {
             let client = AdminClient(path: options.socketPath)
             var backend = try BackendsCommand.call { try client.post(target.path + "/drain") }
             print("draining \(backend.address) of \(target.tenant): \(backend.connections) in progress")
             guard wait else { return }
+            let limit = timeout.flatMap { try? TimeAmount.parseConfigurationDuration($0).get() } ?? .minutes(5)
             let deadline = ContinuousClock.now + .nanoseconds(limit.nanoseconds)
             while backend.connections > 0 {
                 guard ContinuousClock.now < deadline else {
-                    BackendsCommand.fail(
-                        "\(backend.connections) still in progress after \(timeout); the backend stays draining"
+                    BackendsCommand.printError(
+                        "\(backend.connections) still in progress after \(timeout ?? "5m"); the backend stays draining"
                     )
+                    throw ExitCode(1)
                 }
                 Thread.sleep(forTimeInterval: 0.25)
-                backend = try BackendsCommand.call { try client.get(target.path) }
+                do {
+                    backend = try BackendsCommand.call(reporting: false) { try client.get(target.path) }
+                } catch let failure as AdminClient.Failure where failure.status == 404 {
+                    // A reload removed it (or its tenant): nothing can reach it any more.
+                    print("\(target.backend) of \(target.tenant) is no longer in the configuration")
+                    return
+                }
             }
             print("drained: nothing in progress on \(backend.address)")
         }
@@ -77,21 +91,30 @@ struct BackendsCommand: ParsableCommand {
         func run() throws {
             let client = AdminClient(path: options.socketPath)
             let backend = try BackendsCommand.call { try client.post(target.path + "/undrain") }
-            print("\(backend.address) of \(target.tenant): \(backend.state)")
+            let health = backend.health == "up" ? "" : " (health: \(backend.health))"
+            print("\(backend.address) of \(target.tenant): in rotation\(health)")
         }
     }
 
-    /// Calls the admin API and decodes the backend it answers with; errors end the command with status 1.
-    static func call(_ request: () throws -> Data) throws -> StatusReport.Backend {
+    /// Calls the admin API and decodes the backend it answers with. Failures are printed and end the command
+    /// with status 1, unless `reporting` is off: then the admin client's failure is rethrown for the caller.
+    static func call(reporting: Bool = true, _ request: () throws -> Data) throws -> StatusReport.Backend {
+        let body: Data
         do {
-            return try JSONDecoder().decode(StatusReport.Backend.self, from: request())
+            body = try request()
         } catch {
-            fail("\(error)")
+            guard reporting else { throw error }
+            printError("\(error)")
+            throw ExitCode(1)
         }
+        guard let backend = try? JSONDecoder().decode(StatusReport.Backend.self, from: body) else {
+            printError("the admin API's answer is not a backend's status: \(String(decoding: body, as: UTF8.self))")
+            throw ExitCode(1)
+        }
+        return backend
     }
 
-    static func fail(_ message: String) -> Never {
+    static func printError(_ message: String) {
         FileHandle.standardError.write(Data("switchyard: \(message)\n".utf8))
-        Foundation.exit(1)
     }
 }

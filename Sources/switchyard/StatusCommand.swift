@@ -54,6 +54,8 @@ struct AdminClient {
 
     struct Failure: Error, CustomStringConvertible {
         var description: String
+        /// The admin API's HTTP status, when it answered.
+        var status: Int? = nil
     }
 
     /// `GET target`; returns the body of a 200 answer.
@@ -97,8 +99,9 @@ struct AdminClient {
         let head = String(decoding: response[..<split.lowerBound], as: UTF8.self)
         let body = response[split.upperBound...]
         guard head.hasPrefix("HTTP/1.1 200") else {
+            let status = head.split(separator: " ").dropFirst().first.flatMap { Int($0) }
             if let answer = try? JSONDecoder().decode([String: String].self, from: body), let error = answer["error"] {
-                throw Failure(description: error)
+                throw Failure(description: error, status: status)
             }
             throw Failure(description: "the admin API answered: \(head.split(separator: "\r\n").first ?? "")")
         }

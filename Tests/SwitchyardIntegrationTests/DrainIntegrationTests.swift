@@ -66,7 +66,7 @@ struct DrainIntegrationTests {
 
         let undrain = try admin(["backends", "undrain", "shop", "127.0.0.1:\(first.port)"])
         #expect(undrain.status == 0, "\(undrain.stderr)")
-        #expect(undrain.stdout.contains("127.0.0.1:\(first.port) of shop: up"), "\(undrain.stdout)")
+        #expect(undrain.stdout.contains("127.0.0.1:\(first.port) of shop: in rotation"), "\(undrain.stdout)")
         var names: Set<String> = []
         for _ in 0..<4 {
             names.insert(try ExternalProcess.curl(["-H", "Host: shop.test", url + "/"]).stdout)
@@ -115,6 +115,9 @@ struct DrainIntegrationTests {
         ])
         #expect(timeout.status != 0)
         #expect(timeout.stderr.contains("--timeout 'soon' is not a duration"), "\(timeout.stderr)")
+        let alone = try admin(["backends", "drain", "shop", "127.0.0.1:\(backend.port)", "--timeout", "5s"])
+        #expect(alone.status != 0)
+        #expect(alone.stderr.contains("--timeout only applies with --wait"), "\(alone.stderr)")
         let status = try admin(["status"])
         #expect(status.stdout.contains("127.0.0.1:\(backend.port)  up"), "\(status.stdout)")
         #expect(try ExternalProcess.curl(["-H", "Host: shop.test", "http://127.0.0.1:\(port)/"]).stdout == "backend")

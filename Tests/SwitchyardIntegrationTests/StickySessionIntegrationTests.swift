@@ -30,7 +30,7 @@ private func cookieValue(port: Int) -> String {
 
 /// The `Set-Cookie` value the balancer sends to pin a client to the backend whose cookie value is `value`.
 private func setCookie(_ value: String) -> String {
-    "\(cookieName)=\(value); Path=/; HttpOnly; SameSite=Lax; Max-Age=3600"
+    "\(cookieName)=\(value); Path=/; HttpOnly; Max-Age=3600; SameSite=Lax"
 }
 
 extension HealthHarness.Reply {
@@ -100,6 +100,12 @@ private func pinNewClient(
     )
     let value = cookieValue(port: backends[index].port)
     #expect(reply.setCookies == [setCookie(value)], "\(reply.head)", sourceLocation: sourceLocation)
+    // A shared cache must not hand this answer, and its cookie, to other clients.
+    #expect(
+        reply.head.split(separator: "\r\n").contains("Cache-Control: private"),
+        "\(reply.head)",
+        sourceLocation: sourceLocation
+    )
     return Pin(backend: backends[index], index: index, value: value)
 }
 

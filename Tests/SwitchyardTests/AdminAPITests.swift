@@ -41,6 +41,7 @@ struct AdminAPITests {
         let drained = api.respond(method: "POST", path: "/tenants/shop/backends/127.0.0.1:9001/drain")
         #expect(drained.status == 200)
         #expect(try json(drained)["state"] as? String == "draining")
+        #expect(try json(drained)["health"] as? String == "up")
         #expect(first.status.isDraining)
         #expect(!second.status.isDraining)
         #expect(!first.status.isAvailable(now: .now()))
@@ -79,9 +80,19 @@ struct AdminAPITests {
                 == "tenant 'shop' has no backend 127.0.0.1:1; its backends: 127.0.0.1:9001, [::1]:9002"
         )
 
-        #expect(api.respond(method: "GET", path: "/tenants/shop/backends/127.0.0.1:9001/drain").status == 405)
-        #expect(api.respond(method: "DELETE", path: "/tenants/shop/backends/127.0.0.1:9001").status == 405)
-        #expect(api.respond(method: "POST", path: "/tenants/shop/backends/127.0.0.1:9001/explode").status == 404)
+        let getDrain = api.respond(method: "GET", path: "/tenants/shop/backends/127.0.0.1:9001/drain")
+        #expect(getDrain.status == 405)
+        #expect(getDrain.allow == "POST")
+        let delete = api.respond(method: "DELETE", path: "/tenants/shop/backends/127.0.0.1:9001")
+        #expect(delete.status == 405)
+        #expect(delete.allow == "GET")
+        #expect(api.respond(method: "PUT", path: "/status").allow == "GET")
+        let explode = api.respond(method: "POST", path: "/tenants/shop/backends/127.0.0.1:9001/explode")
+        #expect(explode.status == 404)
+        #expect(
+            try json(explode)["error"] as? String
+                == "no such endpoint: POST /tenants/shop/backends/127.0.0.1:9001/explode"
+        )
         #expect(api.respond(method: "GET", path: "/nothing").status == 404)
         #expect(!first.status.isDraining)
     }
@@ -105,5 +116,12 @@ struct AdminAPITests {
         #expect(backends[1].lastCheck?.error == "connection refused")
         #expect(report.text.contains("127.0.0.1:9001  up  connections 0  last check ok 2.5s ago"))
         #expect(report.text.contains("[::1]:9002  up  connections 0  last check failed 2.5s ago: connection refused"))
+        // A drain does not hide the health.
+        second.status.setActivelyUp(false)
+        second.status.isDraining = true
+        let drained = StatusReport(routes: try RouteTable(tenants: [shop]), connections: 0, date: checked)
+        #expect(drained.tenants.first?.backends[1].state == "draining")
+        #expect(drained.tenants.first?.backends[1].health == "down")
+        #expect(drained.text.contains("[::1]:9002  draining (down)  connections 0"))
     }
 }

@@ -339,7 +339,7 @@ struct ConfigurationLoaderTests {
                   - name: news
                     domains: [news.test]
                     backends: ["10.0.0.9:80"]
-                    sticky: { max_age: 1s }
+                    sticky: { max_age: 1s, same_site: none }
                 """
         )
         #expect(
@@ -347,15 +347,19 @@ struct ConfigurationLoaderTests {
                 StickySessionConfiguration(cookie: "SERVERID", maxAge: .hours(1)),
                 StickySessionConfiguration(cookie: "switchyard_backend", maxAge: .seconds(90)),
                 StickySessionConfiguration(cookie: "a!#$%&'*+-.^_`|~9", maxAge: nil),
-                StickySessionConfiguration(maxAge: .seconds(1)),
+                StickySessionConfiguration(maxAge: .seconds(1), sameSite: .none),
             ]
         )
         // The route table hands the settings to the tenant's cookie.
         let table = try RouteTable(configuration: configuration)
         let cookie = try #require(table.tenants.first?.sticky)
         #expect(cookie.name == "SERVERID")
-        #expect(cookie.setCookieLine(forBackendAt: 0, secure: false).hasSuffix("; Max-Age=3600\r\n"))
-        #expect(table.tenants[1].sticky?.setCookieLine(forBackendAt: 0, secure: false).contains("Max-Age=90\r") == true)
+        #expect(cookie.setCookieLine(forBackendAt: 0, secure: false).contains("; Max-Age=3600; SameSite=Lax\r\n"))
+        #expect(table.tenants[1].sticky?.setCookieLine(forBackendAt: 0, secure: false).contains("Max-Age=90;") == true)
+        // SameSite=None only over HTTPS, where Secure goes with it.
+        let none = try #require(table.tenants[3].sticky)
+        #expect(none.setCookieLine(forBackendAt: 0, secure: false).contains("; Max-Age=1\r\n"))
+        #expect(none.setCookieLine(forBackendAt: 0, secure: true).contains("; Max-Age=1; SameSite=None; Secure\r\n"))
     }
 
     @Test("sticky: {} keeps the defaults", arguments: ["{}", "{ }"])
@@ -1047,13 +1051,13 @@ struct ConfigurationLoaderTests {
             validTenant + "\n    sticky: { cookie: sid, path: / }\n",
             key: "tenants[0].sticky.path",
             line: 5,
-            reason: "unknown key 'path'; accepted keys: cookie, max_age"
+            reason: "unknown key 'path'; accepted keys: cookie, max_age, same_site"
         ),
         Refusal(
             validTenant + "\n    sticky:\n      cookie: sid\n      maxage: 1h\n",
             key: "tenants[0].sticky.maxage",
             line: 7,
-            reason: "unknown key 'maxage' (did you mean 'max_age'?); accepted keys: cookie, max_age"
+            reason: "unknown key 'maxage' (did you mean 'max_age'?); accepted keys: cookie, max_age, same_site"
         ),
         Refusal(
             validTenant + "\n    sticky: maybe\n",
@@ -1065,7 +1069,7 @@ struct ConfigurationLoaderTests {
             validTenant + "\n    sticky: [sid]\n",
             key: "tenants[0].sticky",
             line: 5,
-            reason: "expected a mapping with the keys cookie, max_age; found a list"
+            reason: "expected a mapping with the keys cookie, max_age, same_site; found a list"
         ),
         Refusal(
             validTenant + "\n    sticky:\n      cookie: \"a b\"\n",
@@ -1095,7 +1099,26 @@ struct ConfigurationLoaderTests {
             validTenant + "\n    sticky:\n      max_age: 500ms\n",
             key: "tenants[0].sticky.max_age",
             line: 6,
-            reason: "must be at least 1s (cookies count their age in whole seconds)"
+            reason: "must be a whole number of seconds, at least 1s (cookies count their age in seconds)"
+        ),
+        Refusal(
+            validTenant + "\n    sticky: { max_age: 1500ms }\n",
+            key: "tenants[0].sticky.max_age",
+            line: 5,
+            reason: "must be a whole number of seconds, at least 1s (cookies count their age in seconds)"
+        ),
+        Refusal(
+            validTenant + "\n    sticky: { same_site: loose }\n",
+            key: "tenants[0].sticky.same_site",
+            line: 5,
+            reason: "'loose' is not a SameSite value; expected lax, strict, none"
+        ),
+        Refusal(
+            validTenant + "\n    sticky: { cookie: __Host-route }\n",
+            key: "tenants[0].sticky",
+            line: 5,
+            reason: "the cookie '__Host-route' can only be set over HTTPS (browsers refuse __Secure- and __Host- "
+                + "cookies without Secure); set https_redirect: true for this tenant, or choose another name"
         ),
         Refusal(
             validTenant + "\n    sticky: { max_age: 0s }\n",

@@ -207,7 +207,7 @@ struct BackendStatusTests {
     }
 }
 
-/// ``Worker/nextBackend(of:excluding:now:)``: round-robin over a tenant's available backends, skipping down,
+/// ``Worker/nextBackend(of:preferring:excluding:now:)``: round-robin over a tenant's available backends, skipping down,
 /// ejected and draining ones, avoiding the backend a retry excludes unless it is the only one left.
 @Suite("Worker backend selection")
 struct WorkerBackendSelectionTests {

@@ -51,7 +51,12 @@ private struct Harness {
     var logs: [AccessLogRecord] = []
     let routes: RouteSource
 
-    init(accessLog: Bool = false, maximumHeadBytes: Int = 8192, maximumHeaderCount: Int = 64) throws {
+    init(
+        accessLog: Bool = false,
+        maximumHeadBytes: Int = 8192,
+        maximumHeaderCount: Int = 64,
+        scheme: StaticString = "https"
+    ) throws {
         let settings = ProxyStateMachine.Settings(
             maximumHeadBytes: maximumHeadBytes,
             maximumHeaderCount: maximumHeaderCount,
@@ -60,7 +65,7 @@ private struct Harness {
             clientBodyTimeout: Timeout.clientBody,
             upstreamResponseTimeout: Timeout.upstreamResponse,
             tunnelIdleTimeout: Timeout.tunnelIdle,
-            client: HeadWriter.ClientInfo(address: clientAddress, scheme: "https"),
+            client: HeadWriter.ClientInfo(address: clientAddress, scheme: scheme),
             accessLog: accessLog
         )
         routes = try makeRoutes()
@@ -1455,8 +1460,8 @@ struct ProxyStateMachineTunnelCapTests {
 /// "pinned\0" + the address, fixed here so that a change of the hash (which would move every client of a fleet at
 /// once) cannot go unnoticed.
 private let pinnedCookie = [
-    "Set-Cookie: sb=9c415fbce48d0b2a; Path=/; HttpOnly; SameSite=Lax; Secure\r\n",
-    "Set-Cookie: sb=9c415ebce48d0977; Path=/; HttpOnly; SameSite=Lax; Secure\r\n",
+    "Set-Cookie: sb=9c415fbce48d0b2a; Path=/; HttpOnly; SameSite=Lax; Secure\r\nCache-Control: private\r\n",
+    "Set-Cookie: sb=9c415ebce48d0977; Path=/; HttpOnly; SameSite=Lax; Secure\r\nCache-Control: private\r\n",
 ]
 
 @Suite("Proxy state machine: sticky sessions")
@@ -1536,6 +1541,28 @@ struct ProxyStateMachineStickyTests {
         )
     }
 
+    @Test("over plain HTTP the cookie has no Secure; after a 100 Continue only the final answer carries it")
+    func plainHTTPAfterContinue() throws {
+        var h = try Harness(scheme: "http")
+        let request = "POST / HTTP/1.1\r\nHost: pinned.test\r\nContent-Length: 2\r\nExpect: 100-continue\r\n\r\n"
+        #expect(h.client(request) == ["acquire pinned"])
+        _ = h.attach(to: h.backend("pinned", 0))
+        let interim = "HTTP/1.1 100 Continue\r\n\r\n"
+        #expect(h.upstream(interim) == ["client " + interim])
+        _ = h.client("hi")
+        let line = "Set-Cookie: sb=9c415fbce48d0b2a; Path=/; HttpOnly; SameSite=Lax\r\nCache-Control: private\r\n"
+        #expect(h.upstream(ok) == ["client " + okWithCookie(line), "release reusable"])
+    }
+
+    @Test("a HEAD answer gets the cookie too, and no body is waited for")
+    func headRequest() throws {
+        var h = try Harness()
+        #expect(h.client("HEAD / HTTP/1.1\r\nHost: pinned.test\r\n\r\n") == ["acquire pinned"])
+        _ = h.attach(to: h.backend("pinned", 1))
+        let head = "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n"
+        #expect(h.upstream(head + "\r\n") == ["client " + head + pinnedCookie[1] + "\r\n", "release reusable"])
+    }
+
     @Test("tenants without sticky sessions neither read nor set the cookie")
     func notSticky() throws {
         var h = try Harness()
@@ -1579,21 +1606,38 @@ struct StickyCookieTests {
         )
         #expect(
             cookie.setCookieLine(forBackendAt: 0, secure: false)
-                == "Set-Cookie: route=9c415fbce48d0b2a; Path=/; HttpOnly; SameSite=Lax; Max-Age=3600\r\n"
+                == "Set-Cookie: route=9c415fbce48d0b2a; Path=/; HttpOnly; Max-Age=3600; SameSite=Lax\r\n"
+                + "Cache-Control: private\r\n"
         )
-        #expect(cookie.setCookieLine(forBackendAt: 0, secure: true).hasSuffix("; Max-Age=3600; Secure\r\n"))
+        #expect(
+            cookie.setCookieLine(forBackendAt: 0, secure: true)
+                .hasSuffix("; Max-Age=3600; SameSite=Lax; Secure\r\nCache-Control: private\r\n")
+        )
     }
 
-    @Test("the first Cookie field naming the cookie decides")
+    @Test("the first cookie of that name that names a current backend decides, across pairs and fields")
     func severalFields() {
         let cookie = StickyCookie(
             configuration: StickySessionConfiguration(cookie: "sb"),
             tenant: "pinned",
             backends: ["127.0.0.1:9001", "127.0.0.1:9002"]
         )
-        let text = "a=1" + "sb=9c415ebce48d0977" + "sb=9c415fbce48d0b2a"
-        let fields = [0..<3, 3..<22, 22..<41]
-        let index = Array(text.utf8).withUnsafeBytes { cookie.backendIndex(in: $0, fields: fields) }
-        #expect(index == 1)
+        func index(_ fields: String...) -> Int? {
+            let text = fields.joined()
+            var ranges: [Range<Int>] = []
+            var start = 0
+            for field in fields {
+                ranges.append(start..<(start + field.utf8.count))
+                start += field.utf8.count
+            }
+            return Array(text.utf8).withUnsafeBytes { cookie.backendIndex(in: $0, fields: ranges) }
+        }
+        #expect(index("a=1", "sb=9c415ebce48d0977", "sb=9c415fbce48d0b2a") == 1)
+        // Another cookie of the same name (the application's, an older balancer's) does not hide ours.
+        #expect(index("sb=legacy; sb=9c415fbce48d0b2a") == 0)
+        #expect(index("sb=legacy", "sb=0000000000000000; sb=9c415ebce48d0977") == 1)
+        #expect(index("sb=legacy; other=9c415ebce48d0977") == nil)
+        // Tabs are blanks too (RFC 6265 §5.2).
+        #expect(index("a=1;\tsb\t=\t9c415ebce48d0977\t; c=2") == 1)
     }
 }

@@ -15,8 +15,12 @@ import NIOCore
 public struct AdminAPI: Sendable {
     /// An answer: the HTTP status and a JSON body.
     public struct Response: Sendable, Equatable {
+        /// The HTTP status code.
         public var status: Int
+        /// JSON: the resource, or `{"error": "…"}`.
         public var body: Data
+        /// The methods the resource allows, for a 405's `Allow` field (RFC 9110 §15.5.6).
+        public var allow: String? = nil
     }
 
     private let routes: RouteSource
@@ -40,7 +44,7 @@ public struct AdminAPI: Sendable {
         case ("GET", "status") where segments.count == 1:
             return Self.json(200, StatusReport(routes: routes.current, connections: connections()))
         case (_, "status") where segments.count == 1:
-            return Self.error(405, "\(method) /status is not allowed; use GET")
+            return Self.error(405, "\(method) /status is not allowed; use GET", allow: "GET")
         case (_, "tenants") where segments.count >= 4 && segments[2] == "backends":
             return backendRequest(method: method, tenant: segments[1], backend: segments[3], action: segments[4...])
         default:
@@ -54,8 +58,7 @@ public struct AdminAPI: Sendable {
         backend address: String,
         action: ArraySlice<String>
     ) -> Response {
-        let table = routes.current
-        guard let tenant = table.tenants.first(where: { $0.name == name }) else {
+        guard let tenant = routes.current.tenants.first(where: { $0.name == name }) else {
             return Self.error(404, "no tenant '\(name)'; `switchyard status` lists the tenants")
         }
         guard let index = Self.backendIndex(of: address, in: tenant) else {
@@ -79,21 +82,18 @@ public struct AdminAPI: Sendable {
                 logger.notice("backend \(backend) of \(tenant.name): drain ended (admin API)")
             }
         case (_, nil, 0):
-            return Self.error(405, "\(method) is not allowed on a backend; use GET, or POST …/drain or …/undrain")
-        case (_, "drain", 1), (_, "undrain", 1):
-            return Self.error(405, "\(method) …/\(action.first ?? "") is not allowed; use POST")
-        default:
             return Self.error(
-                404,
-                "no such endpoint: \(method) \(([tenant.name, "backends", address] + action).joined(separator: "/"))"
+                405,
+                "\(method) is not allowed on a backend; use GET, or POST …/drain or …/undrain",
+                allow: "GET"
             )
+        case (_, "drain", 1), (_, "undrain", 1):
+            return Self.error(405, "\(method) …/\(action.first ?? "") is not allowed; use POST", allow: "POST")
+        default:
+            let path = "/" + (["tenants", tenant.name, "backends", address] + action).joined(separator: "/")
+            return Self.error(404, "no such endpoint: \(method) \(path)")
         }
-        let report = StatusReport(routes: table, connections: connections())
-        let tenantReport = report.tenants.first { $0.name == tenant.name }
-        guard let entry = tenantReport?.backends[index] else {
-            return Self.error(500, "the status of \(address) could not be read")
-        }
-        return Self.json(200, entry)
+        return Self.json(200, StatusReport.Backend(backend))
     }
 
     /// Finds a backend by the address `status` shows, or by an equivalent IP literal (`::1` written another way).
@@ -115,7 +115,9 @@ public struct AdminAPI: Sendable {
         return Response(status: status, body: body)
     }
 
-    private static func error(_ status: Int, _ message: String) -> Response {
-        json(status, ["error": message])
+    private static func error(_ status: Int, _ message: String, allow: String? = nil) -> Response {
+        var response = json(status, ["error": message])
+        response.allow = allow
+        return response
     }
 }

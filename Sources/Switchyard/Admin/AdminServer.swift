@@ -15,6 +15,9 @@ public final class AdminServer: Service {
     private let logger: Logger
     private let api: AdminAPI
 
+    /// - Parameters:
+    ///   - path: the unix socket to listen on; its directory is created if missing.
+    ///   - api: answers the requests.
     public init(path: String, group: EventLoopGroup, logger: Logger, api: AdminAPI) {
         self.path = path
         self.group = group
@@ -130,6 +133,9 @@ private final class AdminHandler: ChannelInboundHandler {
             var headers = HTTPHeaders()
             headers.add(name: "Content-Type", value: "application/json")
             headers.add(name: "Content-Length", value: String(body.count))
+            if let allow = response.allow {
+                headers.add(name: "Allow", value: allow)
+            }
             context.write(
                 wrapOutboundOut(.head(HTTPResponseHead(version: head.version, status: code, headers: headers))),
                 promise: nil

@@ -4,14 +4,43 @@ import NIOCore
 /// What `switchyard status` shows: every tenant with its backends' health and load, and the open connections and
 /// tunnels. Built from the live route table; encoded as JSON by the admin API.
 public struct StatusReport: Codable, Sendable, Equatable {
+    /// One backend of a tenant.
     public struct Backend: Codable, Sendable, Equatable {
+        /// `HOST:PORT` as written in the configuration.
         public var address: String
-        /// `up`, `down` (active checks), `ejected` (passive) or `draining`.
+        /// Whether it gets new requests: `up`, `down` (active checks), `ejected` (passive checks) or `draining`.
         public var state: String
+        /// Its health regardless of a drain: `up`, `down` or `ejected`.
+        public var health: String
         /// Requests and tunnels using the backend now.
         public var connections: Int
         /// The latest active health check; `nil` before the first one.
         public var lastCheck: Check?
+
+        /// The status of `backend` now.
+        public init(_ backend: Switchyard.Backend, now: NIODeadline = .now(), date: Date = Date()) {
+            let status = backend.status
+            if !status.isActivelyUp {
+                health = "down"
+            } else if status.isEjected(now: now) {
+                health = "ejected"
+            } else {
+                health = "up"
+            }
+            address = backend.description
+            state = status.isDraining ? "draining" : health
+            connections = status.connections
+            lastCheck = status.lastCheck.map { check in
+                var error: String?
+                if case .failure(let reason) = check.result { error = reason }
+                return Check(
+                    at: check.at.formatted(.iso8601),
+                    secondsAgo: max(0, (date.timeIntervalSince(check.at) * 10).rounded() / 10),
+                    ok: error == nil,
+                    error: error
+                )
+            }
+        }
     }
 
     /// One active health check's outcome.
@@ -20,11 +49,13 @@ public struct StatusReport: Codable, Sendable, Equatable {
         public var at: String
         /// Seconds between the check and the report.
         public var secondsAgo: Double
+        /// Whether the check passed.
         public var ok: Bool
         /// Why it failed (`connection refused`, `status 500`, `timed out after 2s`…).
         public var error: String?
     }
 
+    /// One tenant.
     public struct Tenant: Codable, Sendable, Equatable {
         public var name: String
         public var domains: [String]
@@ -41,40 +72,11 @@ public struct StatusReport: Codable, Sendable, Equatable {
     /// The report for the current routes.
     public init(routes: RouteTable, connections: Int, now: NIODeadline = .now(), date: Date = Date()) {
         self.connections = connections
-        let formatter = ISO8601DateFormatter()
         self.tenants = routes.tenants.map { tenant in
             Tenant(
                 name: tenant.name,
                 domains: tenant.domains,
-                backends: tenant.backends.map { backend in
-                    let status = backend.status
-                    let state: String
-                    if status.isDraining {
-                        state = "draining"
-                    } else if !status.isActivelyUp {
-                        state = "down"
-                    } else if status.isEjected(now: now) {
-                        state = "ejected"
-                    } else {
-                        state = "up"
-                    }
-                    let check = status.lastCheck.map { check in
-                        var error: String?
-                        if case .failure(let reason) = check.result { error = reason }
-                        return Check(
-                            at: formatter.string(from: check.at),
-                            secondsAgo: max(0, (date.timeIntervalSince(check.at) * 10).rounded() / 10),
-                            ok: error == nil,
-                            error: error
-                        )
-                    }
-                    return Backend(
-                        address: backend.description,
-                        state: state,
-                        connections: status.connections,
-                        lastCheck: check
-                    )
-                },
+                backends: tenant.backends.map { Backend($0, now: now, date: date) },
                 tunnels: tenant.tunnels.current,
                 maxTunnels: tenant.tunnels.limit
             )
@@ -89,7 +91,11 @@ public struct StatusReport: Codable, Sendable, Equatable {
                 "\(tenant.name)  \(tenant.domains.joined(separator: ", "))  tunnels \(tenant.tunnels)/\(tenant.maxTunnels)"
             )
             for backend in tenant.backends {
-                var line = "    \(backend.address)  \(backend.state)  connections \(backend.connections)"
+                // A drain shows the health under it only when that is bad news too.
+                let state =
+                    backend.state == backend.health || backend.health == "up"
+                    ? backend.state : "\(backend.state) (\(backend.health))"
+                var line = "    \(backend.address)  \(state)  connections \(backend.connections)"
                 if let check = backend.lastCheck {
                     line += "  last check \(check.ok ? "ok" : "failed") \(check.secondsAgo)s ago"
                     if let error = check.error { line += ": \(error)" }

@@ -164,6 +164,10 @@ public struct TenantConfiguration: Sendable, Equatable {
     public var backends: [SocketAddress]
     /// Weights of backends (`HOST:PORT weight=N`); a backend not listed weighs 1.
     public var weights: [SocketAddress: Int] = [:]
+    /// Each backend's `HOST:PORT` as written in the file (a host name stays a name): how logs, status and the admin
+    /// API name it, and what its sticky-session cookie is derived from. A backend not listed is named by its
+    /// address.
+    public var backendNames: [SocketAddress: String] = [:]
     /// The tenant's own certificate, chosen by SNI; the default one otherwise.
     public var tls: Configuration.TLSFiles?
     /// Active health check settings; `nil` keeps the defaults.
@@ -220,12 +224,39 @@ public struct StickySessionConfiguration: Sendable, Equatable {
 
     /// The cookie's name (an RFC 6265 token).
     public var cookie: String
-    /// The cookie's `Max-Age`; `nil` for a session cookie, which browsers drop when they close.
+    /// The cookie's `Max-Age`, counted from when it is set (it is not renewed while the client stays on its
+    /// backend); `nil` for a session cookie, which browsers drop when they close.
     public var maxAge: TimeAmount?
+    /// The cookie's `SameSite` attribute.
+    public var sameSite: SameSite
 
-    public init(cookie: String = StickySessionConfiguration.defaultCookie, maxAge: TimeAmount? = nil) {
+    /// `SameSite` (RFC 6265bis): whether browsers send the cookie on requests started by other sites.
+    public enum SameSite: String, Sendable, Equatable, CaseIterable {
+        /// On top-level navigations from other sites, not on their POSTs or embedded requests (the default).
+        case lax
+        /// Never from other sites.
+        case strict
+        /// Always, for flows that POST back from another site (SAML, OpenID Connect `form_post`, payment returns);
+        /// browsers require `Secure` with it, so plain-HTTP answers leave the attribute out.
+        case none
+
+        var attribute: String {
+            switch self {
+            case .lax: return "Lax"
+            case .strict: return "Strict"
+            case .none: return "None"
+            }
+        }
+    }
+
+    public init(
+        cookie: String = StickySessionConfiguration.defaultCookie,
+        maxAge: TimeAmount? = nil,
+        sameSite: SameSite = .lax
+    ) {
         self.cookie = cookie
         self.maxAge = maxAge
+        self.sameSite = sameSite
     }
 }
 

@@ -80,7 +80,7 @@ public enum ConfigurationLoader {
             "name", "domains", "backends", "certificate", "key", "health", "balance", "https_redirect", "tunnel_idle",
             "max_tunnels", "sticky",
         ]
-        static let sticky = ["cookie", "max_age"]
+        static let sticky = ["cookie", "max_age", "same_site"]
         static let health = ["path", "host", "status", "interval", "timeout", "rise", "fall"]
     }
 
@@ -376,6 +376,7 @@ public enum ConfigurationLoader {
         let backendsNode = try mapping.required("backends", expected: "a list of HOST:PORT backend addresses")
         var backends: [(address: SocketAddress, path: String)] = []
         var weights: [SocketAddress: Int] = [:]
+        var names: [SocketAddress: String] = [:]
         for (text, item) in try backendsNode.stringList(
             allowingSingle: false,
             listDescription: "a list of HOST:PORT addresses",
@@ -396,6 +397,7 @@ public enum ConfigurationLoader {
                 throw item.error("'\(text)' is the same backend as \(earlier.path) (\(address))")
             }
             backends.append((address, item.path))
+            names[address] = words.first.map(String.init) ?? text
         }
         guard !backends.isEmpty else {
             throw backendsNode.error("must list at least one HOST:PORT backend (e.g. [\"10.0.0.5:8080\"])")
@@ -430,6 +432,7 @@ public enum ConfigurationLoader {
             health: health
         )
         tenant.weights = weights
+        tenant.backendNames = names
         if let node = mapping["balance"] {
             let expected = BalancingAlgorithm.allCases.map(\.rawValue).joined(separator: " or ")
             let text = try node.nonEmptyString(expected: expected)
@@ -449,6 +452,14 @@ public enum ConfigurationLoader {
         }
         if let node = mapping["sticky"] {
             tenant.sticky = try Self.sticky(node)
+            if let sticky = tenant.sticky, sticky.cookie.hasPrefix("__Secure-") || sticky.cookie.hasPrefix("__Host-"),
+                !tenant.httpsRedirect
+            {
+                throw node.error(
+                    "the cookie '\(sticky.cookie)' can only be set over HTTPS (browsers refuse __Secure- and __Host- "
+                        + "cookies without Secure); set https_redirect: true for this tenant, or choose another name"
+                )
+            }
         }
         return (tenant, nameNode, domainNodes)
     }
@@ -489,7 +500,7 @@ public enum ConfigurationLoader {
         }
     }
 
-    /// `sticky: true`, or `sticky: { cookie: NAME, max_age: 1h }`.
+    /// `sticky: true`, or `sticky: { cookie: NAME, max_age: 1h, same_site: lax }`.
     private static func sticky(_ node: ConfigurationNode) throws(ConfigurationError) -> StickySessionConfiguration? {
         if case .scalar = node.node {
             return try node.bool() ? StickySessionConfiguration() : nil
@@ -509,10 +520,20 @@ public enum ConfigurationLoader {
         }
         if let maxAge = mapping["max_age"] {
             let duration = try maxAge.positiveDuration()
-            guard duration >= .seconds(1) else {
-                throw maxAge.error("must be at least 1s (cookies count their age in whole seconds)")
+            guard duration >= .seconds(1), duration.nanoseconds % 1_000_000_000 == 0 else {
+                throw maxAge.error(
+                    "must be a whole number of seconds, at least 1s (cookies count their age in seconds)"
+                )
             }
             sticky.maxAge = duration
+        }
+        if let sameSite = mapping["same_site"] {
+            let expected = StickySessionConfiguration.SameSite.allCases.map(\.rawValue).joined(separator: ", ")
+            let text = try sameSite.nonEmptyString(expected: expected)
+            guard let value = StickySessionConfiguration.SameSite(rawValue: text) else {
+                throw sameSite.error("'\(text)' is not a SameSite value; expected \(expected)")
+            }
+            sticky.sameSite = value
         }
         return sticky
     }

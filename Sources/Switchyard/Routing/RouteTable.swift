@@ -104,7 +104,13 @@ extension RouteTable {
             return Tenant(
                 name: tenant.name,
                 domains: tenant.domains,
-                backends: tenant.backends.map { backends[tenant.name]?[$0] ?? Backend(address: $0) },
+                backends: tenant.backends.map { address in
+                    let name = tenant.backendNames[address]
+                    if let kept = backends[tenant.name]?[address], kept.description == name ?? Backend.format(address) {
+                        return kept
+                    }
+                    return Backend(address: address, description: name)
+                },
                 health: tenant.health ?? HealthCheckConfiguration(),
                 balance: tenant.balance,
                 weights: tenant.backends.map { tenant.weights[$0] ?? 1 },

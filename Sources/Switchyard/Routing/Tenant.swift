@@ -88,7 +88,8 @@ public final class TunnelGauge: Sendable {
 public final class Backend: Sendable, CustomStringConvertible {
     /// The address connected to.
     public let address: SocketAddress
-    /// `HOST:PORT` as written by the operator; used in logs.
+    /// `HOST:PORT` as written by the operator (see ``TenantConfiguration/backendNames``): its name in logs, status
+    /// and the admin API, and the source of its sticky-session cookie.
     public let description: String
     /// Health as the data path sees it; kept by the same backend across reloads.
     public let status: BackendStatus
