@@ -314,6 +314,39 @@ struct ConfigurationLoaderTests {
         #expect(configuration.tenants[0].sticky == expected)
     }
 
+    @Test("backends are named as written: a host name stays a name, in status and in the sticky cookie")
+    func backendNames() throws {
+        let yaml = """
+            tenants:
+              - name: shop
+                domains: [shop.test]
+                backends: ["localhost:9001 weight=2", "127.0.0.1:9002"]
+                sticky: true
+            """
+        let configuration = try parse(yaml)
+        let table = try RouteTable(configuration: configuration)
+        let backends = try #require(table.tenants.first?.backends)
+        #expect(backends.map(\.description) == ["localhost:9001", "127.0.0.1:9002"])
+        #expect(
+            table.tenants.first?.sticky?.identifiers
+                == [
+                    StickyCookie.identifier(tenant: "shop", backend: "localhost:9001"),
+                    StickyCookie.identifier(tenant: "shop", backend: "127.0.0.1:9002"),
+                ]
+        )
+        // A reload keeps a backend whose name and address are unchanged; a new name for the same address is a new
+        // backend (its cookie changes with it).
+        let same = try RouteTable(configuration: configuration, previous: table)
+        #expect(same.tenants.first?.backends.first === backends[0])
+        let renamed = try RouteTable(
+            configuration: try parse(yaml.replacingOccurrences(of: "localhost:9001", with: "127.0.0.1:9001")),
+            previous: table
+        )
+        #expect(renamed.tenants.first?.backends.first !== backends[0])
+        #expect(renamed.tenants.first?.backends.first?.description == "127.0.0.1:9001")
+        #expect(renamed.tenants.first?.backends.last === backends[1])
+    }
+
     @Test func stickyIsOffByDefault() throws {
         #expect(try parse(validTenant).tenants[0].sticky == nil)
         #expect(StickySessionConfiguration().cookie == "switchyard_backend")
