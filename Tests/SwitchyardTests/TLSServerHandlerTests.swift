@@ -556,6 +556,16 @@ struct TLSServerHandlerTests {
         #expect(second.recorder.handshakes.first?.serverName == "demo.localhost")
         #expect(second.errorQueueLeftovers.isEmpty)
 
+        // TLS 1.3 tickets are used once: the resumed connection brings a new one, which resumes the next.
+        #expect(!secondClient.read().failed)
+        let renewed = try #require(secondClient.takeSession())
+        #expect(!renewed.ticket.isEmpty)
+        #expect(renewed.ticket != session.ticket, "the resumed connection brought no new ticket")
+        let chained = try Harness(store: store)
+        let chainedClient = try Self.client(session: renewed)
+        #expect(try chained.pump(chainedClient) == .done, "client: \(chainedClient.errors)")
+        #expect(chainedClient.sessionReused)
+
         // Same certificate, other ring (a restart): the ticket cannot be decrypted, a full handshake follows.
         let third = try Harness(store: try Self.defaultStore())
         let thirdClient = try Self.client(session: session)

@@ -35,6 +35,15 @@ final class InProcessTLSClient {
         deinit {
             SSL_SESSION_free(pointer)
         }
+
+        /// The session ticket the server sent, empty when there is none.
+        var ticket: [UInt8] {
+            var bytes: UnsafePointer<UInt8>?
+            var count = 0
+            SSL_SESSION_get0_ticket(pointer, &bytes, &count)
+            guard let bytes else { return [] }
+            return Array(UnsafeBufferPointer(start: bytes, count: count))
+        }
     }
 
     struct Failure: Error, CustomStringConvertible {
