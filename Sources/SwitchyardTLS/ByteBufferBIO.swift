@@ -35,7 +35,7 @@ enum ByteBufferBIO {
         ) -> Int32 = { bio, data, length, written in
             c_openssl_BIO_clear_retry_flags(bio)
             guard let connection = connection(bio), let data else { return 0 }
-            connection.outbound.writeBytes(UnsafeRawBufferPointer(start: data, count: length))
+            connection.appendCiphertext(UnsafeRawBufferPointer(start: data, count: length))
             written?.pointee = length
             return 1
         }

@@ -17,7 +17,11 @@ final class TLSConnection {
     /// Ciphertext received and not yet consumed by OpenSSL.
     private var inbound: ByteBuffer?
     /// Ciphertext OpenSSL produced, waiting to be written to the network.
-    var outbound: ByteBuffer
+    private var outbound: ByteBuffer
+    private let allocator: ByteBufferAllocator
+    /// A drained outbound buffer larger than this is dropped rather than kept for the next write, so that a
+    /// connection that once sent a large body does not hold its buffer while idle.
+    private static let retainedOutboundCapacity = 32 * 1024
 
     init(store: CertificateStore, allocator: ByteBufferAllocator) throws(TLSError) {
         OpenSSLErrorQueue.clear()
@@ -34,6 +38,7 @@ final class TLSConnection {
         self.ssl = ssl
         self.store = store
         self.context = store.defaultContext
+        self.allocator = allocator
         self.outbound = allocator.buffer(capacity: 0)
         let unretained = Unmanaged.passUnretained(self).toOpaque()
         BIO_set_data(bio, unretained)
@@ -70,6 +75,12 @@ final class TLSConnection {
         inbound?.readableBytes ?? 0
     }
 
+    /// At most how much plaintext reads can return now: what OpenSSL holds of the current record plus the
+    /// ciphertext not yet given to it (a record's plaintext is never longer than its ciphertext).
+    var readablePlaintextBound: Int {
+        Int(SSL_pending(ssl)) + pendingCiphertext
+    }
+
     /// Copies buffered ciphertext into OpenSSL's buffer; called by the BIO.
     func readCiphertext(into destination: UnsafeMutableRawBufferPointer) -> Int {
         guard var buffer = inbound, buffer.readableBytes > 0, let base = destination.baseAddress else { return 0 }
@@ -84,12 +95,23 @@ final class TLSConnection {
         return count
     }
 
+    /// Appends ciphertext OpenSSL produced; called by the BIO.
+    ///
+    /// The buffer is reused from one write to the next: once the channel has written (and let go of) the slice
+    /// taken last, clearing it costs nothing, where a new buffer per write cost an allocation per response.
+    func appendCiphertext(_ bytes: UnsafeRawBufferPointer) {
+        if outbound.readableBytes == 0,
+            outbound.capacity > Self.retainedOutboundCapacity || outbound.modifyIfUniquelyOwned({ $0.clear() }) == nil
+        {
+            outbound = allocator.buffer(capacity: bytes.count)
+        }
+        outbound.writeBytes(bytes)
+    }
+
     /// Takes the ciphertext produced so far.
     func takeOutbound() -> ByteBuffer? {
         guard outbound.readableBytes > 0 else { return nil }
-        let taken = outbound
-        outbound.clear()
-        return taken
+        return outbound.readSlice(length: outbound.readableBytes)
     }
 }
 

@@ -151,7 +151,11 @@ public final class TLSServerHandler: ChannelDuplexHandler, RemovableChannelHandl
 
     private func readPlaintext(context: ChannelHandlerContext) {
         guard let connection else { return }
-        var plaintext = context.channel.allocator.buffer(capacity: Self.readChunk)
+        // Plaintext is never longer than the ciphertext it came in, so a small request gets a small buffer (a
+        // cheaper allocation than a record's worth, and less memory held by whoever keeps it); longer input fills
+        // one buffer after another.
+        let expected = min(Self.readChunk, max(connection.readablePlaintextBound, 512))
+        var plaintext = context.channel.allocator.buffer(capacity: expected)
         var closeNotify = false
         var failure: TLSError?
         OpenSSLErrorQueue.clear()
@@ -164,7 +168,9 @@ public final class TLSServerHandler: ChannelDuplexHandler, RemovableChannelHandl
             if result > 0 {
                 if plaintext.writableBytes == 0 {
                     context.fireChannelRead(wrapInboundOut(plaintext))
-                    plaintext = context.channel.allocator.buffer(capacity: Self.readChunk)
+                    plaintext = context.channel.allocator.buffer(
+                        capacity: min(Self.readChunk, max(connection.readablePlaintextBound, 512))
+                    )
                 }
                 continue
             }

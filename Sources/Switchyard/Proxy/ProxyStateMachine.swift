@@ -130,6 +130,10 @@ struct ProxyStateMachine {
     private var tunnelSlot: TunnelGauge?
     /// Idle timeout of the current tunnel (the tenant's, else the server's).
     private var tunnelIdleTimeout: TimeAmount
+    /// The buffer the last forwarded head was written into, reused for the next one: by then the channel has
+    /// written it and the exchange let go of it, so clearing it costs nothing where a new buffer cost an allocation
+    /// per request. Dropped when the connection becomes a tunnel, which sends no more heads.
+    private var headBuffer: ByteBuffer?
     private var actions: [Action] = []
     private var nextAction = 0
 
@@ -593,8 +597,8 @@ struct ProxyStateMachine {
             exchange.stickyBackend = index.map { tenant.backends[$0] }
         }
 
-        var upstreamHead = ByteBuffer()
-        upstreamHead.reserveCapacity(head.end - head.start + 256)
+        var upstreamHead = headBuffer.take() ?? ByteBuffer()
+        upstreamHead.clear(minimumCapacity: head.end - head.start + 256)
         buffer.withUnsafeReadableBytes { bytes in
             HeadWriter.writeRequest(
                 bytes,
@@ -625,6 +629,7 @@ struct ProxyStateMachine {
         }
         inbound = buffer.readableBytes > 0 ? buffer : nil
         exchange.upstreamHead = upstreamHead
+        headBuffer = upstreamHead
         self.exchange = exchange
         state = .connecting
         clientDeadline = nil
@@ -871,6 +876,7 @@ struct ProxyStateMachine {
     private mutating func enterTunnel(now: NIODeadline) {
         state = .tunnel
         upstreamDeadline = nil
+        headBuffer = nil
         tunnelIdleTimeout = exchange?.tenant?.tunnelIdle ?? settings.tunnelIdleTimeout
         clientDeadline = now + tunnelIdleTimeout
         exchange = nil
