@@ -1563,6 +1563,23 @@ struct ProxyStateMachineStickyTests {
         #expect(h.upstream(head + "\r\n") == ["client " + head + pinnedCookie[1] + "\r\n", "release reusable"])
     }
 
+    @Test("a WebSocket upgrade without the cookie gets it in the 101, which keeps its upgrade fields")
+    func upgradeGetsCookie() throws {
+        var h = try Harness()
+        let upgrade = "GET /ws HTTP/1.1\r\nHost: pinned.test\r\nConnection: upgrade\r\nUpgrade: websocket\r\n\r\n"
+        #expect(h.client(upgrade) == ["acquire pinned fresh"])
+        _ = h.attach(to: h.backend("pinned", 1))
+        let switching = "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: upgrade\r\n"
+        #expect(h.upstream(switching + "\r\nframe") == ["client " + switching + pinnedCookie[1] + "\r\nframe"])
+        #expect(h.state == .tunnel)
+        // With the cookie, the 101 goes through untouched.
+        var pinned = try Harness()
+        let withCookie = upgrade.replacingOccurrences(of: "\r\n\r\n", with: "\r\nCookie: sb=9c415ebce48d0977\r\n\r\n")
+        #expect(pinned.client(withCookie) == ["acquire pinned fresh prefer 127.0.0.1:9002"])
+        _ = pinned.attach(to: pinned.backend("pinned", 1))
+        #expect(pinned.upstream(switching + "\r\n") == ["client " + switching + "\r\n"])
+    }
+
     @Test("tenants without sticky sessions neither read nor set the cookie")
     func notSticky() throws {
         var h = try Harness()

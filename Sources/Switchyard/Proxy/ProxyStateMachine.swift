@@ -750,8 +750,25 @@ struct ProxyStateMachine {
                             return
                         }
                         exchange.status = 101
+                        if let setCookie = exchange.setCookie {
+                            // Pin the client here too (browsers take cookies from a WebSocket handshake's answer).
+                            // The head keeps its Connection and Upgrade fields: only the cookie goes in before its
+                            // end.
+                            var output = ByteBuffer()
+                            output.reserveCapacity(head.end + setCookie.utf8.count)
+                            buffer.withUnsafeReadableBytes { bytes in
+                                output.writeBytes(UnsafeRawBufferPointer(rebasing: bytes[..<(head.end - 2)]))
+                            }
+                            output.writeString(setCookie)
+                            output.writeStaticString("\r\n")
+                            buffer.moveReaderIndex(forwardBy: head.end)
+                            exchange.bytesToClient += output.readableBytes
+                            queue(.writeClient(output))
+                        }
                         exchange.bytesToClient += buffer.readableBytes
-                        queue(.writeClient(buffer))
+                        if buffer.readableBytes > 0 {
+                            queue(.writeClient(buffer))
+                        }
                         self.exchange = exchange
                         log(exchange, now: now)
                         enterTunnel(now: now)
