@@ -78,6 +78,56 @@ struct DrainIntegrationTests {
         await second.stop()
     }
 
+    @Test(
+        "a backend marked drain in the file gets nothing; undrain is refused; a reload without the mark brings it back"
+    )
+    func drainInConfiguration() async throws {
+        let first = try await TestBackend.start(name: "first")
+        let second = try await TestBackend.start(name: "second")
+        let port = try ExternalProcess.freePort()
+        let path = NSTemporaryDirectory() + "drain-file-\(UUID().uuidString).yaml"
+        func write(drain: Bool) throws {
+            try """
+            listen:
+              http: ["127.0.0.1:\(port)"]
+            tenants:
+              - name: shop
+                domains: ["shop.test"]
+                backends: ["127.0.0.1:\(first.port)\(drain ? " drain" : "")", "127.0.0.1:\(second.port)"]
+            """.write(toFile: path, atomically: true, encoding: .utf8)
+        }
+        try write(drain: true)
+        defer { try? FileManager.default.removeItem(atPath: path) }
+        let process = try SwitchyardProcess(arguments: ["serve", "--config", path])
+        defer { process.stop() }
+        #expect(process.waitUntilListening(port: port), "\(process.log)")
+        let url = "http://127.0.0.1:\(port)/"
+        func admin(_ arguments: [String]) throws -> ExternalProcess.Output {
+            try ExternalProcess.run(ExternalProcess.switchyardBinary, arguments + ["--admin", process.adminPath])
+        }
+
+        for _ in 0..<10 {
+            #expect(try ExternalProcess.curl(["-H", "Host: shop.test", url]).stdout == "second")
+        }
+        #expect(first.requests.isEmpty)
+        let undrain = try admin(["backends", "undrain", "shop", "127.0.0.1:\(first.port)"])
+        #expect(undrain.status == 1)
+        #expect(undrain.stderr.contains("is marked drain in the configuration file"), "\(undrain.stderr)")
+        let json = try admin(["status", "--json"])
+        #expect(json.stdout.contains("\"configuration\""), "\(json.stdout)")
+
+        try write(drain: false)
+        kill(process.pid, SIGHUP)
+        var names: Set<String> = []
+        for _ in 0..<50 where names.count < 2 {
+            names.insert(try ExternalProcess.curl(["-H", "Host: shop.test", url]).stdout)
+            if names.count < 2 { try await Task.sleep(for: .milliseconds(50)) }
+        }
+        #expect(names == ["first", "second"])
+        await first.stop()
+        await second.stop()
+    }
+
     @Test("drain names what is wrong: an unknown tenant or backend, a bad --timeout; nothing changes")
     func drainErrors() async throws {
         let backend = try await TestBackend.start()

@@ -58,6 +58,26 @@ struct AdminAPITests {
         #expect(api.respond(method: "POST", path: "/tenants/shop/backends/127.0.0.1:9001/undrain").status == 200)
     }
 
+    @Test("a backend marked drain in the file cannot be undrained through the API; status says who drained it")
+    func drainedInConfiguration() throws {
+        first.status.isDrainedInConfiguration = true
+        defer { first.status.isDrainedInConfiguration = false }
+        let shown = api.respond(method: "GET", path: "/tenants/shop/backends/127.0.0.1:9001")
+        #expect(try json(shown)["state"] as? String == "draining")
+        #expect(try json(shown)["drainedBy"] as? [String] == ["configuration"])
+        let drained = api.respond(method: "POST", path: "/tenants/shop/backends/127.0.0.1:9001/drain")
+        #expect(try json(drained)["drainedBy"] as? [String] == ["admin", "configuration"])
+        let refused = api.respond(method: "POST", path: "/tenants/shop/backends/127.0.0.1:9001/undrain")
+        #expect(refused.status == 409)
+        #expect(
+            try json(refused)["error"] as? String
+                == "backend 127.0.0.1:9001 of shop is marked drain in the configuration file; remove the mark there "
+                + "and reload (SIGHUP)"
+        )
+        #expect(first.status.isDrainedByOperator)
+        first.status.isDrainedByOperator = false
+    }
+
     @Test("a backend is found by the address status shows, percent-encoded or not, or an equal IP literal")
     func backendNames() throws {
         for path in ["[::1]:9002", "%5B%3A%3A1%5D%3A9002", "[0:0:0:0:0:0:0:1]:9002"] {
@@ -118,7 +138,7 @@ struct AdminAPITests {
         #expect(report.text.contains("[::1]:9002  up  connections 0  last check failed 2.5s ago: connection refused"))
         // A drain does not hide the health.
         second.status.setActivelyUp(false)
-        second.status.isDraining = true
+        second.status.isDrainedByOperator = true
         let drained = StatusReport(routes: try RouteTable(tenants: [shop]), connections: 0, date: checked)
         #expect(drained.tenants.first?.backends[1].state == "draining")
         #expect(drained.tenants.first?.backends[1].health == "down")

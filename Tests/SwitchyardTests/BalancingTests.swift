@@ -124,7 +124,7 @@ struct BalancingTests {
                 file: "t.yaml"
             )
         } throws: { error in
-            "\(error)".contains("HOST:PORT weight=N with N from 1 to 1000")
+            "\(error)".contains("is not HOST:PORT [weight=N] [drain] (N from 1 to 1000")
         }
     }
 
@@ -139,7 +139,7 @@ struct BalancingTests {
             case .down:
                 status.setActivelyUp(false)
             case .draining:
-                status.isDraining = true
+                status.isDrainedByOperator = true
             case .ejected:
                 let now = NIODeadline.now()
                 for _ in 0..<BackendStatus.PassiveEjection.threshold { _ = status.recordFailure(now: now) }
@@ -152,7 +152,7 @@ struct BalancingTests {
                 // An `up` verdict of the active checks also ends an ejection.
                 status.setActivelyUp(true)
             case .draining:
-                status.isDraining = false
+                status.isDrainedByOperator = false
             }
         }
     }
@@ -207,7 +207,7 @@ struct BalancingTests {
         backends[2].status.setActivelyUp(false)
         #expect(pick(worker, tenant, preferring: backends[0], excluding: backends[0]) == 0)
         // Nothing available at all.
-        backends[0].status.isDraining = true
+        backends[0].status.isDrainedByOperator = true
         #expect(pick(worker, tenant, preferring: backends[0]) == nil)
     }
 
@@ -235,7 +235,7 @@ struct BalancingTests {
         for _ in 0..<3 { backends[0].status.connectionOpened() }
         #expect(pick(worker, tenant) == 1)
         #expect(pick(worker, tenant, preferring: backends[0]) == 0)
-        backends[0].status.isDraining = true
+        backends[0].status.isDrainedByOperator = true
         #expect(pick(worker, tenant, preferring: backends[0]) == 1)
     }
 }

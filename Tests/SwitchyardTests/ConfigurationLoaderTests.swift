@@ -347,6 +347,58 @@ struct ConfigurationLoaderTests {
         #expect(renamed.tenants.first?.backends.last === backends[1])
     }
 
+    @Test("`drain` after a backend takes it out of rotation when the table is published, and follows reloads")
+    func drainMarks() throws {
+        let yaml = """
+            tenants:
+              - name: shop
+                domains: [shop.test]
+                backends: ["10.0.0.5:8080 drain", "10.0.0.6:8080 weight=2 drain", "10.0.0.7:8080  drain  weight=3"]
+              - name: blog
+                domains: [blog.test]
+                backends: ["10.0.0.8:8080"]
+            """
+        let configuration = try parse(yaml)
+        let table = try RouteTable(configuration: configuration)
+        let shop = try #require(table.tenants.first)
+        #expect(shop.drained == [true, true, true])
+        #expect(shop.weights == [1, 2, 3])
+        #expect(table.tenants.last?.drained == [false])
+        // Building a table changes nothing (a reload may still be refused); publishing it does.
+        #expect(!shop.backends[0].status.isDraining)
+        let routes = RouteSource(table)
+        #expect(shop.backends.allSatisfy { $0.status.isDrainedInConfiguration && $0.status.isDraining })
+        #expect(!shop.backends[0].status.isDrainedByOperator)
+
+        // The mark removed from one backend: that backend, kept across the reload, is back once published.
+        let reloaded = try RouteTable(
+            configuration: try parse(yaml.replacingOccurrences(of: "10.0.0.5:8080 drain", with: "10.0.0.5:8080")),
+            previous: table
+        )
+        #expect(reloaded.tenants.first?.backends.first === shop.backends[0])
+        #expect(shop.backends[0].status.isDraining)
+        routes.publish(reloaded)
+        #expect(!shop.backends[0].status.isDraining)
+        #expect(shop.backends[1].status.isDraining)
+    }
+
+    @Test(
+        "a backend's words after HOST:PORT are weight=N and drain, each once",
+        arguments: ["10.0.0.5:8080 drain drain", "10.0.0.5:8080 weight=1 weight=2", "10.0.0.5:8080 down"]
+    )
+    func badBackendWords(text: String) throws {
+        let error = try refusal(
+            """
+            tenants:
+              - name: shop
+                domains: [shop.test]
+                backends: ["\(text)"]
+            """
+        )
+        #expect(error.key == "tenants[0].backends[0]")
+        #expect(error.reason.hasPrefix("'\(text)' is not HOST:PORT [weight=N] [drain] (N from 1 to 1000; '"))
+    }
+
     @Test func stickyIsOffByDefault() throws {
         #expect(try parse(validTenant).tenants[0].sticky == nil)
         #expect(StickySessionConfiguration().cookie == "switchyard_backend")

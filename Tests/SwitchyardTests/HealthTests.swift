@@ -107,12 +107,12 @@ struct BackendStatusTests {
     @Test("a draining backend is unavailable, whatever its health")
     func draining() {
         let status = BackendStatus()
-        status.isDraining = true
+        status.isDrainedByOperator = true
         #expect(status.isDraining)
         #expect(!status.isAvailable(now: start))
         status.setActivelyUp(true)
         #expect(!status.isAvailable(now: start))
-        status.isDraining = false
+        status.isDrainedByOperator = false
         #expect(status.isAvailable(now: start))
     }
 
@@ -249,7 +249,7 @@ struct WorkerBackendSelectionTests {
     func skipsUnavailable() {
         backends[1].status.setActivelyUp(false)
         #expect(picks(4) == [1, 3, 1, 3])
-        backends[2].status.isDraining = true
+        backends[2].status.isDrainedByOperator = true
         #expect(picks(3) == [1, 1, 1])
         backends[1].status.setActivelyUp(true)
         for _ in 0..<3 { _ = backends[0].status.recordFailure(now: now) }
@@ -266,7 +266,7 @@ struct WorkerBackendSelectionTests {
     @Test("the excluded backend is returned when it is the only available one")
     func excludedWhenOnlyOne() {
         backends[1].status.setActivelyUp(false)
-        backends[2].status.isDraining = true
+        backends[2].status.isDrainedByOperator = true
         #expect(picks(2, excluding: backends[0]) == [1, 1])
     }
 

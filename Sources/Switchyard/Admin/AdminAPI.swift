@@ -70,15 +70,22 @@ public struct AdminAPI: Sendable {
         case ("GET", nil, 0):
             break
         case ("POST", "drain", 1):
-            if !backend.status.isDraining {
-                backend.status.isDraining = true
+            if !backend.status.isDrainedByOperator {
+                backend.status.isDrainedByOperator = true
                 logger.notice(
                     "backend \(backend) of \(tenant.name): draining (admin API); \(backend.status.connections) in progress"
                 )
             }
         case ("POST", "undrain", 1):
-            if backend.status.isDraining {
-                backend.status.isDraining = false
+            guard !backend.status.isDrainedInConfiguration else {
+                return Self.error(
+                    409,
+                    "backend \(backend) of \(tenant.name) is marked drain in the configuration file; remove the mark "
+                        + "there and reload (SIGHUP)"
+                )
+            }
+            if backend.status.isDrainedByOperator {
+                backend.status.isDrainedByOperator = false
                 logger.notice("backend \(backend) of \(tenant.name): drain ended (admin API)")
             }
         case (_, nil, 0):

@@ -12,6 +12,9 @@ public struct StatusReport: Codable, Sendable, Equatable {
         public var state: String
         /// Its health regardless of a drain: `up`, `down` or `ejected`.
         public var health: String
+        /// Who drained it, when it is draining: `admin` (the admin API), `configuration` (marked `drain` in the
+        /// file) or both.
+        public var drainedBy: [String]?
         /// Requests and tunnels using the backend now.
         public var connections: Int
         /// The latest active health check; `nil` before the first one.
@@ -29,6 +32,10 @@ public struct StatusReport: Codable, Sendable, Equatable {
             }
             address = backend.description
             state = status.isDraining ? "draining" : health
+            let drainers = [
+                status.isDrainedByOperator ? "admin" : nil, status.isDrainedInConfiguration ? "configuration" : nil,
+            ].compactMap { $0 }
+            drainedBy = drainers.isEmpty ? nil : drainers
             connections = status.connections
             lastCheck = status.lastCheck.map { check in
                 var error: String?

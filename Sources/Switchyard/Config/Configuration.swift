@@ -168,6 +168,9 @@ public struct TenantConfiguration: Sendable, Equatable {
     /// API name it, and what its sticky-session cookie is derived from. A backend not listed is named by its
     /// address.
     public var backendNames: [SocketAddress: String] = [:]
+    /// Backends marked `drain` in the file: no new requests or tunnels until the mark is removed and the file
+    /// reloaded. The durable counterpart of `switchyard backends drain`.
+    public var drained: Set<SocketAddress> = []
     /// The tenant's own certificate, chosen by SNI; the default one otherwise.
     public var tls: Configuration.TLSFiles?
     /// Active health check settings; `nil` keeps the defaults.

@@ -377,21 +377,28 @@ public enum ConfigurationLoader {
         var backends: [(address: SocketAddress, path: String)] = []
         var weights: [SocketAddress: Int] = [:]
         var names: [SocketAddress: String] = [:]
+        var drained: Set<SocketAddress> = []
         for (text, item) in try backendsNode.stringList(
             allowingSingle: false,
             listDescription: "a list of HOST:PORT addresses",
             itemDescription: "a HOST:PORT address"
         ) {
-            // "HOST:PORT" or, as in nginx's upstream blocks, "HOST:PORT weight=N".
+            // "HOST:PORT", then, as in nginx's upstream blocks, "weight=N" and "drain" (nginx's "down" for a
+            // backend taken out of rotation), each at most once.
             let words = text.split(separator: " ", omittingEmptySubsequences: true)
             let address = try Self.backendAddress(words.first.map(String.init) ?? text, at: item)
-            if words.count > 1 {
-                guard words.count == 2, words[1].hasPrefix("weight="), let weight = Int(words[1].dropFirst(7)),
+            for word in words.dropFirst() {
+                if word == "drain", !drained.contains(address) {
+                    drained.insert(address)
+                } else if word.hasPrefix("weight="), weights[address] == nil, let weight = Int(word.dropFirst(7)),
                     (1...1000).contains(weight)
-                else {
-                    throw item.error("'\(text)' is not HOST:PORT or HOST:PORT weight=N with N from 1 to 1000")
+                {
+                    weights[address] = weight
+                } else {
+                    throw item.error(
+                        "'\(text)' is not HOST:PORT [weight=N] [drain] (N from 1 to 1000; '\(word)' is the problem)"
+                    )
                 }
-                weights[address] = weight
             }
             if let earlier = backends.first(where: { $0.address == address }) {
                 throw item.error("'\(text)' is the same backend as \(earlier.path) (\(address))")
@@ -433,6 +440,7 @@ public enum ConfigurationLoader {
         )
         tenant.weights = weights
         tenant.backendNames = names
+        tenant.drained = drained
         if let node = mapping["balance"] {
             let expected = BalancingAlgorithm.allCases.map(\.rawValue).joined(separator: " or ")
             let text = try node.nonEmptyString(expected: expected)

@@ -25,7 +25,8 @@ public final class BackendStatus: Sendable {
     private let ejections = ManagedAtomic<Int>(0)
     /// When the last ejection was due to end (uptime nanoseconds), even if an active check ended it early.
     private let lastEjectionEnd = ManagedAtomic<UInt64>(0)
-    private let draining = ManagedAtomic<Bool>(false)
+    private let drainedByOperator = ManagedAtomic<Bool>(false)
+    private let drainedInConfiguration = ManagedAtomic<Bool>(false)
     private let openConnections = ManagedAtomic<Int>(0)
     /// Written once per check and read by the admin API, never by the data path: a lock costs nothing here.
     private let lastCheckRecord = NIOLockedValueBox<LastCheck?>(nil)
@@ -41,7 +42,9 @@ public final class BackendStatus: Sendable {
 
     /// Whether new requests may go to the backend.
     func isAvailable(now: NIODeadline) -> Bool {
-        guard activelyUp.load(ordering: .relaxed), !draining.load(ordering: .relaxed) else { return false }
+        guard activelyUp.load(ordering: .relaxed), !drainedByOperator.load(ordering: .relaxed),
+            !drainedInConfiguration.load(ordering: .relaxed)
+        else { return false }
         let until = ejectedUntil.load(ordering: .relaxed)
         return until == 0 || now.uptimeNanoseconds >= until
     }
@@ -59,9 +62,21 @@ public final class BackendStatus: Sendable {
         activelyUp.load(ordering: .relaxed)
     }
 
+    /// Whether the backend gets no new requests or tunnels, for either reason below.
     public var isDraining: Bool {
-        get { draining.load(ordering: .relaxed) }
-        set { draining.store(newValue, ordering: .relaxed) }
+        isDrainedByOperator || isDrainedInConfiguration
+    }
+
+    /// Drained through the admin API (`switchyard backends drain`); lasts across reloads, not restarts.
+    public var isDrainedByOperator: Bool {
+        get { drainedByOperator.load(ordering: .relaxed) }
+        set { drainedByOperator.store(newValue, ordering: .relaxed) }
+    }
+
+    /// Marked `drain` in the configuration file; follows the file at each reload.
+    public var isDrainedInConfiguration: Bool {
+        get { drainedInConfiguration.load(ordering: .relaxed) }
+        set { drainedInConfiguration.store(newValue, ordering: .relaxed) }
     }
 
     /// Whether a passive ejection is in force.

@@ -16,6 +16,7 @@ public final class RouteSource: Sendable {
     private let snapshot: ManagedAtomic<Snapshot>
 
     public init(_ table: RouteTable) {
+        table.applyDrainMarks()
         self.snapshot = ManagedAtomic(Snapshot(table))
     }
 
@@ -26,6 +27,7 @@ public final class RouteSource: Sendable {
 
     /// Replaces the table; requests already routed are not affected.
     public func publish(_ table: RouteTable) {
+        table.applyDrainMarks()
         snapshot.store(Snapshot(table), ordering: .releasing)
     }
 }

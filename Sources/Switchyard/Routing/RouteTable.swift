@@ -62,6 +62,17 @@ public struct RouteTable: Sendable {
         return nil
     }
 
+    /// Marks each backend drained or not as its tenant's configuration says. Called when the table is published,
+    /// not when it is built, so that a reload refused after building changes nothing; a backend kept from the
+    /// previous table follows the new file (a reload that removes the mark puts it back in rotation).
+    func applyDrainMarks() {
+        for tenant in tenants {
+            for (backend, drained) in zip(tenant.backends, tenant.drained) {
+                backend.status.isDrainedInConfiguration = drained
+            }
+        }
+    }
+
     /// The tenant serving the raw bytes of a `Host` header, or `nil` if the host is invalid or unknown.
     public func tenant(forHost bytes: UnsafeRawBufferPointer) -> Tenant? {
         guard let host = HostName.normalize(bytes) else { return nil }
@@ -85,6 +96,7 @@ extension RouteTable {
     ///
     /// - Parameter previous: the table being replaced, if any: a tenant that keeps its name keeps its tunnel
     ///   count (when its cap is unchanged), so tunnels opened before a reload still count against the cap.
+
     public init(configuration: Configuration, previous: RouteTable? = nil) throws(RouteTableError) {
         var gauges: [String: TunnelGauge] = [:]
         // A backend that stays in its tenant keeps its object, so its health, its pooled connections and its
@@ -117,7 +129,8 @@ extension RouteTable {
                 httpsRedirect: tenant.httpsRedirect,
                 tunnelIdle: tenant.tunnelIdle,
                 tunnels: gauge,
-                sticky: tenant.sticky
+                sticky: tenant.sticky,
+                drained: tenant.backends.map { tenant.drained.contains($0) }
             )
         }
         try self.init(tenants: tenants)

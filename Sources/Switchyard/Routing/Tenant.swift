@@ -27,6 +27,9 @@ public final class Tenant: Sendable {
     public let tunnels: TunnelGauge
     /// The sticky-session cookie; `nil` when requests are not pinned to a backend.
     public let sticky: StickyCookie?
+    /// Whether each backend, in the order of ``backends``, is marked `drain` in the configuration (applied to its
+    /// status when the route table is published).
+    public let drained: [Bool]
 
     public init(
         name: String,
@@ -38,7 +41,8 @@ public final class Tenant: Sendable {
         httpsRedirect: Bool = false,
         tunnelIdle: TimeAmount? = nil,
         tunnels: TunnelGauge = TunnelGauge(limit: 10_000),
-        sticky: StickySessionConfiguration? = nil
+        sticky: StickySessionConfiguration? = nil,
+        drained: [Bool]? = nil
     ) {
         self.name = name
         self.domains = domains
@@ -49,6 +53,7 @@ public final class Tenant: Sendable {
         self.httpsRedirect = httpsRedirect
         self.tunnelIdle = tunnelIdle
         self.tunnels = tunnels
+        self.drained = drained.flatMap { $0.count == backends.count ? $0 : nil } ?? backends.map { _ in false }
         self.sticky = sticky.map {
             StickyCookie(configuration: $0, tenant: name, backends: backends.map(\.description))
         }
