@@ -19,9 +19,13 @@ final class TLSConnection {
     /// Ciphertext OpenSSL produced, waiting to be written to the network.
     private var outbound: ByteBuffer
     private let allocator: ByteBufferAllocator
-    /// A drained outbound buffer larger than this is dropped rather than kept for the next write, so that a
+    /// An outbound buffer larger than this is handed over whole rather than kept for the next write, so that a
     /// connection that once sent a large body does not hold its buffer while idle.
     private static let retainedOutboundCapacity = 32 * 1024
+    /// Bytes a TLS record adds to its plaintext: a 5-byte header, the content type byte and a 16-byte AEAD tag
+    /// (TLS 1.3); TLS 1.2's explicit nonce fits in the margin.
+    private static let recordOverhead = 64
+    private static let maximumRecordPlaintext = 16 * 1024
 
     init(store: CertificateStore, allocator: ByteBufferAllocator) throws(TLSError) {
         OpenSSLErrorQueue.clear()
@@ -95,22 +99,39 @@ final class TLSConnection {
         return count
     }
 
+    /// Makes room for the ciphertext of `plaintext` bytes before they are written, so that a large write fills one
+    /// buffer instead of growing (and copying) it record by record.
+    func reserveOutbound(forPlaintext plaintext: Int) {
+        let records = plaintext / Self.maximumRecordPlaintext + 1
+        let needed = plaintext + records * Self.recordOverhead
+        recycleOutbound(minimumCapacity: needed)
+        outbound.reserveCapacity(minimumWritableBytes: needed)
+    }
+
     /// Appends ciphertext OpenSSL produced; called by the BIO.
-    ///
-    /// The buffer is reused from one write to the next: once the channel has written (and let go of) the slice
-    /// taken last, clearing it costs nothing, where a new buffer per write cost an allocation per response.
     func appendCiphertext(_ bytes: UnsafeRawBufferPointer) {
-        if outbound.readableBytes == 0,
-            outbound.capacity > Self.retainedOutboundCapacity || outbound.modifyIfUniquelyOwned({ $0.clear() }) == nil
-        {
-            outbound = allocator.buffer(capacity: bytes.count)
-        }
+        recycleOutbound(minimumCapacity: bytes.count)
         outbound.writeBytes(bytes)
     }
 
-    /// Takes the ciphertext produced so far.
+    /// Starts over in the outbound buffer once everything in it was taken. Once the channel has written (and let go
+    /// of) the slice taken last, clearing the buffer costs nothing, where a new buffer per write cost an allocation
+    /// per response; while the channel still holds it, a new one is started rather than the old one copied.
+    private func recycleOutbound(minimumCapacity: Int) {
+        guard outbound.readableBytes == 0 else { return }
+        if outbound.modifyIfUniquelyOwned({ $0.clear() }) == nil {
+            outbound = allocator.buffer(capacity: max(minimumCapacity, min(outbound.capacity, 4096)))
+        }
+    }
+
+    /// Takes the ciphertext produced so far. A buffer grown past ``retainedOutboundCapacity`` goes whole, so an idle
+    /// connection does not keep it; a smaller one stays, for the next write.
     func takeOutbound() -> ByteBuffer? {
         guard outbound.readableBytes > 0 else { return nil }
+        guard outbound.capacity <= Self.retainedOutboundCapacity else {
+            defer { outbound = allocator.buffer(capacity: 0) }
+            return outbound
+        }
         return outbound.readSlice(length: outbound.readableBytes)
     }
 }

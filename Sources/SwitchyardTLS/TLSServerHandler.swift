@@ -249,6 +249,7 @@ public final class TLSServerHandler: ChannelDuplexHandler, RemovableChannelHandl
             return
         }
         OpenSSLErrorQueue.clear()
+        connection.reserveOutbound(forPlaintext: plaintext.readableBytes)
         while plaintext.readableBytes > 0 {
             var written = 0
             let status = plaintext.withUnsafeReadableBytes { bytes in

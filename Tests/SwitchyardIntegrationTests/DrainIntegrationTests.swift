@@ -45,7 +45,7 @@ struct DrainIntegrationTests {
         #expect(drain.stdout.contains("draining 127.0.0.1:\(first.port) of shop: 1 in progress"), "\(drain.stdout)")
 
         let status = try admin(["status"])
-        #expect(status.stdout.contains("127.0.0.1:\(first.port)  draining  connections 1"), "\(status.stdout)")
+        #expect(status.stdout.contains("127.0.0.1:\(first.port)  draining (admin)  connections 1"), "\(status.stdout)")
 
         let before = first.requests.count
         for _ in 0..<20 {

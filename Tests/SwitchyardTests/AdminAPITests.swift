@@ -67,15 +67,22 @@ struct AdminAPITests {
         #expect(try json(shown)["drainedBy"] as? [String] == ["configuration"])
         let drained = api.respond(method: "POST", path: "/tenants/shop/backends/127.0.0.1:9001/drain")
         #expect(try json(drained)["drainedBy"] as? [String] == ["admin", "configuration"])
+        // The admin drain ends; the file's mark stays, and the answer says so.
         let refused = api.respond(method: "POST", path: "/tenants/shop/backends/127.0.0.1:9001/undrain")
         #expect(refused.status == 409)
         #expect(
             try json(refused)["error"] as? String
+                == "the admin drain ended, but backend 127.0.0.1:9001 of shop is marked drain in the configuration "
+                + "file; remove the mark there and reload (SIGHUP)"
+        )
+        #expect(!first.status.isDrainedByOperator)
+        #expect(first.status.isDraining)
+        let again = api.respond(method: "POST", path: "/tenants/shop/backends/127.0.0.1:9001/undrain")
+        #expect(
+            try json(again)["error"] as? String
                 == "backend 127.0.0.1:9001 of shop is marked drain in the configuration file; remove the mark there "
                 + "and reload (SIGHUP)"
         )
-        #expect(first.status.isDrainedByOperator)
-        first.status.isDrainedByOperator = false
     }
 
     @Test("a backend is found by the address status shows, percent-encoded or not, or an equal IP literal")
@@ -142,6 +149,6 @@ struct AdminAPITests {
         let drained = StatusReport(routes: try RouteTable(tenants: [shop]), connections: 0, date: checked)
         #expect(drained.tenants.first?.backends[1].state == "draining")
         #expect(drained.tenants.first?.backends[1].health == "down")
-        #expect(drained.text.contains("[::1]:9002  draining (down)  connections 0"))
+        #expect(drained.text.contains("[::1]:9002  draining (admin, down)  connections 0"))
     }
 }

@@ -382,6 +382,20 @@ struct ConfigurationLoaderTests {
         #expect(shop.backends[1].status.isDraining)
     }
 
+    @Test("the same backend twice is named as such, whatever words follow it")
+    func sameBackendTwice() throws {
+        let error = try refusal(
+            """
+            tenants:
+              - name: shop
+                domains: [shop.test]
+                backends: ["10.0.0.5:8080 drain", "10.0.0.5:8080 drain"]
+            """
+        )
+        #expect(error.key == "tenants[0].backends[1]")
+        #expect(error.reason.contains("is the same backend as tenants[0].backends[0]"), "\(error.reason)")
+    }
+
     @Test(
         "a backend's words after HOST:PORT are weight=N and drain, each once",
         arguments: ["10.0.0.5:8080 drain drain", "10.0.0.5:8080 weight=1 weight=2", "10.0.0.5:8080 down"]

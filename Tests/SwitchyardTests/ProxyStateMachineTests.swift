@@ -1572,6 +1572,17 @@ struct ProxyStateMachineStickyTests {
         let switching = "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: upgrade\r\n"
         #expect(h.upstream(switching + "\r\nframe") == ["client " + switching + pinnedCookie[1] + "\r\nframe"])
         #expect(h.state == .tunnel)
+        // A 101 head that arrives in pieces gets the cookie all the same.
+        var split = try Harness()
+        _ = split.client(upgrade)
+        _ = split.attach(to: split.backend("pinned", 1))
+        #expect(split.upstream("HTTP/1.1 101 Switching Protocols\r\nUpg") == [])
+        #expect(
+            split.upstream("rade: websocket\r\nConnection: upgrade\r\n\r\n") == [
+                "client " + switching + pinnedCookie[1] + "\r\n"
+            ]
+        )
+        #expect(split.state == .tunnel)
         // With the cookie, the 101 goes through untouched.
         var pinned = try Harness()
         let withCookie = upgrade.replacingOccurrences(of: "\r\n\r\n", with: "\r\nCookie: sb=9c415ebce48d0977\r\n\r\n")

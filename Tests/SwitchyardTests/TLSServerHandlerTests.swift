@@ -452,6 +452,34 @@ struct TLSServerHandlerTests {
         #expect(harness.errorQueueLeftovers.isEmpty)
     }
 
+    @Test(
+        "writes before a flush, small and large, and writes after it arrive in order (the ciphertext buffer is reused)"
+    )
+    func consecutiveWrites() throws {
+        let harness = try Harness(store: try Self.defaultStore())
+        let client = try Self.client()
+        #expect(try harness.pump(client) == .done, "client: \(client.errors)")
+        _ = client.read()
+
+        var expected: [UInt8] = []
+        for (round, sizes) in [[10, 40 * 1024, 100], [5], [70 * 1024, 1], [3]].enumerated() {
+            try harness.onServer {
+                for (index, size) in sizes.enumerated() {
+                    let message = Self.pattern(size, seed: UInt64(round * 10 + index))
+                    expected += message
+                    harness.channel.write(ByteBuffer(bytes: message), promise: nil)
+                }
+                harness.channel.flush()
+            }
+            client.feed(try harness.takeServerOutput())
+            let read = client.read()
+            #expect(!read.failed, "client: \(client.errors)")
+            #expect(read.bytes == expected, "round \(round)")
+            expected = []
+        }
+        #expect(harness.errorQueueLeftovers.isEmpty)
+    }
+
     @Test("a record whose authentication tag was tampered with closes the connection and delivers nothing")
     func corruptedRecord() throws {
         let harness = try Harness(store: try Self.defaultStore())

@@ -77,16 +77,19 @@ public struct AdminAPI: Sendable {
                 )
             }
         case ("POST", "undrain", 1):
-            guard !backend.status.isDrainedInConfiguration else {
-                return Self.error(
-                    409,
-                    "backend \(backend) of \(tenant.name) is marked drain in the configuration file; remove the mark "
-                        + "there and reload (SIGHUP)"
-                )
-            }
-            if backend.status.isDrainedByOperator {
+            let wasDrained = backend.status.isDrainedByOperator
+            if wasDrained {
                 backend.status.isDrainedByOperator = false
                 logger.notice("backend \(backend) of \(tenant.name): drain ended (admin API)")
+            }
+            guard !backend.status.isDrainedInConfiguration else {
+                // The admin drain (if any) is over, but the file's mark keeps the backend out of rotation.
+                return Self.error(
+                    409,
+                    (wasDrained ? "the admin drain ended, but " : "")
+                        + "backend \(backend) of \(tenant.name) is marked drain in the configuration file; remove the "
+                        + "mark there and reload (SIGHUP)"
+                )
             }
         case (_, nil, 0):
             return Self.error(

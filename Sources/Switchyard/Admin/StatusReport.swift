@@ -98,10 +98,10 @@ public struct StatusReport: Codable, Sendable, Equatable {
                 "\(tenant.name)  \(tenant.domains.joined(separator: ", "))  tunnels \(tenant.tunnels)/\(tenant.maxTunnels)"
             )
             for backend in tenant.backends {
-                // A drain shows the health under it only when that is bad news too.
-                let state =
-                    backend.state == backend.health || backend.health == "up"
-                    ? backend.state : "\(backend.state) (\(backend.health))"
+                // A drain shows who ordered it, and the health under it only when that is bad news too.
+                var notes = backend.drainedBy ?? []
+                if backend.state != backend.health, backend.health != "up" { notes.append(backend.health) }
+                let state = notes.isEmpty ? backend.state : "\(backend.state) (\(notes.joined(separator: ", ")))"
                 var line = "    \(backend.address)  \(state)  connections \(backend.connections)"
                 if let check = backend.lastCheck {
                     line += "  last check \(check.ok ? "ok" : "failed") \(check.secondsAgo)s ago"

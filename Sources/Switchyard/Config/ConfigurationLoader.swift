@@ -387,13 +387,15 @@ public enum ConfigurationLoader {
             // backend taken out of rotation), each at most once.
             let words = text.split(separator: " ", omittingEmptySubsequences: true)
             let address = try Self.backendAddress(words.first.map(String.init) ?? text, at: item)
+            var drain = false
+            var weight: Int?
             for word in words.dropFirst() {
-                if word == "drain", !drained.contains(address) {
-                    drained.insert(address)
-                } else if word.hasPrefix("weight="), weights[address] == nil, let weight = Int(word.dropFirst(7)),
-                    (1...1000).contains(weight)
+                if word == "drain", !drain {
+                    drain = true
+                } else if word.hasPrefix("weight="), weight == nil, let value = Int(word.dropFirst(7)),
+                    (1...1000).contains(value)
                 {
-                    weights[address] = weight
+                    weight = value
                 } else {
                     throw item.error(
                         "'\(text)' is not HOST:PORT [weight=N] [drain] (N from 1 to 1000; '\(word)' is the problem)"
@@ -403,6 +405,8 @@ public enum ConfigurationLoader {
             if let earlier = backends.first(where: { $0.address == address }) {
                 throw item.error("'\(text)' is the same backend as \(earlier.path) (\(address))")
             }
+            if drain { drained.insert(address) }
+            if let weight { weights[address] = weight }
             backends.append((address, item.path))
             names[address] = words.first.map(String.init) ?? text
         }

@@ -629,7 +629,8 @@ struct ProxyStateMachine {
         }
         inbound = buffer.readableBytes > 0 ? buffer : nil
         exchange.upstreamHead = upstreamHead
-        headBuffer = upstreamHead
+        // An unusually large head's buffer is not kept for the life of the connection.
+        headBuffer = upstreamHead.capacity <= 4096 ? upstreamHead : nil
         self.exchange = exchange
         state = .connecting
         clientDeadline = nil

@@ -53,6 +53,7 @@ public final class Tenant: Sendable {
         self.httpsRedirect = httpsRedirect
         self.tunnelIdle = tunnelIdle
         self.tunnels = tunnels
+        assert(drained == nil || drained?.count == backends.count, "one drain mark per backend")
         self.drained = drained.flatMap { $0.count == backends.count ? $0 : nil } ?? backends.map { _ in false }
         self.sticky = sticky.map {
             StickyCookie(configuration: $0, tenant: name, backends: backends.map(\.description))
