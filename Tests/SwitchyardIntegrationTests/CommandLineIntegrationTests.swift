@@ -122,27 +122,23 @@ struct StatusIntegrationTests {
         let backend = try await TestBackend.start()
         let port = try ExternalProcess.freePort()
         let deadPort = try ExternalProcess.freePort()
-        let path = NSTemporaryDirectory() + "status-\(UUID().uuidString).yaml"
-        try """
-        listen:
-          http: ["127.0.0.1:\(port)"]
-        tenants:
-          - name: shop
-            domains: ["shop.test"]
-            backends: ["127.0.0.1:\(backend.port)", "127.0.0.1:\(deadPort)"]
-            health: { interval: 100ms, timeout: 50ms, rise: 1, fall: 1 }
-        """.write(toFile: path, atomically: true, encoding: .utf8)
-        defer { try? FileManager.default.removeItem(atPath: path) }
-        let process = try SwitchyardProcess(arguments: ["serve", "--config", path])
-        defer { process.stop() }
-        #expect(process.waitUntilListening(port: port), "\(process.log)")
+        let balancer = try ServedBalancer(
+            """
+            listen:
+              http: ["127.0.0.1:\(port)"]
+            tenants:
+              - name: shop
+                domains: ["shop.test"]
+                backends: ["127.0.0.1:\(backend.port)", "127.0.0.1:\(deadPort)"]
+                health: { interval: 100ms, timeout: 50ms, rise: 1, fall: 1 }
+            """,
+            port: port
+        )
+        defer { balancer.stop() }
 
         var report = ""
         for _ in 0..<30 {
-            report = try ExternalProcess.run(
-                ExternalProcess.switchyardBinary,
-                ["status", "--admin", process.adminPath]
-            ).stdout
+            report = try balancer.admin(["status"]).stdout
             if report.contains("127.0.0.1:\(deadPort)  down"), report.contains("last check ok") { break }
             try await Task.sleep(for: .milliseconds(100))
         }
@@ -153,16 +149,16 @@ struct StatusIntegrationTests {
         #expect(report.contains("127.0.0.1:\(backend.port)  up  connections 0  last check ok "), "\(report)")
         #expect(report.contains("127.0.0.1:\(deadPort)  down  connections 0  last check failed "), "\(report)")
 
-        let json = try ExternalProcess.run(
-            ExternalProcess.switchyardBinary,
-            ["status", "--admin", process.adminPath, "--json"]
-        )
+        let json = try balancer.admin(["status", "--json"])
         let decoded = try JSONSerialization.jsonObject(with: Data(json.stdout.utf8)) as? [String: Any]
         #expect((decoded?["tenants"] as? [[String: Any]])?.first?["name"] as? String == "shop")
 
         let second = try ExternalProcess.run(
             "/usr/bin/env",
-            ["SWITCHYARD_ADMIN=\(process.adminPath)", ExternalProcess.switchyardBinary, "serve", "--config", path],
+            [
+                "SWITCHYARD_ADMIN=\(balancer.process.adminPath)", ExternalProcess.switchyardBinary, "serve", "--config",
+                balancer.configurationPath,
+            ],
             timeout: 20
         )
         #expect(second.status != 0)

@@ -14,25 +14,22 @@ struct DrainIntegrationTests {
         }
         let second = try await TestBackend.start(name: "second")
         let port = try ExternalProcess.freePort()
-        let path = NSTemporaryDirectory() + "drain-\(UUID().uuidString).yaml"
         // One worker: its round robin starts at the first backend, so the slow request lands there.
-        try """
-        listen:
-          http: ["127.0.0.1:\(port)"]
-        workers: 1
-        tenants:
-          - name: shop
-            domains: ["shop.test"]
-            backends: ["127.0.0.1:\(first.port)", "127.0.0.1:\(second.port)"]
-        """.write(toFile: path, atomically: true, encoding: .utf8)
-        defer { try? FileManager.default.removeItem(atPath: path) }
-        let process = try SwitchyardProcess(arguments: ["serve", "--config", path])
-        defer { process.stop() }
-        #expect(process.waitUntilListening(port: port), "\(process.log)")
-        let url = "http://127.0.0.1:\(port)"
-        func admin(_ arguments: [String]) throws -> ExternalProcess.Output {
-            try ExternalProcess.run(ExternalProcess.switchyardBinary, arguments + ["--admin", process.adminPath])
-        }
+        let balancer = try ServedBalancer(
+            """
+            listen:
+              http: ["127.0.0.1:\(port)"]
+            workers: 1
+            tenants:
+              - name: shop
+                domains: ["shop.test"]
+                backends: ["127.0.0.1:\(first.port)", "127.0.0.1:\(second.port)"]
+            """,
+            port: port
+        )
+        defer { balancer.stop() }
+        let url = balancer.url
+        let admin = balancer.admin
 
         let slow = try BackgroundCurl(["-H", "Host: shop.test", url + "/slow"])
         for _ in 0..<100 where !first.requests.contains(where: { $0.head.uri == "/slow" }) {
@@ -72,8 +69,8 @@ struct DrainIntegrationTests {
             names.insert(try ExternalProcess.curl(["-H", "Host: shop.test", url + "/"]).stdout)
         }
         #expect(names == ["first", "second"])
-        #expect(process.log.contains("backend 127.0.0.1:\(first.port) of shop: draining (admin API)"))
-        #expect(process.log.contains("backend 127.0.0.1:\(first.port) of shop: drain ended (admin API)"))
+        #expect(balancer.process.log.contains("backend 127.0.0.1:\(first.port) of shop: draining (admin API)"))
+        #expect(balancer.process.log.contains("backend 127.0.0.1:\(first.port) of shop: drain ended (admin API)"))
         await first.stop()
         await second.stop()
     }
@@ -85,26 +82,20 @@ struct DrainIntegrationTests {
         let first = try await TestBackend.start(name: "first")
         let second = try await TestBackend.start(name: "second")
         let port = try ExternalProcess.freePort()
-        let path = NSTemporaryDirectory() + "drain-file-\(UUID().uuidString).yaml"
-        func write(drain: Bool) throws {
-            try """
+        func configuration(drain: Bool) -> String {
+            """
             listen:
               http: ["127.0.0.1:\(port)"]
             tenants:
               - name: shop
                 domains: ["shop.test"]
                 backends: ["127.0.0.1:\(first.port)\(drain ? " drain" : "")", "127.0.0.1:\(second.port)"]
-            """.write(toFile: path, atomically: true, encoding: .utf8)
+            """
         }
-        try write(drain: true)
-        defer { try? FileManager.default.removeItem(atPath: path) }
-        let process = try SwitchyardProcess(arguments: ["serve", "--config", path])
-        defer { process.stop() }
-        #expect(process.waitUntilListening(port: port), "\(process.log)")
-        let url = "http://127.0.0.1:\(port)/"
-        func admin(_ arguments: [String]) throws -> ExternalProcess.Output {
-            try ExternalProcess.run(ExternalProcess.switchyardBinary, arguments + ["--admin", process.adminPath])
-        }
+        let balancer = try ServedBalancer(configuration(drain: true), port: port)
+        defer { balancer.stop() }
+        let url = balancer.url + "/"
+        let admin = balancer.admin
 
         for _ in 0..<10 {
             #expect(try ExternalProcess.curl(["-H", "Host: shop.test", url]).stdout == "second")
@@ -116,8 +107,8 @@ struct DrainIntegrationTests {
         let json = try admin(["status", "--json"])
         #expect(json.stdout.contains("\"configuration\""), "\(json.stdout)")
 
-        try write(drain: false)
-        kill(process.pid, SIGHUP)
+        try balancer.rewrite(configuration(drain: false))
+        kill(balancer.process.pid, SIGHUP)
         var names: Set<String> = []
         for _ in 0..<50 where names.count < 2 {
             names.insert(try ExternalProcess.curl(["-H", "Host: shop.test", url]).stdout)
@@ -132,22 +123,19 @@ struct DrainIntegrationTests {
     func drainErrors() async throws {
         let backend = try await TestBackend.start()
         let port = try ExternalProcess.freePort()
-        let path = NSTemporaryDirectory() + "drain-errors-\(UUID().uuidString).yaml"
-        try """
-        listen:
-          http: ["127.0.0.1:\(port)"]
-        tenants:
-          - name: shop
-            domains: ["shop.test"]
-            backends: ["127.0.0.1:\(backend.port)"]
-        """.write(toFile: path, atomically: true, encoding: .utf8)
-        defer { try? FileManager.default.removeItem(atPath: path) }
-        let process = try SwitchyardProcess(arguments: ["serve", "--config", path])
-        defer { process.stop() }
-        #expect(process.waitUntilListening(port: port), "\(process.log)")
-        func admin(_ arguments: [String]) throws -> ExternalProcess.Output {
-            try ExternalProcess.run(ExternalProcess.switchyardBinary, arguments + ["--admin", process.adminPath])
-        }
+        let balancer = try ServedBalancer(
+            """
+            listen:
+              http: ["127.0.0.1:\(port)"]
+            tenants:
+              - name: shop
+                domains: ["shop.test"]
+                backends: ["127.0.0.1:\(backend.port)"]
+            """,
+            port: port
+        )
+        defer { balancer.stop() }
+        let admin = balancer.admin
 
         let tenant = try admin(["backends", "drain", "nope", "127.0.0.1:1"])
         #expect(tenant.status == 1)

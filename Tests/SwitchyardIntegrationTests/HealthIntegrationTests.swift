@@ -27,17 +27,6 @@ private func milliseconds(_ duration: Duration) -> Int {
     Int(duration.components.seconds * 1000 + duration.components.attoseconds / 1_000_000_000_000_000)
 }
 
-/// Runs `body`, then `stops`, whether `body` throws or not.
-private func stopping(_ stops: [() async -> Void], _ body: () async throws -> Void) async throws {
-    do {
-        try await body()
-    } catch {
-        for stop in stops { await stop() }
-        throw error
-    }
-    for stop in stops { await stop() }
-}
-
 /// Backend health end to end on loopback: the in-process balancer with its active health checker on its own event
 /// loops, and real backends that stop, come back on the same port, hang, answer 500 or refuse connections. Intervals
 /// are 100 ms and timeouts 100 ms, so each test waits a few intervals at most; the detection and recovery times are

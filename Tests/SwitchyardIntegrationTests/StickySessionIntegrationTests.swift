@@ -50,17 +50,6 @@ extension HealthHarness {
     }
 }
 
-/// Runs `body`, then `stops`, whether `body` throws or not.
-private func stopping(_ stops: [() async -> Void], _ body: () async throws -> Void) async throws {
-    do {
-        try await body()
-    } catch {
-        for stop in stops { await stop() }
-        throw error
-    }
-    for stop in stops { await stop() }
-}
-
 /// Runs `body` with three backends `a`, `b` and `c` (each answers with its name) behind a balancer whose tenant has
 /// sticky sessions (cookie `shop_route`, max age 1 h).
 private func withStickyProxy(

@@ -168,3 +168,49 @@ final class SwitchyardProcess {
         if process.isRunning { kill(pid, SIGKILL) }
     }
 }
+
+/// A balancer started as `switchyard serve` on a configuration written to a temporary file, listening on `port`.
+/// Rewrite the file with ``rewrite(_:)`` and send SIGHUP to reload; ``stop()`` removes the file.
+final class ServedBalancer {
+    let process: SwitchyardProcess
+    let configurationPath: String
+    let port: Int
+
+    struct NotListening: Error, CustomStringConvertible {
+        var description: String
+    }
+
+    /// Starts it and waits until `port` accepts connections.
+    init(_ configuration: String, port: Int) throws {
+        self.port = port
+        configurationPath = NSTemporaryDirectory() + "switchyard-\(UUID().uuidString).yaml"
+        try configuration.write(toFile: configurationPath, atomically: true, encoding: .utf8)
+        process = try SwitchyardProcess(arguments: ["serve", "--config", configurationPath])
+        guard process.waitUntilListening(port: port) else {
+            _ = process.stop()
+            try? FileManager.default.removeItem(atPath: configurationPath)
+            throw NotListening(description: "the balancer did not listen on \(port):\n\(process.log)")
+        }
+    }
+
+    /// `http://127.0.0.1:PORT`, without a trailing slash.
+    var url: String {
+        "http://127.0.0.1:\(port)"
+    }
+
+    /// Replaces the configuration file (send SIGHUP to reload it).
+    func rewrite(_ configuration: String) throws {
+        try configuration.write(toFile: configurationPath, atomically: true, encoding: .utf8)
+    }
+
+    /// Runs an operator command (`status`, `backends drain …`) against this balancer's admin socket.
+    func admin(_ arguments: [String]) throws -> ExternalProcess.Output {
+        try ExternalProcess.run(ExternalProcess.switchyardBinary, arguments + ["--admin", process.adminPath])
+    }
+
+    @discardableResult
+    func stop() -> Int32 {
+        defer { try? FileManager.default.removeItem(atPath: configurationPath) }
+        return process.stop()
+    }
+}

@@ -202,3 +202,14 @@ extension HealthHarness {
         return try condition()
     }
 }
+
+/// Runs `body`, then `stops`, whether `body` throws or not.
+func stopping(_ stops: [() async -> Void], _ body: () async throws -> Void) async throws {
+    do {
+        try await body()
+    } catch {
+        for stop in stops { await stop() }
+        throw error
+    }
+    for stop in stops { await stop() }
+}
