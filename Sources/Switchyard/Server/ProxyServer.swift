@@ -83,6 +83,9 @@ public final class ProxyServer: Service {
             guard let certificates else { throw ProxyServerError.httpsWithoutCertificates }
             endpoints += configuration.listen.https.map { ($0, certificates) }
         }
+        for (address, _) in endpoints {
+            try Self.checkNotInUse(address)
+        }
         for (address, certificates) in endpoints {
             // With port 0 the first listener picks a port and the others join it.
             var target = address
@@ -100,6 +103,30 @@ public final class ProxyServer: Service {
         listeners.withLockedValue { $0 = started }
         let resolved = addresses
         bound.withLockedValue { $0 = resolved }
+    }
+
+    /// Refuses an address another process listens on. The listeners use `SO_REUSEPORT` (one per event loop), which
+    /// would otherwise let a second balancer started by mistake bind the same port and silently take part of the
+    /// connections. A probe socket without `SO_REUSEPORT` cannot bind where anyone listens; `SO_REUSEADDR` keeps
+    /// connections in TIME_WAIT from a previous run from counting.
+    static func checkNotInUse(_ address: SocketAddress) throws(ProxyServerError) {
+        let family: Int32
+        switch address {
+        case .v4: family = AF_INET
+        case .v6: family = AF_INET6
+        case .unixDomainSocket: return
+        }
+        guard address.port != 0 else { return }
+        let probe = socket(family, Int32(SOCK_STREAM.rawValue), 0)
+        // Without a probe, the bind that follows still fails on a port held without SO_REUSEPORT.
+        guard probe >= 0 else { return }
+        defer { close(probe) }
+        var one: Int32 = 1
+        _ = setsockopt(probe, SOL_SOCKET, SO_REUSEADDR, &one, socklen_t(MemoryLayout<Int32>.size))
+        let bound = address.withSockAddr { pointer, length in bindSocket(probe, pointer, socklen_t(length)) }
+        if bound != 0, errno == EADDRINUSE {
+            throw .addressInUse(address.description)
+        }
     }
 
     private func bind(
@@ -192,11 +219,21 @@ public final class ProxyServer: Service {
 public enum ProxyServerError: Error, CustomStringConvertible {
     /// `listen.https` is set but no certificates were given.
     case httpsWithoutCertificates
+    /// Another process listens on a configured address.
+    case addressInUse(String)
 
     public var description: String {
         switch self {
         case .httpsWithoutCertificates:
             return "listen.https needs certificates: set tls.certificate and tls.key"
+        case .addressInUse(let address):
+            return "\(address) is in use by another process (another switchyard?); stop it or change listen in the "
+                + "configuration"
         }
     }
+}
+
+/// `bind(2)`, under a name that the server's own `bind` does not shadow.
+private func bindSocket(_ socket: Int32, _ address: UnsafePointer<sockaddr>, _ length: socklen_t) -> Int32 {
+    bind(socket, address, length)
 }
