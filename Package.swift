@@ -21,6 +21,7 @@ let package = Package(
             name: "COpenSSL",
             linkerSettings: [.linkedLibrary("ssl"), .linkedLibrary("crypto")]
         ),
+        .target(name: "CMemory"),
         .target(
             name: "SwitchyardTLS",
             dependencies: [
@@ -36,6 +37,7 @@ let package = Package(
             name: "Switchyard",
             dependencies: [
                 "SwitchyardTLS",
+                "CMemory",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),

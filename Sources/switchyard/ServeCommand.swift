@@ -120,8 +120,9 @@ enum Balancer {
         let adminPath = ProcessInfo.processInfo.environment["SWITCHYARD_ADMIN"].flatMap { $0.isEmpty ? nil : $0 }
         let api = AdminAPI(routes: routes, logger: logger) { server.openConnections }
         let admin = AdminServer(path: adminPath ?? configuration.admin.socket, group: group, logger: logger, api: api)
+        let memoryReleaser = MemoryReleaser(logger: logger) { server.openConnections }
         let services: [any Service] =
-            [accessLogSink, reloader, healthChecker, admin] + ticketRotation + extraServices + [server]
+            [accessLogSink, reloader, healthChecker, admin, memoryReleaser] + ticketRotation + extraServices + [server]
         let serviceGroup = ServiceGroup(
             configuration: .init(
                 services: services.map { .init(service: $0) },
