@@ -35,6 +35,28 @@ struct RoutingIntegrationTests {
         }
     }
 
+    @Test(
+        "an absolute-form request (curl through a proxy) is routed by its target, which the backend gets as origin-form"
+    )
+    func absoluteForm() async throws {
+        let shop = try await TestBackend.start(name: "shop")
+        let blog = try await TestBackend.start(name: "blog")
+        try await withProxy(
+            backends: [shop, blog],
+            tenants: [("shop", ["shop.test"], [shop]), ("blog", ["blog.test"], [blog])]
+        ) { proxy in
+            let output = try ExternalProcess.curl([
+                "--request-target", "http://blog.test/page?x=1", "-H", "Host: shop.test",
+                "http://127.0.0.1:\(proxy.port)/",
+            ])
+            #expect(output.stdout == "blog")
+            #expect(shop.requests.isEmpty)
+            let seen = try #require(blog.requests.first)
+            #expect(seen.head.uri == "/page?x=1")
+            #expect(seen.head.headers["Host"] == ["blog.test"])
+        }
+    }
+
     @Test("keep-alive is reused on both sides, forwarding headers are set and hop-by-hop ones removed")
     func keepAliveBothSides() async throws {
         let backend = try await TestBackend.start(name: "one")

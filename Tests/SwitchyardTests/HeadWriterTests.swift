@@ -78,6 +78,32 @@ private func forwardingFields(
 /// rewritten for each way the client connection continues.
 @Suite("HeadWriter")
 struct HeadWriterTests {
+    @Test("an absolute-form target goes as origin-form, and its authority replaces Host (RFC 9112 §3.2.2)")
+    func absoluteForm() throws {
+        #expect(
+            try forwardedRequest("GET http://Shop.Test:8080/a?b=1 HTTP/1.1\r\nHost: other.test\r\nAccept: */*\r\n\r\n")
+                == "GET /a?b=1 HTTP/1.1\r\nAccept: */*\r\nHost: Shop.Test:8080\r\nX-Forwarded-For: 192.0.2.10\r\n"
+                + "X-Real-IP: 192.0.2.10\r\nX-Forwarded-Proto: https\r\nX-Forwarded-Host: Shop.Test:8080\r\n\r\n"
+        )
+        // No path, a bare query, HTTP/1.0 without Host, HTTPS in capitals.
+        #expect(
+            try forwardedRequest("GET HTTPS://shop.test HTTP/1.0\r\n\r\n")
+                == "GET / HTTP/1.0\r\nHost: shop.test\r\nX-Forwarded-For: 192.0.2.10\r\nX-Real-IP: 192.0.2.10\r\n"
+                + "X-Forwarded-Proto: https\r\nX-Forwarded-Host: shop.test\r\n\r\n"
+        )
+        #expect(
+            try forwardedRequest("GET http://shop.test?x HTTP/1.1\r\nHost: shop.test\r\n\r\n").hasPrefix(
+                "GET /?x HTTP/1.1\r\n"
+            )
+        )
+        // Other forms are forwarded as they came.
+        #expect(
+            try forwardedRequest("OPTIONS * HTTP/1.1\r\nHost: shop.test\r\n\r\n").hasPrefix(
+                "OPTIONS * HTTP/1.1\r\nHost: shop.test\r\n"
+            )
+        )
+    }
+
     @Test("a plain request gets the forwarding fields")
     func plainRequest() throws {
         let text = "GET /a?b=c HTTP/1.1\r\nHost: shop.test\r\nAccept: */*\r\n\r\n"

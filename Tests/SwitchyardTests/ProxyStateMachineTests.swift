@@ -308,6 +308,16 @@ struct ProxyStateMachineTests {
         #expect(h.machine.wantsClientBytes)
     }
 
+    @Test("an absolute-form request is routed by its target's authority, not by Host")
+    func absoluteFormRouting() throws {
+        var h = try Harness()
+        #expect(h.client("GET http://duo.test/x HTTP/1.1\r\nHost: shop.test\r\n\r\n") == ["acquire duo"])
+        #expect(h.attach() == ["upstream " + forwarded("GET /x HTTP/1.1\r\nHost: duo.test\r\n", host: "duo.test")])
+        var unknown = try Harness()
+        let answer = unknown.client("GET http://nobody.test/ HTTP/1.1\r\nHost: shop.test\r\n\r\n")
+        #expect(answer.first?.hasPrefix("client HTTP/1.1 404 Not Found\r\n") == true, "\(answer)")
+    }
+
     @Test("the access log record of a round trip")
     func accessLog() throws {
         var h = try Harness(accessLog: true)

@@ -192,6 +192,37 @@ private let refusals: [HeadRefusalCase] = [
 /// parsing over a growing buffer, the size and count limits, and every smuggling shape it must refuse.
 @Suite("RequestHeadParser")
 struct RequestHeadParserTests {
+    @Test(
+        "an absolute-form target routes by its authority; userinfo or no host is refused",
+        arguments: [
+            ("GET http://user@shop.test/ HTTP/1.1\r\nHost: shop.test\r\n\r\n", "userinfo in the request target"),
+            ("GET http:///a HTTP/1.1\r\nHost: shop.test\r\n\r\n", "no host in the absolute-form request target"),
+            ("GET https://?a HTTP/1.1\r\nHost: shop.test\r\n\r\n", "no host in the absolute-form request target"),
+        ]
+    )
+    func absoluteFormRefused(text: String, reason: String) {
+        var parser = RequestHeadParser(maximumHeadBytes: 8192, maximumHeaderCount: 100)
+        let result = Array(text.utf8).withUnsafeBytes { parser.parse($0) }
+        #expect(result == .failure(.malformed(reason)))
+    }
+
+    @Test("the routing host of an absolute-form request is the target's authority")
+    func absoluteFormRoutingHost() throws {
+        let text = "GET http://a.test:81/x HTTP/1.1\r\nHost: b.test\r\n\r\n"
+        let bytes = Array(text.utf8)
+        var parser = RequestHeadParser(maximumHeadBytes: 8192, maximumHeaderCount: 100)
+        let result = bytes.withUnsafeBytes { parser.parse($0) }
+        guard case .complete(let head) = result else {
+            Issue.record("\(result)")
+            return
+        }
+        let routing = try #require(head.routingHost)
+        #expect(String(decoding: bytes[routing], as: UTF8.self) == "a.test:81")
+        #expect(String(decoding: bytes[try #require(head.host)], as: UTF8.self) == "b.test")
+        // The Host line is not forwarded: the authority is sent as Host instead.
+        #expect(parser.droppedLines.map { String(decoding: bytes[$0], as: UTF8.self) } == ["Host: b.test\r\n"])
+    }
+
     @Test("a GET head: every field")
     func validGet() throws {
         let text = "GET /path?q=1 HTTP/1.1\r\nHost: Shop.Test:8080 \r\nUser-Agent: t/1\r\nAccept: */*\r\n\r\n"

@@ -25,13 +25,26 @@ enum HeadWriter {
         client: ClientInfo,
         into output: inout ByteBuffer
     ) {
-        // Everything but the final empty line, minus the dropped lines.
+        // Everything but the final empty line, minus the dropped lines; an absolute-form target goes as origin-form.
         var position = head.start
+        if let absolute = head.absoluteForm {
+            output.writeBytes(UnsafeRawBufferPointer(rebasing: bytes[head.start..<head.target.lowerBound]))
+            if absolute.originForm.isEmpty || bytes[absolute.originForm.lowerBound] != UInt8(ascii: "/") {
+                output.writeStaticString("/")
+            }
+            output.writeBytes(UnsafeRawBufferPointer(rebasing: bytes[absolute.originForm]))
+            position = head.target.upperBound
+        }
         for line in dropped {
             output.writeBytes(UnsafeRawBufferPointer(rebasing: bytes[position..<line.lowerBound]))
             position = line.upperBound
         }
         output.writeBytes(UnsafeRawBufferPointer(rebasing: bytes[position..<(head.end - 2)]))
+        if let authority = head.absoluteForm?.authority {
+            output.writeStaticString("Host: ")
+            output.writeBytes(UnsafeRawBufferPointer(rebasing: bytes[authority]))
+            output.writeStaticString("\r\n")
+        }
 
         if head.isUpgrade, let upgrade = head.upgrade {
             output.writeStaticString("Upgrade: ")
@@ -48,7 +61,7 @@ enum HeadWriter {
         output.writeString(client.address)
         output.writeStaticString("\r\nX-Forwarded-Proto: ")
         output.writeStaticString(client.scheme)
-        if let host = head.host {
+        if let host = head.routingHost {
             output.writeStaticString("\r\nX-Forwarded-Host: ")
             output.writeBytes(UnsafeRawBufferPointer(rebasing: bytes[host]))
         }

@@ -110,6 +110,7 @@ struct RequestHeadParser {
             expectsContinue: false
         )
         var headerCount = 0
+        var hostLine: Range<Int>?
         var sawTransferEncoding = false
         var connectionOptions = false
         var lineStart = index
@@ -124,6 +125,7 @@ struct RequestHeadParser {
             case 4 where HTTPSyntax.equalsLowercase(bytes, field.name, "host"):
                 guard head.host == nil else { throw .malformed("more than one Host field") }
                 head.host = field.value
+                hostLine = line
             case 6 where HTTPSyntax.equalsLowercase(bytes, field.name, "expect"):
                 head.expectsContinue = HTTPSyntax.equalsLowercase(bytes, field.value, "100-continue")
             case 6 where HTTPSyntax.equalsLowercase(bytes, field.name, "cookie"):
@@ -186,10 +188,48 @@ struct RequestHeadParser {
         if head.methodKind == .connect {
             throw .malformed("CONNECT is not supported")
         }
+        if let absolute = try Self.absoluteForm(bytes, target) {
+            head.absoluteForm = absolute
+            // The target's authority wins over Host (RFC 9112 §3.2.2); the backend gets it as Host, so that it
+            // sees the host the request was routed by.
+            if let hostLine {
+                droppedLines.append(hostLine)
+                droppedLines.sort { $0.lowerBound < $1.lowerBound }
+            }
+        }
         if connectionOptions {
             try Self.dropConnectionOptions(bytes, start: index, end: end, droppedLines: &droppedLines)
         }
         return head
+    }
+
+    /// Splits an absolute-form target (`http://host[:port][/path][?query]`, scheme in any case) into its authority
+    /// and the rest; `nil` for any other form. An empty authority or one with userinfo (`user@host`, deprecated
+    /// and a phishing device, RFC 9110 §4.2.4) is refused.
+    static func absoluteForm(
+        _ bytes: UnsafeRawBufferPointer,
+        _ target: Range<Int>
+    ) throws(HTTPHeadError) -> (authority: Range<Int>, originForm: Range<Int>)? {
+        let authorityStart: Int
+        if target.count >= 7, HTTPSyntax.equalsLowercase(bytes, target.lowerBound..<(target.lowerBound + 7), "http://")
+        {
+            authorityStart = target.lowerBound + 7
+        } else if target.count >= 8,
+            HTTPSyntax.equalsLowercase(bytes, target.lowerBound..<(target.lowerBound + 8), "https://")
+        {
+            authorityStart = target.lowerBound + 8
+        } else {
+            return nil
+        }
+        var index = authorityStart
+        while index < target.upperBound, bytes[index] != UInt8(ascii: "/"), bytes[index] != UInt8(ascii: "?"),
+            bytes[index] != UInt8(ascii: "#")
+        {
+            guard bytes[index] != UInt8(ascii: "@") else { throw .malformed("userinfo in the request target") }
+            index += 1
+        }
+        guard index > authorityStart else { throw .malformed("no host in the absolute-form request target") }
+        return (authorityStart..<index, index..<target.upperBound)
     }
 
     /// Drops fields named as connection options (`Connection: X-Foo`), except those that frame or route the

@@ -489,7 +489,8 @@ struct ProxyStateMachine {
     private mutating func routeRequest(_ head: RequestHead, buffer: inout ByteBuffer, now: NIODeadline) -> Bool {
         let routed: (host: String, tenant: Tenant?)? = buffer.withUnsafeReadableBytes { bytes in
             // HTTP/1.0 without Host cannot be routed on a shared address.
-            guard let host = head.host, let name = HostName.normalize(UnsafeRawBufferPointer(rebasing: bytes[host]))
+            guard let host = head.routingHost,
+                let name = HostName.normalize(UnsafeRawBufferPointer(rebasing: bytes[host]))
             else { return nil }
             return (name, routes.current.tenant(forNormalizedHost: name))
         }
@@ -757,8 +758,8 @@ struct ProxyStateMachine {
                             // end.
                             var output = ByteBuffer()
                             output.reserveCapacity(head.end + setCookie.utf8.count)
-                            buffer.withUnsafeReadableBytes { bytes in
-                                output.writeBytes(UnsafeRawBufferPointer(rebasing: bytes[..<(head.end - 2)]))
+                            if let headWithoutEnd = buffer.getSlice(at: buffer.readerIndex, length: head.end - 2) {
+                                output.writeImmutableBuffer(headWithoutEnd)
                             }
                             output.writeString(setCookie)
                             output.writeStaticString("\r\n")
