@@ -463,7 +463,7 @@ struct TLSServerHandlerTests {
 
         var expected: [UInt8] = []
         for (round, sizes) in [[10, 40 * 1024, 100], [5], [70 * 1024, 1], [3]].enumerated() {
-            try harness.onServer {
+            harness.onServer {
                 for (index, size) in sizes.enumerated() {
                     let message = Self.pattern(size, seed: UInt64(round * 10 + index))
                     expected += message

@@ -14,10 +14,16 @@ struct RequestHead: Equatable {
     var methodKind: HTTPMethodKind
     /// The trimmed value of the one `Host` field, if any.
     var host: Range<Int>?
-    /// For an absolute-form target (`http://shop.test/a`), its authority (`shop.test`), which routes the request
-    /// instead of `Host` (RFC 9112 §3.2.2), and the rest of the target, forwarded as the origin-form target
-    /// (empty for `/`).
-    var absoluteForm: (authority: Range<Int>, originForm: Range<Int>)?
+    /// The parts of an absolute-form target (`http://shop.test/a`), `nil` for other forms.
+    var absoluteForm: AbsoluteForm?
+
+    /// An absolute-form target split in two.
+    struct AbsoluteForm: Equatable {
+        /// `shop.test`: routes the request instead of `Host` (RFC 9112 §3.2.2).
+        var authority: Range<Int>
+        /// The rest, forwarded as the origin-form target (empty for `/`).
+        var originForm: Range<Int>
+    }
     var contentLength: Int?
     var isChunked: Bool
     var connectionClose: Bool
@@ -30,16 +36,6 @@ struct RequestHead: Equatable {
     /// The host the request is for: the absolute-form target's authority, else `Host`.
     var routingHost: Range<Int>? {
         absoluteForm?.authority ?? host
-    }
-
-    static func == (lhs: RequestHead, rhs: RequestHead) -> Bool {
-        lhs.start == rhs.start && lhs.end == rhs.end && lhs.method == rhs.method && lhs.target == rhs.target
-            && lhs.minorVersion == rhs.minorVersion && lhs.methodKind == rhs.methodKind && lhs.host == rhs.host
-            && lhs.absoluteForm?.authority == rhs.absoluteForm?.authority
-            && lhs.absoluteForm?.originForm == rhs.absoluteForm?.originForm && lhs.contentLength == rhs.contentLength
-            && lhs.isChunked == rhs.isChunked && lhs.connectionClose == rhs.connectionClose
-            && lhs.connectionKeepAlive == rhs.connectionKeepAlive && lhs.connectionUpgrade == rhs.connectionUpgrade
-            && lhs.upgrade == rhs.upgrade && lhs.expectsContinue == rhs.expectsContinue
     }
 
     /// Whether the client asked to switch protocols (WebSocket) in a way the balancer honours.

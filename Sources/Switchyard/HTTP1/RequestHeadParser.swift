@@ -209,7 +209,7 @@ struct RequestHeadParser {
     static func absoluteForm(
         _ bytes: UnsafeRawBufferPointer,
         _ target: Range<Int>
-    ) throws(HTTPHeadError) -> (authority: Range<Int>, originForm: Range<Int>)? {
+    ) throws(HTTPHeadError) -> RequestHead.AbsoluteForm? {
         let authorityStart: Int
         if target.count >= 7, HTTPSyntax.equalsLowercase(bytes, target.lowerBound..<(target.lowerBound + 7), "http://")
         {
@@ -229,7 +229,7 @@ struct RequestHeadParser {
             index += 1
         }
         guard index > authorityStart else { throw .malformed("no host in the absolute-form request target") }
-        return (authorityStart..<index, index..<target.upperBound)
+        return RequestHead.AbsoluteForm(authority: authorityStart..<index, originForm: index..<target.upperBound)
     }
 
     /// Drops fields named as connection options (`Connection: X-Foo`), except those that frame or route the
