@@ -283,53 +283,21 @@ struct WorkerBackendSelectionTests {
 /// The state machine's answer when the handler finds no available backend: a 503 at once, nothing forwarded.
 @Suite("ProxyStateMachine with no available backend")
 struct NoBackendAvailableTests {
-    private func makeMachine(now: NIODeadline) throws -> ProxyStateMachine {
+    private func harness() throws -> ProxyStateMachineHarness {
         let backends = try [9001, 9002].map { Backend(address: try SocketAddress(ipAddress: "127.0.0.1", port: $0)) }
         let routes = RouteSource(
             try RouteTable(tenants: [Tenant(name: "shop", domains: ["shop.test"], backends: backends)])
         )
-        let settings = ProxyStateMachine.Settings(
-            maximumHeadBytes: 8192,
-            maximumHeaderCount: 64,
-            clientHeaderTimeout: .seconds(10),
-            keepAliveTimeout: .seconds(60),
-            clientBodyTimeout: .seconds(20),
-            upstreamResponseTimeout: .seconds(30),
-            tunnelIdleTimeout: .seconds(300),
-            client: HeadWriter.ClientInfo(address: "192.0.2.10", scheme: "http"),
-            accessLog: true
-        )
-        return ProxyStateMachine(settings: settings, routes: routes, now: now)
-    }
-
-    /// The queued actions, as short strings.
-    private func drain(_ machine: inout ProxyStateMachine) -> [String] {
-        var rendered: [String] = []
-        while let action = machine.popAction() {
-            switch action {
-            case .acquireUpstream(let tenant, _, _, _): rendered.append("acquire \(tenant.name)")
-            case .writeUpstream(let buffer): rendered.append("upstream " + String(buffer: buffer))
-            case .writeClient(let buffer): rendered.append("client " + String(buffer: buffer))
-            case .releaseUpstream: rendered.append("release")
-            case .shutdownUpstreamOutput, .shutdownClientOutput: rendered.append("shutdown")
-            case .closeClient: rendered.append("close")
-            case .backendFailed: rendered.append("backend failed")
-            case .log(let record): rendered.append("log \(record.status)")
-            }
-        }
-        return rendered
+        return ProxyStateMachineHarness(routes: routes, accessLog: true, scheme: "http")
     }
 
     @Test("503 with Retry-After: 5, the connection kept alive, nothing forwarded, the next request served")
     func serviceUnavailable() throws {
-        let now = NIODeadline.uptimeNanoseconds(1_000_000_000)
-        var machine = try makeMachine(now: now)
-        machine.clientRead(ByteBuffer(string: "GET /cart HTTP/1.1\r\nHost: shop.test\r\n\r\n"), now: now)
-        #expect(drain(&machine) == ["acquire shop"])
-        #expect(machine.state == .connecting)
-        machine.noBackendAvailable(now: now)
-        let actions = drain(&machine)
-        #expect(!actions.contains { $0.hasPrefix("upstream ") || $0 == "backend failed" })
+        var h = try harness()
+        #expect(h.client("GET /cart HTTP/1.1\r\nHost: shop.test\r\n\r\n") == ["acquire shop"])
+        #expect(h.state == .connecting)
+        let actions = h.noBackendAvailable()
+        #expect(!actions.contains { $0.hasPrefix("upstream ") || $0.hasPrefix("backend failed") })
         try #require(actions.count == 2)
         #expect(actions[1] == "log 503")
         let response = actions[0]
@@ -337,37 +305,28 @@ struct NoBackendAvailableTests {
         #expect(response.contains("\r\nRetry-After: 5\r\n"))
         #expect(!response.contains("Connection: close"))
         #expect(response.hasSuffix("\r\n\r\n503 Service Unavailable: the site has no healthy backend right now.\n"))
-        #expect(machine.state == .idle)
+        #expect(h.state == .idle)
         // The connection goes on: the next request asks for a backend again.
-        machine.clientRead(ByteBuffer(string: "GET /next HTTP/1.1\r\nHost: shop.test\r\n\r\n"), now: now)
-        #expect(drain(&machine) == ["acquire shop"])
+        #expect(h.client("GET /next HTTP/1.1\r\nHost: shop.test\r\n\r\n") == ["acquire shop"])
     }
 
     @Test("with Connection: close the 503 closes the connection")
     func serviceUnavailableClose() throws {
-        let now = NIODeadline.uptimeNanoseconds(1_000_000_000)
-        var machine = try makeMachine(now: now)
-        machine.clientRead(
-            ByteBuffer(string: "GET / HTTP/1.1\r\nHost: shop.test\r\nConnection: close\r\n\r\n"),
-            now: now
-        )
-        #expect(drain(&machine) == ["acquire shop"])
-        machine.noBackendAvailable(now: now)
-        let actions = drain(&machine)
+        var h = try harness()
+        #expect(h.client("GET / HTTP/1.1\r\nHost: shop.test\r\nConnection: close\r\n\r\n") == ["acquire shop"])
+        let actions = h.noBackendAvailable()
         try #require(actions.count == 3)
         #expect(actions[0].hasPrefix("client HTTP/1.1 503 Service Unavailable\r\n"))
         #expect(actions[0].contains("\r\nRetry-After: 5\r\n"))
         #expect(actions[0].contains("\r\nConnection: close\r\n"))
         #expect(actions[1...] == ["log 503", "close"])
-        #expect(machine.state == .closed)
+        #expect(h.state == .closed)
     }
 
     @Test("outside of connecting it is ignored")
     func ignoredWhenIdle() throws {
-        let now = NIODeadline.uptimeNanoseconds(1_000_000_000)
-        var machine = try makeMachine(now: now)
-        machine.noBackendAvailable(now: now)
-        #expect(drain(&machine).isEmpty)
-        #expect(machine.state == .idle)
+        var h = try harness()
+        #expect(h.noBackendAvailable().isEmpty)
+        #expect(h.state == .idle)
     }
 }

@@ -5,7 +5,7 @@ import Testing
 
 // MARK: - Harness
 
-private let clientAddress = "192.0.2.10"
+private let clientAddress = ProxyStateMachineHarness.clientAddress
 private let backendName = "127.0.0.1:9001"
 
 private func makeRoutes() throws -> RouteSource {
@@ -34,138 +34,28 @@ private func makeRoutes() throws -> RouteSource {
     return RouteSource(try RouteTable(tenants: [shop, duo, pinned]))
 }
 
-/// Timeouts of the harness's machine.
-private enum Timeout {
-    static let clientHeader = TimeAmount.seconds(10)
-    static let keepAlive = TimeAmount.seconds(60)
-    static let clientBody = TimeAmount.seconds(20)
-    static let upstreamResponse = TimeAmount.seconds(30)
-    static let tunnelIdle = TimeAmount.seconds(300)
-}
+private typealias Harness = ProxyStateMachineHarness
+private typealias Timeout = ProxyStateMachineHarness.Timeout
 
-/// A ``ProxyStateMachine`` with a hand-driven clock. Each event returns the actions it queued, rendered as strings;
-/// consecutive writes in the same direction are joined, since how bytes are split into writes is not behaviour.
-private struct Harness {
-    var machine: ProxyStateMachine
-    var now = NIODeadline.uptimeNanoseconds(1_000_000_000)
-    var logs: [AccessLogRecord] = []
-    let routes: RouteSource
-
-    init(
+extension ProxyStateMachineHarness {
+    /// A harness on the shared tenants (`shop`, `duo`, `pinned`).
+    fileprivate init(
         accessLog: Bool = false,
         maximumHeadBytes: Int = 8192,
         maximumHeaderCount: Int = 64,
         scheme: StaticString = "https"
     ) throws {
-        let settings = ProxyStateMachine.Settings(
+        self.init(
+            routes: try makeRoutes(),
+            accessLog: accessLog,
             maximumHeadBytes: maximumHeadBytes,
             maximumHeaderCount: maximumHeaderCount,
-            clientHeaderTimeout: Timeout.clientHeader,
-            keepAliveTimeout: Timeout.keepAlive,
-            clientBodyTimeout: Timeout.clientBody,
-            upstreamResponseTimeout: Timeout.upstreamResponse,
-            tunnelIdleTimeout: Timeout.tunnelIdle,
-            client: HeadWriter.ClientInfo(address: clientAddress, scheme: scheme),
-            accessLog: accessLog
+            scheme: scheme
         )
-        routes = try makeRoutes()
-        machine = ProxyStateMachine(settings: settings, routes: routes, now: now)
-    }
-
-    var state: ProxyStateMachine.State { machine.state }
-
-    mutating func drain() -> [String] {
-        var rendered: [String] = []
-        while let action = machine.popAction() {
-            let line: String
-            switch action {
-            case .acquireUpstream(let tenant, let fresh, let preferred, let avoidingLast):
-                line =
-                    "acquire \(tenant.name)" + (fresh ? " fresh" : "") + (preferred.map { " prefer \($0)" } ?? "")
-                    + (avoidingLast ? " avoiding last" : "")
-            case .writeUpstream(let buffer):
-                line = "upstream " + String(buffer: buffer)
-            case .writeClient(let buffer):
-                line = "client " + String(buffer: buffer)
-            case .releaseUpstream(let reusable):
-                line = reusable ? "release reusable" : "release closed"
-            case .shutdownUpstreamOutput:
-                line = "shutdown upstream"
-            case .shutdownClientOutput:
-                line = "shutdown client"
-            case .closeClient:
-                line = "close"
-            case .backendFailed(let tenant):
-                line = "backend failed \(tenant)"
-            case .log(let record):
-                logs.append(record)
-                line = "log \(record.status)"
-            }
-            if let last = rendered.last,
-                let prefix = ["client ", "upstream "].first(where: { last.hasPrefix($0) && line.hasPrefix($0) })
-            {
-                rendered[rendered.count - 1] = last + line.dropFirst(prefix.count)
-            } else {
-                rendered.append(line)
-            }
-        }
-        return rendered
-    }
-
-    mutating func client(_ text: String) -> [String] {
-        machine.clientRead(ByteBuffer(string: text), now: now)
-        return drain()
-    }
-
-    mutating func upstream(_ text: String) -> [String] {
-        machine.upstreamRead(ByteBuffer(string: text), now: now)
-        return drain()
-    }
-
-    /// The backend at `index` of the tenant named `tenant`.
-    func backend(_ tenant: String = "shop", _ index: Int = 0) -> Backend {
-        routes.current.tenants.first { $0.name == tenant }!.backends[index]
-    }
-
-    mutating func attach(reused: Bool = false, to backend: Backend? = nil) -> [String] {
-        machine.upstreamAttached(backend: backend ?? self.backend(), reused: reused, now: now)
-        return drain()
-    }
-
-    mutating func connectFailed(_ failure: ProxyStateMachine.ConnectFailure) -> [String] {
-        machine.upstreamConnectFailed(failure, now: now)
-        return drain()
-    }
-
-    mutating func upstreamClosed() -> [String] {
-        machine.upstreamClosed(now: now)
-        return drain()
-    }
-
-    mutating func clientInputEnded() -> [String] {
-        machine.clientInputEnded(now: now)
-        return drain()
-    }
-
-    mutating func clientClosed() -> [String] {
-        machine.clientClosed()
-        return drain()
-    }
-
-    mutating func beginShutdown() -> [String] {
-        machine.beginShutdown()
-        return drain()
-    }
-
-    /// Moves the clock on and applies the deadlines that passed.
-    mutating func advance(_ amount: TimeAmount) -> [String] {
-        now = now + amount
-        machine.checkTimeouts(now: now)
-        return drain()
     }
 
     /// Sends a GET for `host` and attaches a fresh backend connection.
-    mutating func startGet(_ target: String = "/", host: String = "shop.test") {
+    fileprivate mutating func startGet(_ target: String = "/", host: String = "shop.test") {
         let head = "GET \(target) HTTP/1.1\r\nHost: \(host)\r\n\r\n"
         #expect(client(head) == ["acquire \(host == "duo.test" ? "duo" : "shop")"])
         #expect(attach() == ["upstream " + forwarded("GET \(target) HTTP/1.1\r\nHost: \(host)\r\n", host: host)])
@@ -1288,25 +1178,6 @@ private func makeCappedRoutes() throws -> (RouteSource, TunnelGauge) {
     return (RouteSource(try RouteTable(tenants: [capped])), gauge)
 }
 
-extension Harness {
-    /// A harness whose machine routes by `routes` instead of the shared tenants.
-    init(routes: RouteSource) throws {
-        try self.init()
-        let settings = ProxyStateMachine.Settings(
-            maximumHeadBytes: 8192,
-            maximumHeaderCount: 64,
-            clientHeaderTimeout: Timeout.clientHeader,
-            keepAliveTimeout: Timeout.keepAlive,
-            clientBodyTimeout: Timeout.clientBody,
-            upstreamResponseTimeout: Timeout.upstreamResponse,
-            tunnelIdleTimeout: Timeout.tunnelIdle,
-            client: HeadWriter.ClientInfo(address: clientAddress, scheme: "https"),
-            accessLog: false
-        )
-        machine = ProxyStateMachine(settings: settings, routes: routes, now: now)
-    }
-}
-
 private let cappedUpgrade =
     "GET /ws HTTP/1.1\r\nHost: capped.test\r\nConnection: upgrade\r\nUpgrade: websocket\r\n\r\n"
 private let cappedSwitching = "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: upgrade\r\n\r\n"
@@ -1341,7 +1212,7 @@ struct ProxyStateMachineTunnelCapTests {
 
     /// Sends an upgrade request on a second connection while the slot is taken; expects the 503.
     private func expectRefused(routes: RouteSource, gauge: TunnelGauge) throws {
-        var second = try Harness(routes: routes)
+        var second = Harness(routes: routes)
         let actions = second.client(cappedUpgrade)
         #expect(actions.count == 1 && isTunnelCapRefusal(actions.first), "\(actions)")
         #expect(second.state == .idle)
@@ -1356,7 +1227,7 @@ struct ProxyStateMachineTunnelCapTests {
     func secondUpgradeRefused() throws {
         let (routes, gauge) = try makeCappedRoutes()
         #expect(gauge.current == 0)
-        var first = try Harness(routes: routes)
+        var first = Harness(routes: routes)
         try openTunnel(&first, gauge: gauge)
         try expectRefused(routes: routes, gauge: gauge)
         #expect(first.client("frame") == ["upstream frame"])
@@ -1366,9 +1237,9 @@ struct ProxyStateMachineTunnelCapTests {
     @Test("a refused upgrade with pipelined bytes behind it answers 503 then serves the next request")
     func refusedUpgradePipelined() throws {
         let (routes, gauge) = try makeCappedRoutes()
-        var first = try Harness(routes: routes)
+        var first = Harness(routes: routes)
         try openTunnel(&first, gauge: gauge)
-        var second = try Harness(routes: routes)
+        var second = Harness(routes: routes)
         let actions = second.client(cappedUpgrade + "GET /next HTTP/1.1\r\nHost: capped.test\r\n\r\n")
         #expect(actions.count == 2 && isTunnelCapRefusal(actions.first), "\(actions)")
         #expect(actions.last == "acquire capped")
@@ -1383,7 +1254,7 @@ struct ProxyStateMachineTunnelCapTests {
     @Test("an upgrade the backend declines gives its slot back")
     func declinedUpgradeReleases() throws {
         let (routes, gauge) = try makeCappedRoutes()
-        var h = try Harness(routes: routes)
+        var h = Harness(routes: routes)
         #expect(h.client(cappedUpgrade) == ["acquire capped fresh"])
         #expect(gauge.current == 1)
         _ = h.attach()
@@ -1395,14 +1266,14 @@ struct ProxyStateMachineTunnelCapTests {
         #expect(h.state == .idle)
         #expect(gauge.current == 0)
         // The slot is free for the next upgrade, on this connection or another.
-        var other = try Harness(routes: routes)
+        var other = Harness(routes: routes)
         try openTunnel(&other, gauge: gauge)
     }
 
     @Test("an upgrade whose backend cannot be reached gives its slot back")
     func failedUpgradeReleases() throws {
         let (routes, gauge) = try makeCappedRoutes()
-        var h = try Harness(routes: routes)
+        var h = Harness(routes: routes)
         #expect(h.client(cappedUpgrade) == ["acquire capped fresh"])
         #expect(gauge.current == 1)
         #expect(h.connectFailed(.refused).count == 1)
@@ -1412,7 +1283,7 @@ struct ProxyStateMachineTunnelCapTests {
     @Test("an upgrade whose client leaves before the answer gives its slot back")
     func clientLeavesDuringUpgrade() throws {
         let (routes, gauge) = try makeCappedRoutes()
-        var h = try Harness(routes: routes)
+        var h = Harness(routes: routes)
         #expect(h.client(cappedUpgrade) == ["acquire capped fresh"])
         _ = h.attach()
         #expect(gauge.current == 1)
@@ -1423,19 +1294,19 @@ struct ProxyStateMachineTunnelCapTests {
     @Test("a tunnel the client closes gives its slot back")
     func clientClosesTunnel() throws {
         let (routes, gauge) = try makeCappedRoutes()
-        var h = try Harness(routes: routes)
+        var h = Harness(routes: routes)
         try openTunnel(&h, gauge: gauge)
         #expect(h.clientClosed() == ["release closed"])
         #expect(h.state == .closed)
         #expect(gauge.current == 0)
-        var next = try Harness(routes: routes)
+        var next = Harness(routes: routes)
         try openTunnel(&next, gauge: gauge)
     }
 
     @Test("a tunnel both sides finish (client first, then backend) gives its slot back")
     func tunnelHalfClosesRelease() throws {
         let (routes, gauge) = try makeCappedRoutes()
-        var h = try Harness(routes: routes)
+        var h = Harness(routes: routes)
         try openTunnel(&h, gauge: gauge)
         #expect(h.clientInputEnded() == ["shutdown upstream"])
         #expect(gauge.current == 1)
@@ -1449,7 +1320,7 @@ struct ProxyStateMachineTunnelCapTests {
     @Test("a tunnel idle past the tenant's tunnel_idle is closed and gives its slot back")
     func idleTunnelReleases() throws {
         let (routes, gauge) = try makeCappedRoutes()
-        var h = try Harness(routes: routes)
+        var h = Harness(routes: routes)
         try openTunnel(&h, gauge: gauge)
         // The tenant's 30 s, not the server's 300 s.
         #expect(h.advance(.seconds(29)) == [])
@@ -1459,7 +1330,7 @@ struct ProxyStateMachineTunnelCapTests {
         #expect(gauge.current == 0)
         #expect(h.clientClosed() == [])
         #expect(gauge.current == 0)
-        var next = try Harness(routes: routes)
+        var next = Harness(routes: routes)
         try openTunnel(&next, gauge: gauge)
     }
 }

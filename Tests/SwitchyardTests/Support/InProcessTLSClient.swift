@@ -1,5 +1,7 @@
 import COpenSSL
 
+@testable import SwitchyardTLS
+
 /// A TLS client made of OpenSSL and two memory BIOs, for driving a server handler byte by byte in the same thread:
 /// ``takeOutput()`` gives the ciphertext the client wants sent, ``feed(_:)`` hands it what the server sent.
 ///
@@ -309,14 +311,7 @@ final class InProcessTLSClient {
 
     /// Empties the thread's OpenSSL error queue and returns its messages joined.
     private static func drainErrors() -> String {
-        var messages: [String] = []
-        while true {
-            let code = ERR_get_error()
-            guard code != 0 else { break }
-            var buffer = [CChar](repeating: 0, count: 256)
-            ERR_error_string_n(code, &buffer, buffer.count)
-            messages.append(String(decoding: buffer.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self))
-        }
+        let messages = OpenSSLErrorQueue.drain()
         return messages.isEmpty ? "no OpenSSL error" : messages.joined(separator: "; ")
     }
 }
