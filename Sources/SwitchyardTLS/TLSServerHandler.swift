@@ -141,7 +141,7 @@ public final class TLSServerHandler: ChannelDuplexHandler, RemovableChannelHandl
                 "\(failure)",
                 metadata: [
                     "peer": "\(context.channel.remoteAddress?.description ?? "?")",
-                    "sni": "\(connection.serverName ?? "-")",
+                    "sni": "\(connection.serverName.map(LogEscaping.escaped) ?? "-")",
                 ]
             )
             fail(context: context)

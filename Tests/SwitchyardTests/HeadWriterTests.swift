@@ -28,6 +28,7 @@ private func forwardedRequest(
             dropped: parser.droppedLines,
             forwardedFor: parser.forwardedFor,
             client: client,
+            upgrade: head.requestsUpgrade,
             into: &output
         )
     }

@@ -835,16 +835,17 @@ struct ProxyStateMachineTests {
         #expect(h.state == .closed)
     }
 
-    @Test("a 101 to a request that did not ask to upgrade closes both connections")
+    @Test("a 101 to a request that did not ask to upgrade is a broken answer: 502, counted against the backend")
     func unexpectedSwitchingProtocols() throws {
         var h = try Harness()
         h.startGet()
-        #expect(
-            h.upstream("HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n") == [
-                "release closed", "close",
-            ]
+        let actions = h.upstream(
+            "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n"
         )
-        #expect(h.state == .closed)
+        #expect(actions.count == 3)
+        #expect(actions.prefix(2) == ["backend failed shop", "release closed"])
+        #expect(actions.last?.hasPrefix("client HTTP/1.1 502 Bad Gateway\r\n") == true)
+        #expect(h.state == .idle)
     }
 
     @Test("an upgrade the backend declines is an ordinary exchange")

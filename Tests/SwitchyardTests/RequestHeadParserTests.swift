@@ -64,12 +64,15 @@ private enum HeadRefusal: String, Sendable {
     case tooManyHeaders
     case versionNotSupported
     case unsupportedTransferCoding
+    case requestLineTooLong
+    case methodNotAllowed
 
     func matches(_ result: RequestHeadParser.Result) -> Bool {
         switch (self, result) {
         case (.malformed, .failure(.malformed)), (.headerTooLarge, .failure(.headerTooLarge)),
             (.tooManyHeaders, .failure(.tooManyHeaders)), (.versionNotSupported, .failure(.versionNotSupported)),
-            (.unsupportedTransferCoding, .failure(.unsupportedTransferCoding)):
+            (.unsupportedTransferCoding, .failure(.unsupportedTransferCoding)),
+            (.requestLineTooLong, .failure(.requestLineTooLong)), (.methodNotAllowed, .failure(.methodNotAllowed)):
             return true
         default:
             return false
@@ -186,6 +189,41 @@ private let refusals: [HeadRefusalCase] = [
     HeadRefusalCase("invalid method character", "G(T / HTTP/1.1\r\nHost: a.test\r\n\r\n"),
     HeadRefusalCase("no method", " / HTTP/1.1\r\nHost: a.test\r\n\r\n"),
     HeadRefusalCase("CONNECT", "CONNECT shop.test:443 HTTP/1.1\r\nHost: shop.test:443\r\n\r\n"),
+    // Targets that are no path (issue 9): nothing but origin-form, http(s) absolute-form and OPTIONS * is served.
+    HeadRefusalCase("a relative target", "GET a/b HTTP/1.1\r\nHost: raw.test\r\n\r\n"),
+    HeadRefusalCase("authority-form with GET", "GET raw.test:80 HTTP/1.1\r\nHost: raw.test\r\n\r\n"),
+    HeadRefusalCase("a target starting with @", "GET @evil.example/x HTTP/1.1\r\nHost: redir.test\r\n\r\n"),
+    HeadRefusalCase("a target starting with a dot", "GET .evil.example/x HTTP/1.1\r\nHost: redir.test\r\n\r\n"),
+    HeadRefusalCase("asterisk-form with GET", "GET * HTTP/1.1\r\nHost: raw.test\r\n\r\n"),
+    HeadRefusalCase("an ftp URL", "GET ftp://raw.test/a HTTP/1.1\r\nHost: raw.test\r\n\r\n"),
+    HeadRefusalCase("http:/ with one slash", "GET http:/raw.test/a HTTP/1.1\r\nHost: raw.test\r\n\r\n"),
+    HeadRefusalCase("lower-case CONNECT", "Connect raw.test:443 HTTP/1.1\r\nHost: raw.test\r\n\r\n"),
+    HeadRefusalCase("lower-case get", "get / HTTP/1.1\r\nHost: raw.test\r\n\r\n"),
+    HeadRefusalCase("TRACE", "TRACE / HTTP/1.1\r\nHost: raw.test\r\n\r\n", .methodNotAllowed),
+    // Transfer-Encoding that frames nothing is malformed, not an unknown coding (RFC 9112 §6.1, §5.2).
+    HeadRefusalCase("Transfer-Encoding empty", "POST / HTTP/1.1\r\nHost: a.test\r\nTransfer-Encoding:\r\n\r\n"),
+    HeadRefusalCase(
+        "Transfer-Encoding folded",
+        "POST / HTTP/1.1\r\nHost: a.test\r\nTransfer-Encoding:\r\n chunked\r\n\r\n"
+    ),
+    HeadRefusalCase(
+        "Transfer-Encoding empty with Content-Length",
+        "POST / HTTP/1.1\r\nHost: a.test\r\nTransfer-Encoding:\r\nContent-Length: 3\r\n\r\nabc"
+    ),
+    HeadRefusalCase(
+        "Transfer-Encoding gzip with Content-Length",
+        "POST / HTTP/1.1\r\nHost: a.test\r\nTransfer-Encoding: gzip\r\nContent-Length: 3\r\n\r\nabc"
+    ),
+    HeadRefusalCase(
+        "a request line over 8 KiB",
+        "GET /\(String(repeating: "a", count: 9000)) HTTP/1.1\r\nHost: a.test\r\n\r\n",
+        .requestLineTooLong
+    ),
+    HeadRefusalCase(
+        "a request line over 8 KiB, not yet ended",
+        "GET /\(String(repeating: "a", count: 9000))",
+        .requestLineTooLong
+    ),
 ]
 
 /// The strict request head parser: every field of ``RequestHead`` for valid heads, the lines it drops, incremental
@@ -248,7 +286,7 @@ struct RequestHeadParserTests {
         #expect(parser.forwardedFor.isEmpty)
         #expect(expected.keepAlive)
         #expect(!expected.hasBody)
-        #expect(!expected.isUpgrade)
+        #expect(!expected.requestsUpgrade)
         let bytes = Array(text.utf8)
         #expect(string(bytes, expected.target) == "/path?q=1")
     }
@@ -322,14 +360,13 @@ struct RequestHeadParserTests {
         #expect(upgrade.connectionUpgrade)
         #expect(upgrade.connectionKeepAlive)
         #expect(upgrade.upgrade == offsets(of: "websocket", in: text))
-        #expect(upgrade.isUpgrade)
+        #expect(upgrade.requestsUpgrade)
 
         #expect(try parsedHead("HEAD / HTTP/1.1\r\nHost: a\r\n\r\n").methodKind == .head)
         #expect(try parsedHead("DELETE / HTTP/1.1\r\nHost: a\r\n\r\n").methodKind == .delete)
         #expect(try parsedHead("OPTIONS * HTTP/1.1\r\nHost: a\r\n\r\n").methodKind == .options)
         #expect(try parsedHead("PATCH / HTTP/1.1\r\nHost: a\r\n\r\n").methodKind == .other)
-        // Methods are case-sensitive.
-        #expect(try parsedHead("get / HTTP/1.1\r\nHost: a\r\n\r\n").methodKind == .other)
+        #expect(try parsedHead("PROPFIND / HTTP/1.1\r\nHost: a\r\n\r\n").methodKind == .other)
         #expect(try parsedHead("POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 0\r\n\r\n").hasBody == false)
         #expect(try parsedHead("POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 000\r\n\r\n").contentLength == 0)
         #expect(
@@ -422,7 +459,7 @@ struct RequestHeadParserTests {
         // An upgrade is HTTP/1.1 only.
         let upgrade = try parsedHead("GET / HTTP/1.0\r\nConnection: upgrade\r\nUpgrade: websocket\r\n\r\n")
         #expect(upgrade.connectionUpgrade)
-        #expect(!upgrade.isUpgrade)
+        #expect(!upgrade.requestsUpgrade)
     }
 
     @Test("Connection options set the close, keep-alive and upgrade flags, case-insensitively")
@@ -441,16 +478,16 @@ struct RequestHeadParserTests {
         )
         #expect(list.connectionUpgrade)
         #expect(list.connectionClose)
-        #expect(list.isUpgrade)
+        #expect(list.requestsUpgrade)
 
         let twoFields = try parsedHead("GET / HTTP/1.1\r\nHost: a\r\nConnection: upgrade\r\nConnection: close\r\n\r\n")
         #expect(twoFields.connectionUpgrade)
         #expect(twoFields.connectionClose)
-        #expect(!twoFields.isUpgrade)  // no Upgrade field
+        #expect(!twoFields.requestsUpgrade)  // no Upgrade field
 
         let noConnection = try parsedHead("GET / HTTP/1.1\r\nHost: a\r\nUpgrade: websocket\r\n\r\n")
         #expect(noConnection.upgrade != nil)
-        #expect(!noConnection.isUpgrade)
+        #expect(!noConnection.requestsUpgrade)
     }
 
     @Test("fields named by Connection are dropped, in order with the other dropped lines")
@@ -525,6 +562,52 @@ struct RequestHeadParserTests {
         _ = parse("GET / HTTP/1.1\r\nHost: a\r\n\r\n", into: &parser)
         #expect(parser.droppedLines.isEmpty)
         #expect(parser.forwardedFor.isEmpty)
+    }
+
+    @Test("every accepted target form: origin, http and https absolute-form, OPTIONS *")
+    func acceptedTargetForms() throws {
+        #expect(try parsedHead("GET /a?b HTTP/1.1\r\nHost: a\r\n\r\n").redirectPath.count == 4)
+        #expect(try parsedHead("GET //evil.example/x HTTP/1.1\r\nHost: a\r\n\r\n").absoluteForm == nil)
+        #expect(try parsedHead("GET HTTP://a.test/x HTTP/1.1\r\nHost: a\r\n\r\n").absoluteForm != nil)
+        #expect(try parsedHead("GET https://a.test HTTP/1.1\r\nHost: a\r\n\r\n").redirectPath.isEmpty)
+        let options = try parsedHead("OPTIONS * HTTP/1.1\r\nHost: a\r\n\r\n")
+        #expect(options.isAsteriskForm)
+        #expect(options.redirectPath.isEmpty)
+    }
+
+    @Test("fields with underscores are dropped unless the configuration keeps them")
+    func underscoreFields() {
+        let text =
+            "GET / HTTP/1.1\r\nHost: a.test\r\nX_Real_IP: 6.6.6.6\r\nX_Forwarded_Proto: https\r\n"
+            + "Transfer_Encoding: chunked\r\nX-Ok: 1\r\n\r\n"
+        let (result, parser) = parse(text)
+        guard case .complete(let head) = result else {
+            Issue.record("expected a complete head, got \(result)")
+            return
+        }
+        #expect(!head.isChunked)
+        #expect(
+            parser.droppedLines == [
+                lineRange("X_Real_IP: 6.6.6.6", in: text),
+                lineRange("X_Forwarded_Proto: https", in: text),
+                lineRange("Transfer_Encoding: chunked", in: text),
+            ]
+        )
+        var keeping = RequestHeadParser(maximumHeadBytes: 8192, maximumHeaderCount: 100, forwardsUnderscoreFields: true)
+        _ = parse(text, into: &keeping)
+        #expect(keeping.droppedLines.isEmpty)
+    }
+
+    @Test("HTTP2-Settings is dropped and kept aside for an h2c upgrade")
+    func http2Settings() {
+        let text = "GET / HTTP/1.1\r\nHost: a\r\nConnection: Upgrade\r\nUpgrade: h2c\r\nHTTP2-Settings: AAMA\r\n\r\n"
+        let (result, parser) = parse(text)
+        guard case .complete(let head) = result else {
+            Issue.record("expected a complete head, got \(result)")
+            return
+        }
+        #expect(head.http2Settings == offsets(of: "AAMA", in: text))
+        #expect(parser.droppedLines.contains(lineRange("HTTP2-Settings: AAMA", in: text)))
     }
 
     @Test("refusals", arguments: refusals)

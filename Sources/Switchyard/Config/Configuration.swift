@@ -27,6 +27,9 @@ public struct Configuration: Sendable, Equatable {
     public var limits: Limits
     /// Whether one line per request is logged.
     public var accessLog: Bool
+    /// Whether request fields with `_` in their names are forwarded (`underscores_in_headers`, off as in nginx:
+    /// CGI, PHP and WSGI read `X_Real_IP` as `X-Real-IP`, so a client could impersonate the balancer's fields).
+    public var underscoresInHeaders: Bool = false
 
     public init(
         listen: Listen = Listen(),
@@ -105,6 +108,9 @@ public struct Configuration: Sendable, Equatable {
         public var tunnelIdle: TimeAmount
         /// On shutdown, how long in-flight requests may take before connections are cut.
         public var drain: TimeAmount
+        /// Longest a client may leave its answer unread (nginx's `send_timeout`): the connection is then closed,
+        /// whatever it was doing, and a backend paused for its sake is not blamed.
+        public var clientSend: TimeAmount
 
         public init(
             clientHeader: TimeAmount = .seconds(30),
@@ -115,7 +121,8 @@ public struct Configuration: Sendable, Equatable {
             upstreamIdle: TimeAmount = .seconds(60),
             tlsHandshake: TimeAmount = .seconds(10),
             tunnelIdle: TimeAmount = .hours(1),
-            drain: TimeAmount = .seconds(30)
+            drain: TimeAmount = .seconds(30),
+            clientSend: TimeAmount = .seconds(60)
         ) {
             self.clientHeader = clientHeader
             self.keepAlive = keepAlive
@@ -126,6 +133,7 @@ public struct Configuration: Sendable, Equatable {
             self.tlsHandshake = tlsHandshake
             self.tunnelIdle = tunnelIdle
             self.drain = drain
+            self.clientSend = clientSend
         }
     }
 
@@ -185,6 +193,9 @@ public struct TenantConfiguration: Sendable, Equatable {
     public var maxTunnels: Int
     /// Sticky sessions by cookie; `nil` when every request is balanced afresh.
     public var sticky: StickySessionConfiguration?
+    /// Protocols a request may upgrade to (`upgrade_protocols`), lower case; `websocket` by default. Any other
+    /// `Upgrade` is stripped and the request forwarded as plain HTTP.
+    public var upgradeProtocols: [String] = ["websocket"]
 
     public init(
         name: String,

@@ -64,6 +64,7 @@ public enum ConfigurationLoader {
     private enum Key {
         static let topLevel = [
             "listen", "workers", "admin", "state", "tls", "access_log", "timeouts", "limits", "tenants",
+            "underscores_in_headers",
         ]
         static let listen = ["http", "https"]
         static let admin = ["socket"]
@@ -73,12 +74,12 @@ public enum ConfigurationLoader {
         ]
         static let timeouts = [
             "client_header", "keepalive", "client_body", "upstream_connect", "upstream_response", "upstream_idle",
-            "tls_handshake", "tunnel_idle", "drain",
+            "tls_handshake", "tunnel_idle", "drain", "client_send",
         ]
         static let limits = ["max_header_bytes", "max_headers", "max_connections", "upstream_keepalive"]
         static let tenant = [
             "name", "domains", "backends", "certificate", "key", "health", "balance", "https_redirect", "tunnel_idle",
-            "max_tunnels", "sticky",
+            "max_tunnels", "sticky", "upgrade_protocols",
         ]
         static let sticky = ["cookie", "max_age", "same_site"]
         static let health = ["path", "host", "status", "interval", "timeout", "rise", "fall"]
@@ -108,6 +109,9 @@ public enum ConfigurationLoader {
         }
         if let node = top["access_log"] {
             configuration.accessLog = try node.bool()
+        }
+        if let node = top["underscores_in_headers"] {
+            configuration.underscoresInHeaders = try node.bool()
         }
         if let node = top["timeouts"] {
             configuration.timeouts = try Self.timeouts(node)
@@ -265,6 +269,24 @@ public enum ConfigurationLoader {
         return Configuration.TLSFiles(certificate: certificate, key: key)
     }
 
+    /// `upgrade_protocols`: protocol names an `Upgrade` may switch to (`websocket`, `h2c`…), tokens without a
+    /// version, compared without case.
+    private static func upgradeProtocols(_ node: ConfigurationNode) throws(ConfigurationError) -> [String] {
+        let items = try node.stringList(
+            allowingSingle: true,
+            listDescription: "a list of protocol names",
+            itemDescription: "a protocol name such as websocket or h2c"
+        )
+        var protocols: [String] = []
+        for (text, item) in items {
+            guard !text.isEmpty, text.utf8.allSatisfy(HTTPSyntax.isTokenCharacter) else {
+                throw item.error("\(Self.quoted(text)) is not a protocol name (a token such as websocket or h2c)")
+            }
+            protocols.append(text.lowercased())
+        }
+        return protocols
+    }
+
     // MARK: - timeouts, limits
 
     private static func timeouts(_ node: ConfigurationNode) throws(ConfigurationError) -> Configuration.Timeouts {
@@ -280,6 +302,7 @@ public enum ConfigurationLoader {
             ("tls_handshake", \.tlsHandshake),
             ("tunnel_idle", \.tunnelIdle),
             ("drain", \.drain),
+            ("client_send", \.clientSend),
         ]
         for (key, field) in fields {
             if let value = mapping[key] {
@@ -461,6 +484,9 @@ public enum ConfigurationLoader {
         }
         if let node = mapping["max_tunnels"] {
             tenant.maxTunnels = try node.integer(in: 1...1_000_000)
+        }
+        if let node = mapping["upgrade_protocols"] {
+            tenant.upgradeProtocols = try Self.upgradeProtocols(node)
         }
         if let node = mapping["sticky"] {
             tenant.sticky = try Self.sticky(node)

@@ -58,9 +58,12 @@ enum BodyFraming: Equatable {
 
 /// Follows the framing of a chunked body (RFC 9112 §7.1) byte by byte, skipping chunk data in one step.
 ///
-/// Chunk sizes must be hexadecimal digits with no sign, prefix or whitespace and at most 15 digits; extensions and
-/// trailers are tolerated but bounded. Anything else is invalid, which the proxy answers with 400 (a lax chunk
-/// parser is a classic request-smuggling vector).
+/// Chunk sizes must be hexadecimal digits with no sign, prefix or whitespace and at most 15 digits; extensions are
+/// tolerated but bounded. Trailer fields follow the header grammar strictly (`token ":" OWS value CRLF`, no
+/// obs-fold), and fields that must not be trailers (framing, routing, hop-by-hop, authentication, cookies,
+/// content metadata; RFC 9110 §6.5.1) are errors, which RFC 9110 allows in place of ignoring them: a backend that
+/// ends the body at the last chunk would otherwise read `0\r\nGET /smuggled …` as a second request. Anything else
+/// is invalid, which the proxy answers with 400 (a lax chunk parser is a classic request-smuggling vector).
 struct ChunkedBodyTracker: Equatable {
     private enum State: Equatable {
         case size(digits: Int, value: Int)
@@ -70,7 +73,8 @@ struct ChunkedBodyTracker: Equatable {
         case dataCarriageReturn
         case dataLineFeed
         case trailerLineStart
-        case trailerLine
+        case trailerName
+        case trailerValue
         case trailerLineFeed
         case finalLineFeed
     }
@@ -82,6 +86,9 @@ struct ChunkedBodyTracker: Equatable {
     private var overhead = 0
     /// Most extension and trailer bytes accepted for one body.
     static let maximumOverhead = 16 * 1024
+    /// The lower-cased name of the trailer field being read, up to the longest forbidden name (a longer name is
+    /// allowed whatever it is). Empty, and so allocation-free, for bodies without trailers.
+    private var trailerName: [UInt8] = []
 
     init() {}
 
@@ -139,16 +146,33 @@ struct ChunkedBodyTracker: Equatable {
                 if byte == HTTPSyntax.cr {
                     state = .finalLineFeed
                 } else {
-                    guard HTTPSyntax.isTokenCharacter(byte) else { return .invalid("invalid trailer field") }
-                    state = .trailerLine
+                    guard HTTPSyntax.isTokenCharacter(byte) else { return .invalid("invalid trailer field name") }
+                    trailerName.removeAll(keepingCapacity: true)
+                    trailerName.append(HTTPSyntax.lowercase(byte))
+                    state = .trailerName
                 }
-            case .trailerLine:
+            case .trailerName:
+                overhead += 1
+                guard overhead <= Self.maximumOverhead else { return .invalid("trailer section too large") }
+                if byte == HTTPSyntax.colon {
+                    guard !Self.isForbiddenTrailer(trailerName) else {
+                        return .invalid("field not allowed in trailers")
+                    }
+                    state = .trailerValue
+                } else if HTTPSyntax.isTokenCharacter(byte) {
+                    if trailerName.count <= Self.longestForbiddenTrailer {
+                        trailerName.append(HTTPSyntax.lowercase(byte))
+                    }
+                } else {
+                    return .invalid("invalid trailer field name")
+                }
+            case .trailerValue:
                 overhead += 1
                 guard overhead <= Self.maximumOverhead else { return .invalid("trailer section too large") }
                 if byte == HTTPSyntax.cr {
                     state = .trailerLineFeed
                 } else if !HTTPSyntax.isFieldValueCharacter(byte) {
-                    return .invalid("invalid trailer field")
+                    return .invalid("invalid trailer field value")
                 }
             case .trailerLineFeed:
                 guard byte == HTTPSyntax.lf else { return .invalid("trailer line without LF") }
@@ -159,6 +183,24 @@ struct ChunkedBodyTracker: Equatable {
             }
         }
         return .needMore
+    }
+
+    /// Fields a trailer must not carry: they frame, route or authorise the message, or are hop-by-hop, and a
+    /// recipient that merged them into the header section would act on what the balancer never checked.
+    private static let forbiddenTrailers: Set<[UInt8]> = Set(
+        [
+            "content-length", "transfer-encoding", "host", "connection", "keep-alive", "proxy-connection", "te",
+            "trailer", "upgrade", "expect", "max-forwards", "range", "if-match", "if-none-match", "if-modified-since",
+            "if-unmodified-since", "if-range", "authorization", "proxy-authorization", "proxy-authenticate",
+            "www-authenticate", "cookie", "set-cookie", "content-type", "content-encoding", "content-range",
+            "cache-control", "pragma", "age", "expires", "date", "location", "retry-after", "vary",
+            "x-forwarded-for", "x-forwarded-host", "x-forwarded-proto", "x-real-ip", "forwarded",
+        ].map { Array($0.utf8) }
+    )
+    private static let longestForbiddenTrailer = forbiddenTrailers.map(\.count).max() ?? 0
+
+    private static func isForbiddenTrailer(_ name: [UInt8]) -> Bool {
+        name.count <= longestForbiddenTrailer && forbiddenTrailers.contains(name)
     }
 
     private static func hexValue(_ byte: UInt8) -> Int? {

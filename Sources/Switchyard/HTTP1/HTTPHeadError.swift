@@ -11,6 +11,10 @@ enum HTTPHeadError: Error, Equatable, Sendable {
     case versionNotSupported
     /// A transfer coding other than `chunked`; answered 501.
     case unsupportedTransferCoding
+    /// A request line longer than its limit (8 KiB); answered 414.
+    case requestLineTooLong
+    /// TRACE; answered 405.
+    case methodNotAllowed
 
     var reason: String {
         switch self {
@@ -19,6 +23,8 @@ enum HTTPHeadError: Error, Equatable, Sendable {
         case .tooManyHeaders: return "too many header fields"
         case .versionNotSupported: return "HTTP version not supported"
         case .unsupportedTransferCoding: return "transfer coding not supported"
+        case .requestLineTooLong: return "request line too long"
+        case .methodNotAllowed: return "method not allowed"
         }
     }
 }

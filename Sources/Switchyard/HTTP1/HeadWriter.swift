@@ -17,12 +17,15 @@ enum HeadWriter {
     ///   - bytes: the client's bytes, the head at `head.start..<head.end`.
     ///   - dropped: lines not to forward, in ascending order.
     ///   - forwardedFor: values of the client's `X-Forwarded-For` fields, kept in front of the client address.
+    ///   - upgrade: whether the request's protocol switch is honoured: its `Upgrade` (and `HTTP2-Settings`) go
+    ///     out with `Connection: upgrade`; otherwise they are dropped and the request is plain HTTP.
     static func writeRequest(
         _ bytes: UnsafeRawBufferPointer,
         head: RequestHead,
         dropped: [Range<Int>],
         forwardedFor: [Range<Int>],
         client: ClientInfo,
+        upgrade: Bool,
         into output: inout ByteBuffer
     ) {
         // Everything but the final empty line, minus the dropped lines; an absolute-form target goes as origin-form.
@@ -46,10 +49,16 @@ enum HeadWriter {
             output.writeStaticString("\r\n")
         }
 
-        if head.isUpgrade, let upgrade = head.upgrade {
+        if upgrade, let protocols = head.upgrade {
             output.writeStaticString("Upgrade: ")
-            output.writeBytes(UnsafeRawBufferPointer(rebasing: bytes[upgrade]))
-            output.writeStaticString("\r\nConnection: upgrade\r\n")
+            output.writeBytes(UnsafeRawBufferPointer(rebasing: bytes[protocols]))
+            if let settings = head.http2Settings {
+                output.writeStaticString("\r\nHTTP2-Settings: ")
+                output.writeBytes(UnsafeRawBufferPointer(rebasing: bytes[settings]))
+                output.writeStaticString("\r\nConnection: upgrade, HTTP2-Settings\r\n")
+            } else {
+                output.writeStaticString("\r\nConnection: upgrade\r\n")
+            }
         }
         output.writeStaticString("X-Forwarded-For: ")
         for value in forwardedFor {

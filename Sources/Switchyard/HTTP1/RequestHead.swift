@@ -14,6 +14,8 @@ struct RequestHead: Equatable {
     var methodKind: HTTPMethodKind
     /// The trimmed value of the one `Host` field, if any.
     var host: Range<Int>?
+    /// Whether the target is `*` (OPTIONS for the server as a whole).
+    var isAsteriskForm = false
     /// The parts of an absolute-form target (`http://shop.test/a`), `nil` for other forms.
     var absoluteForm: AbsoluteForm?
 
@@ -31,6 +33,8 @@ struct RequestHead: Equatable {
     var connectionUpgrade: Bool
     /// The trimmed value of `Upgrade`, if any.
     var upgrade: Range<Int>?
+    /// The value of `HTTP2-Settings`, forwarded only with an honoured `h2c` upgrade.
+    var http2Settings: Range<Int>? = nil
     var expectsContinue: Bool
 
     /// The host the request is for: the absolute-form target's authority, else `Host`.
@@ -38,9 +42,18 @@ struct RequestHead: Equatable {
         absoluteForm?.authority ?? host
     }
 
-    /// Whether the client asked to switch protocols (WebSocket) in a way the balancer honours.
-    var isUpgrade: Bool {
+    /// Whether the client asked to switch protocols in a well-formed way; the proxy honours it only for a
+    /// protocol the tenant allows (WebSocket by default).
+    var requestsUpgrade: Bool {
         connectionUpgrade && upgrade != nil && minorVersion == 1
+    }
+
+    /// The path and query an `https_redirect` sends the client to: the origin-form target, or the part of an
+    /// absolute-form target after its authority; empty for `*`. Never the authority itself, so that no target
+    /// (`@evil.example/x`, `.evil.example`) can move the redirect to another host.
+    var redirectPath: Range<Int> {
+        if let absoluteForm { return absoluteForm.originForm }
+        return isAsteriskForm ? target.lowerBound..<target.lowerBound : target
     }
 
     /// Whether the client connection stays open after this exchange, as far as the request says.
@@ -63,13 +76,14 @@ enum HTTPMethodKind: Equatable {
     case delete
     case options
     case connect
+    case trace
     case other
 
     /// Idempotent methods (RFC 9110 §9.2.2) may be sent again after a failure.
     var isIdempotent: Bool {
         switch self {
         case .get, .head, .put, .delete, .options: return true
-        case .post, .connect, .other: return false
+        case .post, .connect, .trace, .other: return false
         }
     }
 }

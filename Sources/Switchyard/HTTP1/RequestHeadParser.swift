@@ -13,6 +13,13 @@ struct RequestHeadParser {
     var maximumHeadBytes: Int
     /// Most header fields in a head.
     var maximumHeaderCount: Int
+    /// Most bytes in the request line, CRLF included; a longer one is answered 414 (nginx's
+    /// `large_client_header_buffers` size, 8 KiB, bounds it the same way).
+    var maximumRequestLineBytes: Int
+    /// Whether fields whose names contain `_` are forwarded. Off by default, as nginx's `underscores_in_headers`:
+    /// CGI, PHP and WSGI map `X_Real_IP` and `X-Real-IP` to one variable, so the client's spelling would
+    /// impersonate the balancer's own field.
+    var forwardsUnderscoreFields: Bool
 
     /// Header lines (from their first byte to just past their CRLF) that are not forwarded.
     private(set) var droppedLines: [Range<Int>] = []
@@ -23,9 +30,16 @@ struct RequestHeadParser {
 
     private var locator = HeadLocator()
 
-    init(maximumHeadBytes: Int, maximumHeaderCount: Int) {
+    init(
+        maximumHeadBytes: Int,
+        maximumHeaderCount: Int,
+        maximumRequestLineBytes: Int = 8192,
+        forwardsUnderscoreFields: Bool = false
+    ) {
         self.maximumHeadBytes = maximumHeadBytes
         self.maximumHeaderCount = maximumHeaderCount
+        self.maximumRequestLineBytes = min(maximumRequestLineBytes, maximumHeadBytes)
+        self.forwardsUnderscoreFields = forwardsUnderscoreFields
         droppedLines.reserveCapacity(8)
         forwardedFor.reserveCapacity(2)
         cookies.reserveCapacity(2)
@@ -52,11 +66,21 @@ struct RequestHeadParser {
         }
         switch locator.locate(in: bytes, start: start) {
         case .incomplete:
+            if bytes.count - start > maximumRequestLineBytes,
+                !Self.hasLineEnd(bytes, from: start, within: maximumRequestLineBytes)
+            {
+                return .failure(.requestLineTooLong)
+            }
             if bytes.count - start > maximumHeadBytes { return .failure(.headerTooLarge) }
             return .incomplete
         case .bareLineFeed:
             return .failure(.malformed("line ends with a bare LF"))
         case .complete(let end):
+            if end - start > maximumRequestLineBytes,
+                !Self.hasLineEnd(bytes, from: start, within: maximumRequestLineBytes)
+            {
+                return .failure(.requestLineTooLong)
+            }
             if end - start > maximumHeadBytes { return .failure(.headerTooLarge) }
             do {
                 return .complete(try parseHead(bytes, start: start, end: end))
@@ -82,6 +106,12 @@ struct RequestHeadParser {
         guard !method.isEmpty, bytes[index] == HTTPSyntax.space else {
             throw .malformed("invalid method in the request line")
         }
+        // Methods are case-sensitive and every registered one is upper case (RFC 9110 §9.1); a backend that
+        // compares them without case would take `Connect` or `get` for another method than the balancer did, so
+        // lower case is refused, as nginx does.
+        for offset in method where bytes[offset] >= UInt8(ascii: "a") && bytes[offset] <= UInt8(ascii: "z") {
+            throw .malformed("lower-case letters in the method")
+        }
         index += 1
         let targetStart = index
         while index < end, HTTPSyntax.isTargetCharacter(bytes[index]) { index += 1 }
@@ -92,6 +122,13 @@ struct RequestHeadParser {
         index += 1
         let minorVersion = try Self.parseVersion(bytes, at: index, end: end)
         index += 10  // "HTTP/1.x\r\n"
+        let methodKind = Self.methodKind(bytes, method)
+        if methodKind == .trace {
+            // TRACE echoes the request, cookies and credentials included, to any script that can send it
+            // (cross-site tracing); nginx answers 405 too.
+            throw .methodNotAllowed
+        }
+        try Self.checkTargetForm(bytes, target, methodKind: methodKind)
 
         var head = RequestHead(
             start: start,
@@ -99,7 +136,7 @@ struct RequestHeadParser {
             method: method,
             target: target,
             minorVersion: minorVersion,
-            methodKind: Self.methodKind(bytes, method),
+            methodKind: methodKind,
             host: nil,
             contentLength: nil,
             isChunked: false,
@@ -112,6 +149,7 @@ struct RequestHeadParser {
         var headerCount = 0
         var hostLine: Range<Int>?
         var sawTransferEncoding = false
+        var unsupportedCoding = false
         var connectionOptions = false
         var lineStart = index
         var field = HeaderField(name: 0..<0, value: 0..<0, lineEnd: 0)
@@ -119,6 +157,13 @@ struct RequestHeadParser {
             headerCount += 1
             guard headerCount <= maximumHeaderCount else { throw .tooManyHeaders }
             let line = lineStart..<next
+            if field.nameHasUnderscore && !forwardsUnderscoreFields {
+                // Never a field the balancer acts on either: `Transfer_Encoding` frames nothing here, and must
+                // frame nothing behind.
+                droppedLines.append(line)
+                lineStart = next
+                continue
+            }
             switch field.name.count {
             case 2 where HTTPSyntax.equalsLowercase(bytes, field.name, "te"):
                 droppedLines.append(line)
@@ -130,6 +175,11 @@ struct RequestHeadParser {
                 head.expectsContinue = HTTPSyntax.equalsLowercase(bytes, field.value, "100-continue")
             case 6 where HTTPSyntax.equalsLowercase(bytes, field.name, "cookie"):
                 cookies.append(field.value)
+            case 14 where HTTPSyntax.equalsLowercase(bytes, field.name, "http2-settings"):
+                // Connection-specific (RFC 7540 §3.2.1): re-added by the writer only when an h2c upgrade is
+                // honoured.
+                head.http2Settings = field.value
+                droppedLines.append(line)
             case 7 where HTTPSyntax.equalsLowercase(bytes, field.name, "upgrade"):
                 // Re-added by the writer when the upgrade is honoured.
                 guard head.upgrade == nil else { throw .malformed("more than one Upgrade field") }
@@ -164,10 +214,14 @@ struct RequestHeadParser {
             case 17 where HTTPSyntax.equalsLowercase(bytes, field.name, "transfer-encoding"):
                 guard !sawTransferEncoding else { throw .malformed("more than one Transfer-Encoding field") }
                 sawTransferEncoding = true
-                guard HTTPSyntax.equalsLowercase(bytes, field.value, "chunked") else {
-                    throw .unsupportedTransferCoding
+                // An empty value (what a folded field leaves on its first line) frames nothing: malformed, not
+                // an unknown coding (RFC 9112 §6.1).
+                guard !field.value.isEmpty else { throw .malformed("empty Transfer-Encoding") }
+                if HTTPSyntax.equalsLowercase(bytes, field.value, "chunked") {
+                    head.isChunked = true
+                } else {
+                    unsupportedCoding = true
                 }
-                head.isChunked = true
             case 17 where HTTPSyntax.equalsLowercase(bytes, field.name, "x-forwarded-proto"):
                 droppedLines.append(line)
             default:
@@ -176,8 +230,11 @@ struct RequestHeadParser {
             lineStart = next
         }
 
-        if head.isChunked && head.contentLength != nil {
+        if sawTransferEncoding && head.contentLength != nil {
             throw .malformed("both Content-Length and Transfer-Encoding")
+        }
+        if unsupportedCoding {
+            throw .unsupportedTransferCoding
         }
         if head.isChunked && minorVersion == 0 {
             throw .malformed("Transfer-Encoding in an HTTP/1.0 request")
@@ -188,6 +245,7 @@ struct RequestHeadParser {
         if head.methodKind == .connect {
             throw .malformed("CONNECT is not supported")
         }
+        head.isAsteriskForm = target.count == 1 && bytes[target.lowerBound] == UInt8(ascii: "*")
         if let absolute = try Self.absoluteForm(bytes, target) {
             head.absoluteForm = absolute
             // The target's authority wins over Host (RFC 9112 §3.2.2); the backend gets it as Host, so that it
@@ -201,6 +259,46 @@ struct RequestHeadParser {
             try Self.dropConnectionOptions(bytes, start: index, end: end, droppedLines: &droppedLines)
         }
         return head
+    }
+
+    /// Accepts the request-target forms of RFC 9112 §3.2 that a reverse proxy serves: origin-form (`/path?query`),
+    /// absolute-form with `http` or `https`, and `*` for OPTIONS only. Authority-form belongs to CONNECT, which is
+    /// refused anyway. Anything else (`a/b`, `@evil.example/x`, `ftp://…`, `http:/x`) is no path a backend or a
+    /// redirect could use safely: 400.
+    static func checkTargetForm(
+        _ bytes: UnsafeRawBufferPointer,
+        _ target: Range<Int>,
+        methodKind: HTTPMethodKind
+    ) throws(HTTPHeadError) {
+        let first = bytes[target.lowerBound]
+        if first == UInt8(ascii: "/") { return }
+        if first == UInt8(ascii: "*") && target.count == 1 {
+            guard methodKind == .options else {
+                throw .malformed("asterisk-form target with a method other than OPTIONS")
+            }
+            return
+        }
+        if methodKind == .connect { return }  // authority-form; CONNECT itself is refused below
+        if target.count >= 7, HTTPSyntax.equalsLowercase(bytes, target.lowerBound..<(target.lowerBound + 7), "http://")
+        {
+            return
+        }
+        if target.count >= 8, HTTPSyntax.equalsLowercase(bytes, target.lowerBound..<(target.lowerBound + 8), "https://")
+        {
+            return
+        }
+        throw .malformed("the request target is not a path or an http(s) URL")
+    }
+
+    /// Whether a CRLF ends a line that starts at `start` within `limit` bytes.
+    private static func hasLineEnd(_ bytes: UnsafeRawBufferPointer, from start: Int, within limit: Int) -> Bool {
+        let end = min(bytes.count, start + limit)
+        var index = start
+        while index < end {
+            if bytes[index] == HTTPSyntax.lf { return true }
+            index += 1
+        }
+        return false
     }
 
     /// Splits an absolute-form target (`http://host[:port][/path][?query]`, scheme in any case) into its authority
@@ -298,6 +396,8 @@ struct RequestHeadParser {
         var name: Range<Int>
         var value: Range<Int>
         var lineEnd: Int
+        /// Whether the name contains `_`.
+        var nameHasUnderscore = false
     }
 
     /// Parses the header line at `index`; returns the offset of the next line, or `nil` at the empty line.
@@ -319,11 +419,16 @@ struct RequestHeadParser {
             throw .malformed("obsolete line folding")
         }
         let nameStart = index
-        while HTTPSyntax.isTokenCharacter(bytes[index]) { index += 1 }
+        var underscore = false
+        while HTTPSyntax.isTokenCharacter(bytes[index]) {
+            underscore = underscore || bytes[index] == UInt8(ascii: "_")
+            index += 1
+        }
         guard index > nameStart, bytes[index] == HTTPSyntax.colon else {
             throw .malformed("invalid header field name")
         }
         field.name = nameStart..<index
+        field.nameHasUnderscore = underscore
         index += 1
         while bytes[index] == HTTPSyntax.space || bytes[index] == HTTPSyntax.tab { index += 1 }
         let valueStart = index
@@ -369,6 +474,7 @@ struct RequestHeadParser {
         switch method.count {
         case 3: return matches("GET") ? .get : (matches("PUT") ? .put : .other)
         case 4: return matches("HEAD") ? .head : (matches("POST") ? .post : .other)
+        case 5: return matches("TRACE") ? .trace : .other
         case 6: return matches("DELETE") ? .delete : .other
         case 7: return matches("OPTIONS") ? .options : (matches("CONNECT") ? .connect : .other)
         default: return .other

@@ -72,6 +72,8 @@ final class ClientConnectionHandler: ChannelDuplexHandler, RemovableChannelHandl
             clientBodyTimeout: configuration.timeouts.clientBody,
             upstreamResponseTimeout: configuration.timeouts.upstreamResponse,
             tunnelIdleTimeout: configuration.timeouts.tunnelIdle,
+            clientSendTimeout: configuration.timeouts.clientSend,
+            forwardsUnderscoreFields: configuration.underscoresInHeaders,
             client: HeadWriter.ClientInfo(address: address, scheme: scheme),
             accessLog: worker.accessLogger != nil,
             httpsPort: worker.httpsPort
@@ -115,9 +117,8 @@ final class ClientConnectionHandler: ChannelDuplexHandler, RemovableChannelHandl
     }
 
     func channelWritabilityChanged(context: ChannelHandlerContext) {
-        if context.channel.isWritable {
-            upstream?.resumeReading()
-        }
+        machine?.clientWritabilityChanged(context.channel.isWritable, now: .now())
+        performActions()
         context.fireChannelWritabilityChanged()
     }
 
@@ -196,11 +197,17 @@ final class ClientConnectionHandler: ChannelDuplexHandler, RemovableChannelHandl
         guard !isPerformingActions else { return }
         isPerformingActions = true
         defer { isPerformingActions = false }
-        while let action = machine?.popAction() {
-            perform(action)
+        while true {
+            while let action = machine?.popAction() {
+                perform(action)
+            }
+            upstream?.flush()
+            flushClient()
+            // The balancer's own answers to pipelined requests wait for the client to take what it was sent: go on
+            // only once the flush left the channel writable (else `channelWritabilityChanged` resumes).
+            guard let context, context.channel.isWritable, machine?.isAwaitingClientDrain == true else { break }
+            machine?.clientOutputDrained(now: .now())
         }
-        upstream?.flush()
-        flushClient()
         resumeClientReading()
         upstream?.resumeReading()
     }
@@ -242,21 +249,28 @@ final class ClientConnectionHandler: ChannelDuplexHandler, RemovableChannelHandl
             clientNeedsFlush = false
             context.flush()
             context.close(mode: .output, promise: nil)
+        case .resetClient:
+            clientNeedsFlush = false
+            context.close(promise: nil)
         case .closeClient:
-            // Close only once everything written so far is on the wire.
+            // Close only once everything written so far is on the wire (or, if the client never reads it, when
+            // the machine gives up after `timeouts.client_send` and resets).
             clientNeedsFlush = false
             let written = context.eventLoop.makePromise(of: Void.self)
             context.writeAndFlush(wrapOutboundOut(ByteBuffer()), promise: written)
             written.futureResult.assumeIsolated().whenComplete { _ in
                 context.close(promise: nil)
             }
-        case .backendFailed(let tenant):
+        case .backendFailed(let tenant, let reason):
             if let backend = upstream?.backend ?? lastBackend {
+                worker.logger.warning("backend \(backend) of \(tenant): \(reason)")
                 reportFailure(of: backend, tenant: tenant)
             }
         case .log(let record):
+            // Method and target are the client's bytes: escaped so that they cannot end the quoted field or forge
+            // a line.
             worker.accessLogger?.info(
-                "\(record.client) \(record.host) \(record.tenant) \(record.backend) \"\(record.method) \(record.target)\" \(record.status) \(record.bytes) \(Self.milliseconds(record.duration))ms"
+                "\(record.client) \(record.host) \(record.tenant) \(record.backend) \"\(LogEscaping.escaped(record.method)) \(LogEscaping.escaped(record.target))\" \(record.status) \(record.bytes) \(Self.milliseconds(record.duration))ms"
             )
         }
     }

@@ -7,7 +7,9 @@ enum ErrorResponse {
     enum Status: Equatable {
         case badRequest
         case notFound
+        case methodNotAllowed
         case requestTimeout
+        case uriTooLong
         case misdirected
         case headerTooLarge
         case notImplemented
@@ -22,7 +24,9 @@ enum ErrorResponse {
             switch self {
             case .badRequest: return 400
             case .notFound: return 404
+            case .methodNotAllowed: return 405
             case .requestTimeout: return 408
+            case .uriTooLong: return 414
             case .misdirected: return 421
             case .headerTooLarge: return 431
             case .notImplemented: return 501
@@ -37,7 +41,9 @@ enum ErrorResponse {
             switch self {
             case .badRequest: return "HTTP/1.1 400 Bad Request\r\n"
             case .notFound: return "HTTP/1.1 404 Not Found\r\n"
+            case .methodNotAllowed: return "HTTP/1.1 405 Method Not Allowed\r\n"
             case .requestTimeout: return "HTTP/1.1 408 Request Timeout\r\n"
+            case .uriTooLong: return "HTTP/1.1 414 URI Too Long\r\n"
             case .misdirected: return "HTTP/1.1 421 Misdirected Request\r\n"
             case .headerTooLarge: return "HTTP/1.1 431 Request Header Fields Too Large\r\n"
             case .notImplemented: return "HTTP/1.1 501 Not Implemented\r\n"
@@ -53,7 +59,9 @@ enum ErrorResponse {
             switch self {
             case .badRequest: return "400 Bad Request: the request is malformed or ambiguous.\n"
             case .notFound: return "404 Not Found: no site is served for this host.\n"
+            case .methodNotAllowed: return "405 Method Not Allowed: TRACE is not served.\n"
             case .requestTimeout: return "408 Request Timeout: the request was not received in time.\n"
+            case .uriTooLong: return "414 URI Too Long: the request line is too long.\n"
             case .misdirected:
                 return "421 Misdirected Request: this connection's certificate does not cover the host.\n"
             case .headerTooLarge: return "431 Request Header Fields Too Large.\n"
@@ -100,12 +108,13 @@ enum ErrorResponse {
         }
     }
 
-    /// Writes a `308 Permanent Redirect` to the same host and target over HTTPS (`https_redirect`). The host is
-    /// normalised and the target was checked to be visible ASCII by the parser, so both are safe in a header.
+    /// Writes a `308 Permanent Redirect` to the same host and path over HTTPS (`https_redirect`). The host is
+    /// normalised and the path (``RequestHead/redirectPath``) was checked to be visible ASCII by the parser; it
+    /// always starts the URL's path, so no request can move the redirect to another host.
     static func writeRedirect(
         host: String,
         port: Int,
-        target: UnsafeRawBufferPointer,
+        path: UnsafeRawBufferPointer,
         close: Bool,
         into output: inout ByteBuffer
     ) {
@@ -114,7 +123,10 @@ enum ErrorResponse {
         if port != 443 {
             output.writeString(":\(port)")
         }
-        output.writeBytes(target)
+        if path.first != UInt8(ascii: "/") {
+            output.writeStaticString("/")
+        }
+        output.writeBytes(path)
         output.writeStaticString("\r\nContent-Length: 0\r\n")
         output.writeStaticString(close ? "Connection: close\r\n\r\n" : "\r\n")
     }
@@ -126,6 +138,8 @@ enum ErrorResponse {
         case .headerTooLarge, .tooManyHeaders: return .headerTooLarge
         case .versionNotSupported: return .versionNotSupported
         case .unsupportedTransferCoding: return .notImplemented
+        case .requestLineTooLong: return .uriTooLong
+        case .methodNotAllowed: return .methodNotAllowed
         }
     }
 }

@@ -19,6 +19,11 @@ struct ProxyStateMachine {
         var clientBodyTimeout: TimeAmount
         var upstreamResponseTimeout: TimeAmount
         var tunnelIdleTimeout: TimeAmount
+        /// Longest a client may leave what it was sent unread (nginx's `send_timeout`): it then is closed, and a
+        /// backend paused for its sake is not blamed.
+        var clientSendTimeout: TimeAmount = .seconds(60)
+        /// Whether request fields with `_` in their names are forwarded (`underscores_in_headers`).
+        var forwardsUnderscoreFields: Bool = false
         var client: HeadWriter.ClientInfo
         var accessLog: Bool
         /// The port of the HTTPS listener, for `https_redirect` locations; `nil` when there is none.
@@ -48,9 +53,13 @@ struct ProxyStateMachine {
         case shutdownClientOutput
         /// Close the client connection once what was written is flushed.
         case closeClient
-        /// The backend of the current exchange failed it (reset before answering, answer timed out): count it
-        /// against the backend's health. Carries the tenant's name for the log.
-        case backendFailed(tenant: String)
+        /// Close the client connection now, dropping what it has not read: it stopped reading for longer than
+        /// `timeouts.client_send`.
+        case resetClient
+        /// The backend of the current exchange failed it (reset before answering, answer timed out, a broken
+        /// answer): count it against the backend's health. Carries the tenant's name and what went wrong, for
+        /// the log.
+        case backendFailed(tenant: String, reason: StaticString)
         case log(AccessLogRecord)
     }
 
@@ -123,6 +132,22 @@ struct ProxyStateMachine {
     private var upstreamDeadline: NIODeadline?
     private var clientInputClosed = false
     private var shuttingDown = false
+    /// Whether the client connection can take more output now (the transport's writability). While it cannot,
+    /// the backend is not read, so its response timeout is suspended: the wait is the client's, not the backend's.
+    private var clientWritable = true
+    /// Since when the client has left its output unread, while it does; `timeouts.client_send` counts from here.
+    private var clientStalledSince: NIODeadline?
+    /// Once closed: when to stop waiting for the client to take what it was sent and drop the connection.
+    private var closeDeadline: NIODeadline?
+    /// Bytes of the balancer's own answers (404, 308, 503…) queued since the transport last reported the client's
+    /// output drained. Pipelined requests that it answers itself are processed only while this is under
+    /// ``answerBudget``: otherwise a client that sends requests and never reads would queue answers without bound.
+    private var answeredBytes = 0
+    /// Set when ``answeredBytes`` reached the budget: no more client bytes are read or processed until
+    /// ``clientOutputDrained(now:)``.
+    private(set) var isAwaitingClientDrain = false
+    /// What one connection may have queued of the balancer's own answers before it stops reading the client.
+    static let answerBudget = 16 * 1024
     /// On TLS, the certificate the handshake served and the SNI name it was chosen for.
     private var servedCertificate: (any ServedCertificate)?
     private var serverName: String?
@@ -142,7 +167,8 @@ struct ProxyStateMachine {
         self.routes = routes
         self.requestParser = RequestHeadParser(
             maximumHeadBytes: settings.maximumHeadBytes,
-            maximumHeaderCount: settings.maximumHeaderCount
+            maximumHeaderCount: settings.maximumHeaderCount,
+            forwardsUnderscoreFields: settings.forwardsUnderscoreFields
         )
         self.responseParser = ResponseHeadParser(
             maximumHeadBytes: settings.maximumHeadBytes,
@@ -171,13 +197,19 @@ struct ProxyStateMachine {
         actions.append(action)
     }
 
+    /// Queues one of the balancer's own answers, counted against ``answerBudget``.
+    private mutating func queueAnswer(_ output: ByteBuffer) {
+        answeredBytes += output.readableBytes
+        queue(.writeClient(output))
+    }
+
     /// Whether the handler should read from the client now.
     ///
     /// While a request body streams, reads follow the backend's pace (the handler also checks its writability).
     /// Otherwise reads go on until one head's worth of bytes is buffered (a pipelined request, say): holding
     /// reads on every request would cost two `epoll_ctl` calls per request, and the buffer is bounded anyway.
     var wantsClientBytes: Bool {
-        guard !clientInputClosed else { return false }
+        guard !clientInputClosed, !isAwaitingClientDrain else { return false }
         switch state {
         case .idle, .readingHead, .tunnel:
             return true
@@ -251,6 +283,33 @@ struct ProxyStateMachine {
         inbound = nil
     }
 
+    /// The client connection's output went over (`false`) or back under (`true`) its high-water mark.
+    mutating func clientWritabilityChanged(_ writable: Bool, now: NIODeadline) {
+        guard writable != clientWritable else { return }
+        clientWritable = writable
+        if writable {
+            clientStalledSince = nil
+            if state == .exchanging, upstreamDeadline == nil {
+                // The backend was not read while the client lagged: its time to answer starts again.
+                upstreamDeadline = now + settings.upstreamResponseTimeout
+            }
+        } else {
+            clientStalledSince = now
+            if state == .exchanging {
+                upstreamDeadline = nil
+            }
+        }
+    }
+
+    /// What was written to the client went out (the transport flushed it and is writable): pipelined requests the
+    /// balancer answers itself may be processed again.
+    mutating func clientOutputDrained(now: NIODeadline) {
+        answeredBytes = 0
+        guard isAwaitingClientDrain else { return }
+        isAwaitingClientDrain = false
+        processInbound(now: now)
+    }
+
     /// The TLS handshake finished: requests on this connection must be for hosts the served certificate covers.
     mutating func tlsEstablished(serverName: String?, certificate: any ServedCertificate) {
         self.serverName = serverName.flatMap { HostName.normalize($0) }
@@ -296,7 +355,7 @@ struct ProxyStateMachine {
             exchange.upstreamHead = nil
         }
         self.exchange = exchange
-        upstreamDeadline = now + settings.upstreamResponseTimeout
+        armUpstreamDeadline(now: now)
         if !exchange.requestBody.isComplete {
             clientDeadline = now + settings.clientBodyTimeout
         }
@@ -335,7 +394,7 @@ struct ProxyStateMachine {
             clientDeadline = now + tunnelIdleTimeout
             queue(.writeClient(buffer))
         case .exchanging:
-            upstreamDeadline = now + settings.upstreamResponseTimeout
+            armUpstreamDeadline(now: now)
             receiveResponse(buffer, now: now)
         case .idle, .readingHead, .connecting, .closed:
             // Nothing is expected from a backend here; the handler closes it when released.
@@ -374,7 +433,7 @@ struct ProxyStateMachine {
                 }
                 if !exchange.upstreamReused && !exchange.responseStarted {
                     // A fresh connection reset before any answer: the backend's fault.
-                    queue(.backendFailed(tenant: exchange.tenant?.name ?? "-"))
+                    queue(.backendFailed(tenant: exchange.tenant?.name ?? "-", reason: "closed before answering"))
                 }
                 queue(.releaseUpstream(reusable: false))
                 if exchange.responseStarted {
@@ -400,8 +459,22 @@ struct ProxyStateMachine {
 
     // MARK: Timeouts
 
+    /// Starts the backend's response timeout over, unless the backend is not being read because the client lags.
+    private mutating func armUpstreamDeadline(now: NIODeadline) {
+        upstreamDeadline = clientWritable ? now + settings.upstreamResponseTimeout : nil
+    }
+
     /// Applies whichever deadline has passed.
     mutating func checkTimeouts(now: NIODeadline) {
+        if state != .closed, let since = clientStalledSince, now - since >= settings.clientSendTimeout {
+            // The client took nothing for `client_send`: it is the one at fault, whatever else is in progress.
+            if state == .exchanging || state == .tunnel {
+                queue(.releaseUpstream(reusable: false))
+            }
+            close()
+            queue(.resetClient)
+            return
+        }
         switch state {
         case .idle:
             if let deadline = clientDeadline, now >= deadline { close() }
@@ -409,7 +482,7 @@ struct ProxyStateMachine {
             if let deadline = clientDeadline, now >= deadline {
                 var output = ByteBuffer()
                 ErrorResponse.write(.requestTimeout, close: true, into: &output)
-                queue(.writeClient(output))
+                queueAnswer(output)
                 close()
             }
         case .connecting:
@@ -426,7 +499,9 @@ struct ProxyStateMachine {
                 return
             }
             if let deadline = upstreamDeadline, now >= deadline {
-                queue(.backendFailed(tenant: exchange.tenant?.name ?? "-"))
+                queue(
+                    .backendFailed(tenant: exchange.tenant?.name ?? "-", reason: "no answer within upstream_response")
+                )
                 queue(.releaseUpstream(reusable: false))
                 if exchange.responseStarted {
                     close()
@@ -440,7 +515,16 @@ struct ProxyStateMachine {
                 close()
             }
         case .closed:
-            break
+            // Closing waits for what was written to be flushed; a client that never reads must not hold the
+            // connection for ever.
+            guard let deadline = closeDeadline else {
+                closeDeadline = now + settings.clientSendTimeout
+                return
+            }
+            if now >= deadline {
+                closeDeadline = .distantFuture
+                queue(.resetClient)
+            }
         }
     }
 
@@ -451,6 +535,10 @@ struct ProxyStateMachine {
         while let buffer = inbound, buffer.readableBytes > 0 {
             switch state {
             case .idle, .readingHead:
+                guard answeredBytes < Self.answerBudget else {
+                    isAwaitingClientDrain = true
+                    return
+                }
                 guard startRequest(now: now) else { return }
             case .exchanging:
                 guard let exchange, !exchange.requestBody.isComplete else { return }
@@ -499,13 +587,24 @@ struct ProxyStateMachine {
             return false
         }
         let keepAlive = head.keepAlive && !shuttingDown
+        // Only a protocol the tenant allows (WebSocket unless it says otherwise) is tunnelled; any other Upgrade is
+        // stripped and the request goes as plain HTTP, so `h2c` or an unknown protocol cannot open a raw tunnel
+        // past every check (h2c smuggling).
+        let isUpgrade: Bool
+        if head.requestsUpgrade, let tenant = routed.tenant, let upgrade = head.upgrade {
+            isUpgrade = buffer.withUnsafeReadableBytes {
+                tenant.allowsUpgrade(to: UnsafeRawBufferPointer(rebasing: $0[upgrade]))
+            }
+        } else {
+            isUpgrade = false
+        }
         var exchange = Exchange(
             tenant: routed.tenant,
             host: routed.host,
             keepAlive: keepAlive,
             minorVersion: head.minorVersion,
             isHead: head.methodKind == .head,
-            isUpgrade: head.isUpgrade,
+            isUpgrade: isUpgrade,
             replayable: head.methodKind.isIdempotent && !head.hasBody,
             requestBody: head.isChunked ? .chunked(ChunkedBodyTracker()) : .length(head.contentLength ?? 0),
             started: now
@@ -526,7 +625,7 @@ struct ProxyStateMachine {
             exchange.bytesToClient = output.readableBytes
             buffer.moveReaderIndex(forwardBy: head.end)
             inbound = buffer
-            queue(.writeClient(output))
+            queueAnswer(output)
             log(exchange, now: now)
             if close {
                 self.close()
@@ -548,7 +647,7 @@ struct ProxyStateMachine {
             exchange.status = 421
             exchange.bytesToClient = output.readableBytes
             inbound = nil
-            queue(.writeClient(output))
+            queueAnswer(output)
             log(exchange, now: now)
             close()
             return false
@@ -560,7 +659,7 @@ struct ProxyStateMachine {
                 ErrorResponse.writeRedirect(
                     host: routed.host,
                     port: httpsPort,
-                    target: UnsafeRawBufferPointer(rebasing: bytes[head.target]),
+                    path: UnsafeRawBufferPointer(rebasing: bytes[head.redirectPath]),
                     close: !keepAlive || head.hasBody,
                     into: &output
                 )
@@ -569,7 +668,7 @@ struct ProxyStateMachine {
             exchange.bytesToClient = output.readableBytes
             buffer.moveReaderIndex(forwardBy: head.end)
             inbound = buffer.readableBytes > 0 ? buffer : nil
-            queue(.writeClient(output))
+            queueAnswer(output)
             log(exchange, now: now)
             if !keepAlive || head.hasBody {
                 close()
@@ -581,7 +680,7 @@ struct ProxyStateMachine {
             return true
         }
 
-        if head.isUpgrade {
+        if isUpgrade {
             guard tenant.tunnels.acquire() else {
                 // The tenant's tunnel cap is reached: refuse now rather than let one tenant take every socket.
                 buffer.moveReaderIndex(forwardBy: head.end)
@@ -607,6 +706,7 @@ struct ProxyStateMachine {
                 dropped: requestParser.droppedLines,
                 forwardedFor: requestParser.forwardedFor,
                 client: settings.client,
+                upgrade: isUpgrade,
                 into: &upstreamHead
             )
         }
@@ -646,7 +746,7 @@ struct ProxyStateMachine {
         guard var buffer = inbound, var exchange else { return }
         let progress = buffer.withUnsafeReadableBytes { exchange.requestBody.consume($0) }
         // The backend's time to answer counts from the last request byte it was sent.
-        upstreamDeadline = now + settings.upstreamResponseTimeout
+        armUpstreamDeadline(now: now)
         switch progress {
         case .needMore:
             queue(.writeUpstream(buffer))
@@ -735,6 +835,25 @@ struct ProxyStateMachine {
                     return
                 case .complete(let head):
                     responseParser.reset()
+                    if head.status == 101 && !exchange.isUpgrade {
+                        // Switching protocols on a request that asked for no switch (or for a protocol the tenant
+                        // does not allow) is a broken answer: the client could not make sense of what follows.
+                        exchange.upstreamHead = nil
+                        self.exchange = exchange
+                        queue(
+                            .backendFailed(
+                                tenant: exchange.tenant?.name ?? "-",
+                                reason: "101 to a request that asked for no upgrade"
+                            )
+                        )
+                        queue(.releaseUpstream(reusable: false))
+                        if exchange.responseStarted {
+                            close()
+                        } else {
+                            respondToFailedExchange(.badGateway, now: now)
+                        }
+                        return
+                    }
                     exchange.responseStarted = true
                     exchange.upstreamHead = nil
                     if head.isInterim {
@@ -745,12 +864,6 @@ struct ProxyStateMachine {
                         continue
                     }
                     if head.status == 101 {
-                        guard exchange.isUpgrade else {
-                            self.exchange = exchange
-                            queue(.releaseUpstream(reusable: false))
-                            close()
-                            return
-                        }
                         exchange.status = 101
                         if let setCookie = exchange.setCookie {
                             // Pin the client here too (browsers take cookies from a WebSocket handshake's answer).
@@ -910,7 +1023,7 @@ struct ProxyStateMachine {
         var output = ByteBuffer()
         ErrorResponse.write(status, close: true, into: &output)
         inbound = nil
-        queue(.writeClient(output))
+        queueAnswer(output)
         close()
     }
 
@@ -922,7 +1035,7 @@ struct ProxyStateMachine {
         ErrorResponse.write(status, close: close, headOnly: exchange.isHead, into: &output)
         exchange.status = status.code
         exchange.bytesToClient += output.readableBytes
-        queue(.writeClient(output))
+        queueAnswer(output)
         log(exchange, now: now)
         releaseTunnelSlot()
         self.exchange = nil

@@ -130,7 +130,8 @@ extension RouteTable {
                 tunnelIdle: tenant.tunnelIdle,
                 tunnels: gauge,
                 sticky: tenant.sticky,
-                drained: tenant.backends.map { tenant.drained.contains($0) }
+                drained: tenant.backends.map { tenant.drained.contains($0) },
+                upgradeProtocols: tenant.upgradeProtocols
             )
         }
         try self.init(tenants: tenants)

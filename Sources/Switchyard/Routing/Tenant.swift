@@ -30,6 +30,8 @@ public final class Tenant: Sendable {
     /// Whether each backend, in the order of ``backends``, is marked `drain` in the configuration (applied to its
     /// status when the route table is published).
     public let drained: [Bool]
+    /// Protocols an `Upgrade` may switch to, lower case (`websocket` unless the tenant allows more).
+    public let upgradeProtocols: [[UInt8]]
 
     public init(
         name: String,
@@ -42,8 +44,10 @@ public final class Tenant: Sendable {
         tunnelIdle: TimeAmount? = nil,
         tunnels: TunnelGauge = TunnelGauge(limit: 10_000),
         sticky: StickySessionConfiguration? = nil,
-        drained: [Bool]? = nil
+        drained: [Bool]? = nil,
+        upgradeProtocols: [String] = ["websocket"]
     ) {
+        self.upgradeProtocols = upgradeProtocols.map { Array($0.lowercased().utf8) }
         self.name = name
         self.domains = domains
         self.backends = backends
@@ -58,6 +62,26 @@ public final class Tenant: Sendable {
         self.sticky = sticky.map {
             StickyCookie(configuration: $0, tenant: name, backends: backends.map(\.description))
         }
+    }
+
+    /// Whether an `Upgrade` field's value names only protocols the tenant allows. Each element is a protocol name
+    /// with an optional `/version` (`websocket`, `h2c`, `foo/1`), compared without case and version.
+    func allowsUpgrade(to value: UnsafeRawBufferPointer) -> Bool {
+        var allowed = true
+        var any = false
+        HTTPSyntax.forEachListElement(value, 0..<value.count) { element in
+            any = true
+            var name = element
+            if let slash = element.firstIndex(where: { value[$0] == UInt8(ascii: "/") }) {
+                name = element.lowerBound..<slash
+            }
+            let matches = upgradeProtocols.contains { candidate in
+                candidate.count == name.count
+                    && zip(candidate, name).allSatisfy { HTTPSyntax.lowercase(value[$1]) == $0 }
+            }
+            allowed = allowed && matches
+        }
+        return any && allowed
     }
 }
 

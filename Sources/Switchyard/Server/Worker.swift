@@ -58,7 +58,7 @@ final class Worker {
         let shortest =
             ([
                 timeouts.clientHeader, timeouts.keepAlive, timeouts.clientBody, timeouts.upstreamResponse,
-                timeouts.upstreamIdle, timeouts.tunnelIdle,
+                timeouts.upstreamIdle, timeouts.tunnelIdle, timeouts.clientSend,
             ] + tenantTunnels).min() ?? .seconds(1)
         return max(.milliseconds(10), min(.seconds(1), .nanoseconds(shortest.nanoseconds / 4)))
     }

@@ -16,6 +16,7 @@ struct ProxyStateMachineHarness {
         static let clientBody = TimeAmount.seconds(20)
         static let upstreamResponse = TimeAmount.seconds(30)
         static let tunnelIdle = TimeAmount.seconds(300)
+        static let clientSend = TimeAmount.seconds(45)
     }
 
     var machine: ProxyStateMachine
@@ -30,7 +31,8 @@ struct ProxyStateMachineHarness {
         maximumHeadBytes: Int = 8192,
         maximumHeaderCount: Int = 64,
         scheme: StaticString = "https",
-        httpsPort: Int? = nil
+        httpsPort: Int? = nil,
+        forwardsUnderscoreFields: Bool = false
     ) {
         let settings = ProxyStateMachine.Settings(
             maximumHeadBytes: maximumHeadBytes,
@@ -40,6 +42,8 @@ struct ProxyStateMachineHarness {
             clientBodyTimeout: Timeout.clientBody,
             upstreamResponseTimeout: Timeout.upstreamResponse,
             tunnelIdleTimeout: Timeout.tunnelIdle,
+            clientSendTimeout: Timeout.clientSend,
+            forwardsUnderscoreFields: forwardsUnderscoreFields,
             client: HeadWriter.ClientInfo(address: Self.clientAddress, scheme: scheme),
             accessLog: accessLog,
             httpsPort: httpsPort
@@ -71,7 +75,9 @@ struct ProxyStateMachineHarness {
                 line = "shutdown client"
             case .closeClient:
                 line = "close"
-            case .backendFailed(let tenant):
+            case .resetClient:
+                line = "reset"
+            case .backendFailed(let tenant, _):
                 line = "backend failed \(tenant)"
             case .log(let record):
                 logs.append(record)
@@ -137,6 +143,20 @@ struct ProxyStateMachineHarness {
 
     mutating func beginShutdown() -> [String] {
         machine.beginShutdown()
+        return drain()
+    }
+
+    /// The client connection's output went over (`false`) or back under (`true`) its high-water mark; on `true`
+    /// the transport also reports the output drained, as ``ClientConnectionHandler`` does.
+    mutating func clientWritable(_ writable: Bool) -> [String] {
+        machine.clientWritabilityChanged(writable, now: now)
+        if writable { machine.clientOutputDrained(now: now) }
+        return drain()
+    }
+
+    /// The transport flushed what the client was sent and stays writable.
+    mutating func clientOutputDrained() -> [String] {
+        machine.clientOutputDrained(now: now)
         return drain()
     }
 
