@@ -44,6 +44,21 @@ struct ErrorIntegrationTests {
             "GET / HTTP/1.1\nHost: shop.test\n\n",
             "GET / HTTP/1.1\r\nHost: shop.test\r\nHost: other.test\r\n\r\n",
             "GET / HTTP/1.1\r\n\r\n",
+            // Issue 9: trailers that are no trailer fields, targets that are no path, lower-case methods, empty or
+            // folded Transfer-Encoding.
+            "POST / HTTP/1.1\r\nHost: shop.test\r\nTransfer-Encoding: chunked\r\n\r\n0\r\nnocolon\r\n\r\n",
+            "POST / HTTP/1.1\r\nHost: shop.test\r\nTransfer-Encoding: chunked\r\n\r\n"
+                + "0\r\nGET /smuggled HTTP/1.1\r\nHost: x\r\n\r\n",
+            "POST / HTTP/1.1\r\nHost: shop.test\r\nTransfer-Encoding: chunked\r\n\r\n0\r\nHost: x\r\n\r\n",
+            "GET a/b HTTP/1.1\r\nHost: shop.test\r\n\r\n",
+            "GET shop.test:80 HTTP/1.1\r\nHost: shop.test\r\n\r\n",
+            "GET @evil.example/x HTTP/1.1\r\nHost: shop.test\r\n\r\n",
+            "GET * HTTP/1.1\r\nHost: shop.test\r\n\r\n",
+            "GET ftp://shop.test/a HTTP/1.1\r\nHost: shop.test\r\n\r\n",
+            "GET http:/shop.test/a HTTP/1.1\r\nHost: shop.test\r\n\r\n",
+            "Connect shop.test:443 HTTP/1.1\r\nHost: shop.test\r\n\r\n",
+            "POST / HTTP/1.1\r\nHost: shop.test\r\nTransfer-Encoding:\r\n chunked\r\n\r\n0\r\n\r\n",
+            "POST / HTTP/1.1\r\nHost: shop.test\r\nTransfer-Encoding:\r\nContent-Length: 3\r\n\r\nabc",
         ]
     )
     func smuggling(request: String) async throws {
