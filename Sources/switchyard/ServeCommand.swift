@@ -119,7 +119,8 @@ enum Balancer {
         // SWITCHYARD_ADMIN names the socket for the operator commands; the server honours it too, so both agree.
         let adminPath = ProcessInfo.processInfo.environment["SWITCHYARD_ADMIN"].flatMap { $0.isEmpty ? nil : $0 }
         let api = AdminAPI(routes: routes, logger: logger) { server.openConnections }
-        let admin = AdminServer(path: adminPath ?? configuration.admin.socket, group: group, logger: logger, api: api)
+        // The admin server runs on its own event loop, so admin traffic cannot delay the workers'.
+        let admin = AdminServer(path: adminPath ?? configuration.admin.socket, logger: logger, api: api)
         let memoryReleaser = MemoryReleaser(logger: logger) { server.openConnections }
         let services: [any Service] =
             [accessLogSink, reloader, healthChecker, admin, memoryReleaser] + ticketRotation + extraServices + [server]

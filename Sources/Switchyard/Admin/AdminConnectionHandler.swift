@@ -1,0 +1,212 @@
+import NIOCore
+import NIOHTTP1
+
+/// One admin connection, after NIOHTTP1's response encoder and request decoder (without its pipelining and
+/// error handlers): it answers the requests with ``AdminAPI`` in order, and bounds what a client can make it hold.
+///
+/// - Backpressure: an answer is written only while the channel is writable; until then complete requests wait in
+///   order and the channel is not read, so a client that pipelines requests and never reads the answers makes
+///   the balancer stop reading instead of queueing answers (what waits is at most one read's worth of requests).
+/// - Idle timeout: a connection on which no request arrived and no answer was written for `idleTimeout` is closed,
+///   whether the client is silent, trickles a head, or stopped reading.
+/// - A malformed request (any decoder error) is answered 400 with `Connection: close`, after the answers to the
+///   requests before it, and the connection is closed once that is written.
+final class AdminConnectionHandler: ChannelDuplexHandler {
+    typealias InboundIn = HTTPServerRequestPart
+    typealias OutboundIn = HTTPServerResponsePart
+    typealias OutboundOut = HTTPServerResponsePart
+
+    /// A complete request waiting for its answer, or the point where the input stopped making sense.
+    private enum Pending {
+        case request(HTTPRequestHead)
+        case malformed
+    }
+
+    private let api: AdminAPI
+    private let idleTimeout: TimeAmount
+    /// The request whose head came and whose end has not.
+    private var head: HTTPRequestHead?
+    /// Requests that came while answers could not be written, oldest first.
+    private var pending = CircularBuffer<Pending>(initialCapacity: 4)
+    /// A `read` held back while answers wait.
+    private var readPending = false
+    /// The connection is to be closed once its last answer is written: nothing more is read or answered.
+    private var isClosing = false
+    /// The decoder failed: a 400 waits in ``pending`` and nothing after it is read.
+    private var inputFailed = false
+    private var isActive = false
+    /// Guards ``answerPending(context:)`` against the writability events its own writes fire.
+    private var isAnswering = false
+    /// When a request last came or an answer was last written.
+    private var lastActivity = NIODeadline.uptimeNanoseconds(0)
+    private var idleTimer: Scheduled<Void>?
+
+    init(api: AdminAPI, idleTimeout: TimeAmount) {
+        self.api = api
+        self.idleTimeout = idleTimeout
+    }
+
+    func handlerAdded(context: ChannelHandlerContext) {
+        if context.channel.isActive {
+            start(context: context)
+        }
+    }
+
+    func handlerRemoved(context: ChannelHandlerContext) {
+        stop()
+    }
+
+    func channelActive(context: ChannelHandlerContext) {
+        if !isActive {
+            start(context: context)
+        }
+        context.fireChannelActive()
+    }
+
+    func channelInactive(context: ChannelHandlerContext) {
+        stop()
+        context.fireChannelInactive()
+    }
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        guard !isClosing, !inputFailed else { return }
+        switch unwrapInboundIn(data) {
+        case .head(let head):
+            self.head = head
+            lastActivity = context.eventLoop.now
+        case .body:
+            // No endpoint takes a body; what one carries is dropped as it comes.
+            break
+        case .end:
+            guard let head else { return }
+            self.head = nil
+            pending.append(.request(head))
+            answerPending(context: context)
+        }
+    }
+
+    func errorCaught(context: ChannelHandlerContext, error: Error) {
+        // After a decoder error the decoder only reports the bytes that follow; the 400 is already on its way.
+        guard !isClosing, !inputFailed else { return }
+        if error is HTTPParserError {
+            head = nil
+            inputFailed = true
+            pending.append(.malformed)
+            answerPending(context: context)
+        } else {
+            isClosing = true
+            context.close(promise: nil)
+        }
+    }
+
+    func channelWritabilityChanged(context: ChannelHandlerContext) {
+        if context.channel.isWritable {
+            answerPending(context: context)
+        }
+        context.fireChannelWritabilityChanged()
+    }
+
+    func read(context: ChannelHandlerContext) {
+        if isClosing {
+            return
+        }
+        if pending.isEmpty && context.channel.isWritable {
+            context.read()
+        } else {
+            readPending = true
+        }
+    }
+
+    // MARK: Answers
+
+    /// Answers the waiting requests in order while the channel takes them, then reads again if nothing waits.
+    private func answerPending(context: ChannelHandlerContext) {
+        guard !isAnswering else { return }
+        isAnswering = true
+        defer { isAnswering = false }
+        while !isClosing, context.channel.isWritable, let next = pending.popFirst() {
+            switch next {
+            case .request(let head):
+                answer(head, context: context)
+            case .malformed:
+                refuseMalformed(context: context)
+            }
+        }
+        if readPending, !isClosing, pending.isEmpty, context.channel.isWritable {
+            readPending = false
+            context.read()
+        }
+    }
+
+    private func answer(_ head: HTTPRequestHead, context: ChannelHandlerContext) {
+        let response = api.respond(method: head.method.rawValue, path: head.uri)
+        var headers = HTTPHeaders()
+        headers.add(name: "Content-Type", value: "application/json")
+        headers.add(name: "Content-Length", value: String(response.body.count))
+        if let allow = response.allow {
+            headers.add(name: "Allow", value: allow)
+        }
+        let status = HTTPResponseStatus(statusCode: response.status)
+        context.write(
+            wrapOutboundOut(.head(HTTPResponseHead(version: head.version, status: status, headers: headers))),
+            promise: nil
+        )
+        context.write(wrapOutboundOut(.body(.byteBuffer(ByteBuffer(bytes: response.body)))), promise: nil)
+        finish(context: context, keepAlive: head.isKeepAlive)
+    }
+
+    /// The 400 NIOHTTP1's `HTTPServerProtocolErrorHandler` would send, but followed by a close.
+    private func refuseMalformed(context: ChannelHandlerContext) {
+        let headers = HTTPHeaders([("Connection", "close"), ("Content-Length", "0")])
+        context.write(
+            wrapOutboundOut(.head(HTTPResponseHead(version: .http1_1, status: .badRequest, headers: headers))),
+            promise: nil
+        )
+        finish(context: context, keepAlive: false)
+    }
+
+    /// Ends an answer; the connection closes once it is written unless `keepAlive`.
+    private func finish(context: ChannelHandlerContext, keepAlive: Bool) {
+        if !keepAlive {
+            isClosing = true
+            pending.removeAll()
+        }
+        context.writeAndFlush(wrapOutboundOut(.end(nil))).assumeIsolated().whenComplete { result in
+            switch result {
+            case .success where keepAlive:
+                self.lastActivity = context.eventLoop.now
+            case .success, .failure:
+                context.close(promise: nil)
+            }
+        }
+    }
+
+    // MARK: Idle timeout
+
+    private func start(context: ChannelHandlerContext) {
+        isActive = true
+        lastActivity = context.eventLoop.now
+        scheduleIdleCheck(at: lastActivity + idleTimeout, context: context)
+    }
+
+    private func stop() {
+        isActive = false
+        idleTimer?.cancel()
+        idleTimer = nil
+    }
+
+    /// One timer per connection, moved forward when it fires early rather than replaced on every request.
+    private func scheduleIdleCheck(at deadline: NIODeadline, context: ChannelHandlerContext) {
+        idleTimer = context.eventLoop.assumeIsolated().scheduleTask(deadline: deadline) {
+            guard self.isActive else { return }
+            let due = self.lastActivity + self.idleTimeout
+            if context.eventLoop.now >= due {
+                self.idleTimer = nil
+                self.isClosing = true
+                context.close(promise: nil)
+            } else {
+                self.scheduleIdleCheck(at: due, context: context)
+            }
+        }
+    }
+}

@@ -1,0 +1,137 @@
+import Foundation
+import Logging
+import NIOCore
+import NIOEmbedded
+import NIOHTTP1
+import Testing
+
+@testable import Switchyard
+
+/// One admin connection's pipeline, as ``AdminServer`` builds it, on an `EmbeddedChannel` with exact bytes and
+/// the embedded loop's clock.
+@Suite("Admin connection")
+struct AdminConnectionHandlerTests {
+    /// Counts the `read` calls that reach the socket, i.e. that the handlers did not hold back.
+    private final class ReadCounter: ChannelOutboundHandler {
+        typealias OutboundIn = Any
+        var reads = 0
+
+        func read(context: ChannelHandlerContext) {
+            reads += 1
+            context.read()
+        }
+    }
+
+    private let api: AdminAPI
+    private let channel: EmbeddedChannel
+    private let counter = ReadCounter()
+    private let idleTimeout = TimeAmount.seconds(60)
+
+    init() throws {
+        let backend = Backend(address: try SocketAddress(ipAddress: "127.0.0.1", port: 9001))
+        let shop = Tenant(name: "shop", domains: ["shop.test"], backends: [backend])
+        var logger = Logger(label: "test")
+        logger.logLevel = .critical
+        api = AdminAPI(routes: RouteSource(try RouteTable(tenants: [shop])), logger: logger) { 0 }
+        channel = EmbeddedChannel()
+        try channel.pipeline.syncOperations.addHandler(counter)
+        try AdminServer.configureConnection(
+            channel.pipeline.syncOperations,
+            api: api,
+            limits: AdminServer.Limits(idleTimeout: idleTimeout)
+        )
+        try channel.connect(to: SocketAddress(ipAddress: "127.0.0.1", port: 1)).wait()
+    }
+
+    /// The exact answer the handler gives to `GET target` on HTTP/1.1.
+    private func answer(_ method: String, _ target: String) -> String {
+        let response = api.respond(method: method, path: target)
+        let reason = HTTPResponseStatus(statusCode: response.status).reasonPhrase
+        return "HTTP/1.1 \(response.status) \(reason)\r\nContent-Type: application/json\r\n"
+            + "Content-Length: \(response.body.count)\r\n\r\n" + String(decoding: response.body, as: UTF8.self)
+    }
+
+    private func send(_ text: String) throws {
+        try channel.writeInbound(ByteBuffer(string: text))
+    }
+
+    /// Everything written to the socket so far.
+    private func written() throws -> String {
+        var text = ""
+        while var buffer = try channel.readOutbound(as: ByteBuffer.self) {
+            text += buffer.readString(length: buffer.readableBytes) ?? ""
+        }
+        return text
+    }
+
+    @Test("while answers cannot be written, pipelined requests wait and the connection is not read")
+    func backpressure() throws {
+        channel.isWritable = false
+        channel.pipeline.fireChannelWritabilityChanged()
+        try send("GET /status HTTP/1.1\r\n\r\nGET /nothing HTTP/1.1\r\n\r\n")
+        #expect(try written() == "")
+        let readsBefore = counter.reads
+        channel.read()
+        #expect(counter.reads == readsBefore, "a read went through while two answers wait")
+
+        channel.isWritable = true
+        channel.pipeline.fireChannelWritabilityChanged()
+        #expect(try written() == answer("GET", "/status") + answer("GET", "/nothing"))
+        #expect(counter.reads == readsBefore + 1, "the held read is released once the answers are out")
+        channel.read()
+        #expect(counter.reads == readsBefore + 2)
+        #expect(channel.isActive)
+    }
+
+    @Test("a malformed request is answered 400 after the answers before it, and the connection is closed")
+    func malformed() throws {
+        try send("GET /status HTTP/1.1\r\n\r\nGET /status HTTP/1.1\r\nBad Header\r\n\r\n")
+        #expect(
+            try written()
+                == answer("GET", "/status")
+                + "HTTP/1.1 400 Bad Request\r\nConnection: close\r\nContent-Length: 0\r\n\r\n"
+        )
+        channel.embeddedEventLoop.run()
+        #expect(!channel.isActive)
+    }
+
+    @Test("a connection without a request for the idle timeout is closed; each request starts it over")
+    func idle() throws {
+        channel.embeddedEventLoop.advanceTime(by: idleTimeout - .milliseconds(1))
+        #expect(channel.isActive)
+        try send("GET /status HTTP/1.1\r\n\r\n")
+        #expect(try written() == answer("GET", "/status"))
+        channel.embeddedEventLoop.advanceTime(by: idleTimeout - .milliseconds(1))
+        #expect(channel.isActive, "closed although a request came less than the idle timeout ago")
+        channel.embeddedEventLoop.advanceTime(by: .milliseconds(1))
+        #expect(!channel.isActive)
+    }
+
+    @Test("a client that stops reading its answers is closed after the idle timeout too")
+    func stalledReader() throws {
+        channel.isWritable = false
+        channel.pipeline.fireChannelWritabilityChanged()
+        try send("GET /status HTTP/1.1\r\n\r\n")
+        channel.embeddedEventLoop.advanceTime(by: idleTimeout)
+        #expect(!channel.isActive)
+    }
+}
+
+@Suite("Admin connection limiter")
+struct AdminConnectionLimiterTests {
+    @Test("connections over the cap are refused; one log line per interval counts the refusals in between")
+    func cap() {
+        var limiter = AdminConnectionLimiter(limit: 2, logInterval: .seconds(10))
+        let start = NIODeadline.uptimeNanoseconds(1_000_000_000)
+        #expect(limiter.connectionOpened(now: start) == .accept)
+        #expect(limiter.connectionOpened(now: start) == .accept)
+        #expect(limiter.connectionOpened(now: start) == .refuse(log: true, refusedSinceLastLog: 0))
+        #expect(limiter.connectionOpened(now: start + .seconds(1)) == .refuse(log: false, refusedSinceLastLog: 1))
+        #expect(limiter.connectionOpened(now: start + .seconds(9)) == .refuse(log: false, refusedSinceLastLog: 2))
+        #expect(limiter.connectionOpened(now: start + .seconds(10)) == .refuse(log: true, refusedSinceLastLog: 2))
+        limiter.connectionClosed()
+        #expect(limiter.open == 1)
+        #expect(limiter.connectionOpened(now: start + .seconds(11)) == .accept)
+        #expect(limiter.connectionOpened(now: start + .seconds(30)) == .refuse(log: true, refusedSinceLastLog: 0))
+    }
+}
