@@ -132,9 +132,9 @@ struct TLSServerHandlerTests {
 
         var loop: EmbeddedEventLoop { channel.embeddedEventLoop }
 
-        init(store: CertificateStore, handshakeTimeout: TimeAmount = .seconds(10)) throws {
-            var logger = Logger(label: "TLSServerHandlerTests")
-            logger.logLevel = .critical
+        init(store: CertificateStore, handshakeTimeout: TimeAmount = .seconds(10), logger: Logger? = nil) throws {
+            var logger = logger ?? Logger(label: "TLSServerHandlerTests")
+            if logger.logLevel > .debug { logger.logLevel = .critical }
             let handler = TLSServerHandler(
                 certificates: CertificateSource(store),
                 handshakeTimeout: handshakeTimeout,
@@ -406,6 +406,22 @@ struct TLSServerHandlerTests {
         #expect(harness.recorder.handshakes.isEmpty)
         #expect(harness.errorQueueLeftovers.isEmpty)
         #expect(ERR_peek_error() == 0)
+    }
+
+    @Test("a failed handshake logs the client's server name escaped: CR/LF cannot forge a line")
+    func serverNameIsEscapedInTheLog() throws {
+        let lines = CapturedLog()
+        var logger = Logger(label: "TLSServerHandlerTests") { _ in lines }
+        logger.logLevel = .debug
+        let harness = try Harness(store: try Self.defaultStore(), logger: logger)
+        let client = try Self.client(serverName: "a.test\r\n\u{1B}[2Jforged", verifyHost: false, trusting: [])
+
+        #expect(try harness.pump(client) == .failed)
+        let logged = lines.entries.map { "\($0.message) \($0.metadata)" }
+        let failure = try #require(logged.first { $0.contains("TLS handshake failed") })
+        #expect(failure.contains("a.test\\x0D\\x0A\\x1B[2Jforged"), "\(failure)")
+        #expect(!logged.joined().contains("\r"))
+        #expect(!logged.joined().contains("\u{1B}"))
     }
 
     // MARK: Application data
@@ -735,5 +751,29 @@ struct TLSServerHandlerTests {
         try harness.send(client.takeOutput())
         #expect(harness.recorder.received == Array("still here".utf8))
         #expect(harness.errorQueueLeftovers.isEmpty)
+    }
+}
+
+/// A log handler that keeps what it is given, for tests that check what a log line says.
+final class CapturedLog: LogHandler, @unchecked Sendable {
+    // @unchecked: the tests that use it log from one thread (the embedded event loop's, which is the test's), and
+    // read the entries afterwards on that same thread.
+    struct Entry {
+        var message: String
+        var metadata: String
+    }
+
+    private(set) var entries: [Entry] = []
+    var metadata: Logger.Metadata = [:]
+    var logLevel: Logger.Level = .trace
+
+    subscript(metadataKey key: String) -> Logger.Metadata.Value? {
+        get { metadata[key] }
+        set { metadata[key] = newValue }
+    }
+
+    func log(event: LogEvent) {
+        let fields = (event.metadata ?? [:]).map { "\($0.key)=\($0.value)" }.sorted().joined(separator: " ")
+        entries.append(Entry(message: event.message.description, metadata: fields))
     }
 }
