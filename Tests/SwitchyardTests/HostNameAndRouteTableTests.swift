@@ -24,6 +24,9 @@ struct HostNameTests {
             ("shop.test:65535", "shop.test"),
             ("localhost", "localhost"),
             ("my-site_1.example", "my-site_1.example"),
+            ("a-b.c--d.xn--caf-dma.test", "a-b.c--d.xn--caf-dma.test"),
+            ("_dmarc.shop.test", "_dmarc.shop.test"),
+            ("1.2", "1.2"),
             ("127.0.0.1", "127.0.0.1"),
             ("127.0.0.1:8080", "127.0.0.1"),
             ("[::1]", "[::1]"),
@@ -78,10 +81,49 @@ struct HostNameTests {
         #expect(HostName.normalize(input) == nil)
     }
 
-    @Test("the longest accepted host is normalised")
+    /// Three labels of 63 bytes and one of 61: 3 × 64 + 61 = 253 bytes, the longest name DNS allows.
+    private static let longestName =
+        Array(repeating: String(repeating: "a", count: 63), count: 3).joined(separator: ".") + "."
+        + String(repeating: "b", count: 61)
+
+    @Test(
+        "labels of more than 63 bytes, labels starting or ending with '-' and names over 253 bytes are refused",
+        arguments: [
+            String(repeating: "a", count: 64),
+            String(repeating: "a", count: 64) + ".shop.test",
+            "shop." + String(repeating: "a", count: 64),
+            "shop." + String(repeating: "a", count: 64) + ":8080",
+            "-shop.test",
+            "shop-.test",
+            "shop.-test",
+            "shop.test-",
+            "shop.test-.",
+            "shop.test-:80",
+            "-",
+            "a.-.b",
+            "-shop.test:8080",
+            longestName + "b",
+            longestName + "b.",
+            Array(repeating: String(repeating: "a", count: 63), count: 4).joined(separator: ".") + ".a",
+            String(repeating: "a.", count: 127) + "a",
+        ]
+    )
+    func dnsLimits(input: String) {
+        #expect(HostName.normalize(input) == nil)
+        let bytes = Array(input.utf8)
+        #expect(bytes.withUnsafeBytes { HostName.normalize($0) } == nil)
+    }
+
+    @Test("the longest name (253 bytes, labels of 63) is normalised, with a trailing dot and a port too")
     func longestHost() {
-        let host = String(repeating: "a", count: 300)
-        #expect(HostName.normalize(host) == host)
+        let name = Self.longestName
+        #expect(name.utf8.count == 253)
+        #expect(HostName.normalize(name) == name)
+        #expect(HostName.normalize(name.uppercased() + ".:65535") == name)
+        let label = String(repeating: "z", count: 63)
+        #expect(HostName.normalize("\(label).test") == "\(label).test")
+        #expect(HostName.normalize("a-\(label.dropFirst(2)).test:8080") == "a-\(label.dropFirst(2)).test")
+        #expect(HostName.normalize(String(repeating: "a.", count: 126) + "a") != nil)
     }
 
     @Test("the byte and string forms agree")

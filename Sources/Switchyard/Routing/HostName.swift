@@ -2,10 +2,18 @@
 ///
 /// Normalising means: ASCII lower case, the port removed (`shop.test:8080`), a trailing dot removed
 /// (`shop.test.`), and IPv6 literals kept in brackets (`[::1]:8080` → `[::1]`). Anything that is not a
-/// syntactically valid host is refused, so nothing odd reaches a map lookup or a log line.
+/// syntactically valid host is refused, so nothing odd reaches a map lookup or a log line: a name is at most 253
+/// bytes (without its trailing dot) of labels of 1 to 63 letters, digits, `-` and `_`, none starting or ending with
+/// `-` (RFC 1035 §2.3.4, RFC 1123 §2.1; `_` is allowed, as in service names such as `my_service.internal`).
+///
+/// It runs on every request, so it only reads the bytes once and allocates nothing but the normalised string.
 public enum HostName {
-    /// The longest host accepted (a DNS name is at most 253 octets; brackets and a port add a little).
+    /// The longest `Host` value looked at: a name, a trailing dot and a port, or a bracketed IPv6 literal and a port.
     static let maximumLength = 300
+    /// The longest name (RFC 1035 §2.3.4), without its trailing dot and port.
+    static let maximumNameLength = 253
+    /// The longest label (RFC 1035 §2.3.4).
+    static let maximumLabelLength = 63
 
     /// Normalises the bytes of a `Host` value; `nil` when they are not a valid host.
     public static func normalize(_ bytes: UnsafeRawBufferPointer) -> String? {
@@ -29,20 +37,28 @@ public enum HostName {
         if end > 0, bytes[end - 1] == UInt8(ascii: ".") {
             end -= 1
         }
-        guard end > 0 else { return nil }
+        guard end > 0, end <= maximumNameLength else { return nil }
+        // `previous` is "." at the start of each label, so one comparison finds both an empty label and a leading
+        // hyphen.
         var previous: UInt8 = UInt8(ascii: ".")
+        var labelLength = 0
         for index in 0..<end {
             let byte = bytes[index]
             if byte == UInt8(ascii: ".") {
-                // Empty labels ("a..b", ".a") are not host names.
-                guard previous != UInt8(ascii: ".") else { return nil }
+                // Empty labels ("a..b", ".a") are not host names, nor are labels ending with a hyphen ("a-.b").
+                guard previous != UInt8(ascii: "."), previous != UInt8(ascii: "-") else { return nil }
+                labelLength = 0
             } else {
                 guard isHostCharacter(byte) else { return nil }
+                // Nor are labels starting with a hyphen ("-a.b").
+                guard byte != UInt8(ascii: "-") || previous != UInt8(ascii: ".") else { return nil }
+                labelLength += 1
+                guard labelLength <= maximumLabelLength else { return nil }
             }
             previous = byte
         }
-        // "shop.test.." would leave an empty last label.
-        guard previous != UInt8(ascii: ".") else { return nil }
+        // "shop.test.." would leave an empty last label, and "shop.test-" a last label ending with a hyphen.
+        guard previous != UInt8(ascii: "."), previous != UInt8(ascii: "-") else { return nil }
         return lowercased(bytes, upTo: end)
     }
 
