@@ -36,4 +36,31 @@ public struct ConfigurationError: Error, CustomStringConvertible, Sendable, Equa
         }
         return text + self.reason
     }
+
+    /// The most characters of an operator's value an error quotes; see ``quoted(_:)``.
+    static let maximumQuotedCharacters = 80
+
+    /// `text` in single quotes, as errors quote what the operator wrote: whole when it is short, otherwise its first
+    /// ``maximumQuotedCharacters`` characters, an ellipsis and its length (`'aaaa…' (52428800 bytes)`), so that a
+    /// huge value (a 50 MB scalar) does not flood the terminal or the log with itself.
+    ///
+    /// Only the first characters are looked at, and the length is the UTF-8 count, so quoting is cheap whatever the
+    /// size of the value.
+    static func quoted(_ text: some StringProtocol) -> String {
+        let head = text.prefix(Self.maximumQuotedCharacters)
+        guard head.endIndex < text.endIndex else {
+            return "'\(text)'"
+        }
+        return "'\(head)…' (\(text.utf8.count) bytes)"
+    }
+
+    /// `text` as is when short, otherwise its first ``maximumQuotedCharacters`` characters and an ellipsis; for
+    /// names inside a key path (`tenants[0].aaaa…`), where a length would read as part of the path.
+    static func abbreviated(_ text: some StringProtocol) -> String {
+        let head = text.prefix(Self.maximumQuotedCharacters)
+        guard head.endIndex < text.endIndex else {
+            return String(text)
+        }
+        return "\(head)…"
+    }
 }

@@ -157,7 +157,9 @@ public enum ConfigurationLoader {
             ) {
                 let address = try Self.listenAddress(text, at: item)
                 if let earlier = seen.first(where: { $0.address == address }) {
-                    throw item.error("'\(text)' is already listed at \(earlier.path); each address may be listed once")
+                    throw item.error(
+                        "\(Self.quoted(text)) is already listed at \(earlier.path); each address may be listed once"
+                    )
                 }
                 seen.append((address, item.path))
                 if key == "http" {
@@ -182,11 +184,13 @@ public enum ConfigurationLoader {
         let hostAndPort = try Self.hostAndPort(text, at: node)
         guard let address = hostAndPort.ipLiteralAddress() else {
             if hostAndPort.isBracketed {
-                throw node.error("'\(text)': '\(hostAndPort.host)' in brackets is not an IPv6 address")
+                throw node.error(
+                    "\(Self.quoted(text)): \(Self.quoted(hostAndPort.host)) in brackets is not an IPv6 address"
+                )
             }
             throw node.error(
-                "'\(text)': '\(hostAndPort.host)' is not an IP address; listen on IP literals such as 0.0.0.0:8080, "
-                    + "127.0.0.1:8080 or [::]:8080"
+                "\(Self.quoted(text)): \(Self.quoted(hostAndPort.host)) is not an IP address; listen on IP literals "
+                    + "such as 0.0.0.0:8080, 127.0.0.1:8080 or [::]:8080"
             )
         }
         return address
@@ -200,11 +204,13 @@ public enum ConfigurationLoader {
         case .success(let hostAndPort):
             return hostAndPort
         case .failure(.malformed):
-            throw node.error("'\(text)' is not \(HostAndPort.syntaxExample)")
+            throw node.error("\(Self.quoted(text)) is not \(HostAndPort.syntaxExample)")
         case .failure(.unbracketedIPv6):
-            throw node.error("'\(text)' is not HOST:PORT: write an IPv6 address in brackets, e.g. [::1]:8080")
+            throw node.error(
+                "\(Self.quoted(text)) is not HOST:PORT: write an IPv6 address in brackets, e.g. [::1]:8080"
+            )
         case .failure(.portOutOfRange(let port)):
-            throw node.error("'\(text)': port \(port) is out of range; expected a port from 1 to 65535")
+            throw node.error("\(Self.quoted(text)): port \(port) is out of range; expected a port from 1 to 65535")
         }
     }
 
@@ -345,7 +351,7 @@ public enum ConfigurationLoader {
             for (domain, item) in zip(tenant.domains, domainNodes) {
                 if let owner = domainOwners[domain] {
                     throw item.error(
-                        "domain '\(domain)' of tenant '\(tenant.name)' already belongs to tenant "
+                        "domain \(Self.quoted(domain)) of tenant '\(tenant.name)' already belongs to tenant "
                             + "'\(tenants[owner].name)'; a domain may belong to only one tenant"
                     )
                 }
@@ -368,7 +374,7 @@ public enum ConfigurationLoader {
         let nameNode = try mapping.required("name", expected: nameExpected)
         let name = try nameNode.nonEmptyString(expected: nameExpected)
         guard name.count <= Self.maximumTenantNameLength, name.allSatisfy(Self.isTenantNameCharacter) else {
-            throw nameNode.error("'\(name)' is not a valid tenant name; expected \(nameExpected)")
+            throw nameNode.error("\(Self.quoted(name)) is not a valid tenant name; expected \(nameExpected)")
         }
 
         let domainsNode = try mapping.required("domains", expected: "a list of the domains the tenant owns")
@@ -384,10 +390,10 @@ public enum ConfigurationLoader {
             case .success(let normalised):
                 domain = normalised
             case .failure(let problem):
-                throw item.error("'\(text)' \(problem.reason)")
+                throw item.error("\(Self.quoted(text)) \(problem.reason)")
             }
             if domains.contains(domain) {
-                throw item.error("'\(text)' is listed twice (as '\(domain)')")
+                throw item.error("\(Self.quoted(text)) is listed twice (as \(Self.quoted(domain)))")
             }
             domains.append(domain)
             domainNodes.append(item)
@@ -421,12 +427,13 @@ public enum ConfigurationLoader {
                     weight = value
                 } else {
                     throw item.error(
-                        "'\(text)' is not HOST:PORT [weight=N] [drain] (N from 1 to 1000; '\(word)' is the problem)"
+                        "\(Self.quoted(text)) is not HOST:PORT [weight=N] [drain] (N from 1 to 1000; "
+                            + "\(Self.quoted(word)) is the problem)"
                     )
                 }
             }
             if let earlier = backends.first(where: { $0.address == address }) {
-                throw item.error("'\(text)' is the same backend as \(earlier.path) (\(address))")
+                throw item.error("\(Self.quoted(text)) is the same backend as \(earlier.path) (\(address))")
             }
             if drain { drained.insert(address) }
             if let weight { weights[address] = weight }
@@ -472,7 +479,7 @@ public enum ConfigurationLoader {
             let expected = BalancingAlgorithm.allCases.map(\.rawValue).joined(separator: " or ")
             let text = try node.nonEmptyString(expected: expected)
             guard let balance = BalancingAlgorithm(rawValue: text) else {
-                throw node.error("'\(text)' is not a balancing algorithm; expected \(expected)")
+                throw node.error("\(Self.quoted(text)) is not a balancing algorithm; expected \(expected)")
             }
             tenant.balance = balance
         }
@@ -494,8 +501,9 @@ public enum ConfigurationLoader {
                 !tenant.httpsRedirect
             {
                 throw node.error(
-                    "the cookie '\(sticky.cookie)' can only be set over HTTPS (browsers refuse __Secure- and __Host- "
-                        + "cookies without Secure); set https_redirect: true for this tenant, or choose another name"
+                    "the cookie \(Self.quoted(sticky.cookie)) can only be set over HTTPS (browsers refuse __Secure- "
+                        + "and __Host- cookies without Secure); set https_redirect: true for this tenant, or choose "
+                        + "another name"
                 )
             }
         }
@@ -523,17 +531,19 @@ public enum ConfigurationLoader {
             return address
         }
         if hostAndPort.isBracketed {
-            throw node.error("'\(text)': '\(hostAndPort.host)' in brackets is not an IPv6 address")
+            throw node.error(
+                "\(Self.quoted(text)): \(Self.quoted(hostAndPort.host)) in brackets is not an IPv6 address"
+            )
         }
         if let problem = DomainName.hostnameProblem(hostAndPort.host) {
-            throw node.error("'\(text)': the host '\(hostAndPort.host)' \(problem.reason)")
+            throw node.error("\(Self.quoted(text)): the host \(Self.quoted(hostAndPort.host)) \(problem.reason)")
         }
         do {
             return try SocketAddress.makeAddressResolvingHost(hostAndPort.host, port: hostAndPort.port)
         } catch {
             throw node.error(
-                "'\(text)': the host '\(hostAndPort.host)' does not resolve; use an IP address or a name this "
-                    + "machine can resolve"
+                "\(Self.quoted(text)): the host \(Self.quoted(hostAndPort.host)) does not resolve; use an IP address "
+                    + "or a name this machine can resolve"
             )
         }
     }
@@ -551,7 +561,8 @@ public enum ConfigurationLoader {
             )
             guard name.utf8.allSatisfy(HTTPSyntax.isTokenCharacter) else {
                 throw cookie.error(
-                    "'\(name)' is not a valid cookie name; use letters, digits and !#$%&'*+-.^_`|~ (no spaces, '=' or ';')"
+                    "\(Self.quoted(name)) is not a valid cookie name; use letters, digits and !#$%&'*+-.^_`|~ (no "
+                        + "spaces, '=' or ';')"
                 )
             }
             sticky.cookie = name
@@ -569,7 +580,7 @@ public enum ConfigurationLoader {
             let expected = StickySessionConfiguration.SameSite.allCases.map(\.rawValue).joined(separator: ", ")
             let text = try sameSite.nonEmptyString(expected: expected)
             guard let value = StickySessionConfiguration.SameSite(rawValue: text) else {
-                throw sameSite.error("'\(text)' is not a SameSite value; expected \(expected)")
+                throw sameSite.error("\(Self.quoted(text)) is not a SameSite value; expected \(expected)")
             }
             sticky.sameSite = value
         }
@@ -582,17 +593,17 @@ public enum ConfigurationLoader {
         if let pathNode = mapping["path"] {
             let path = try pathNode.nonEmptyString(expected: "an HTTP path such as /healthz")
             guard path.hasPrefix("/") else {
-                throw pathNode.error("'\(path)' must start with '/' (e.g. /healthz)")
+                throw pathNode.error("\(Self.quoted(path)) must start with '/' (e.g. /healthz)")
             }
             guard !path.contains(where: { $0.isWhitespace || !$0.isASCII || ($0.asciiValue ?? 0) < 0x20 }) else {
-                throw pathNode.error("'\(path)' must not contain spaces, control or non-ASCII characters")
+                throw pathNode.error("\(Self.quoted(path)) must not contain spaces, control or non-ASCII characters")
             }
             health.path = path
         }
         if let hostNode = mapping["host"] {
             let text = try hostNode.nonEmptyString(expected: "a host name for the check's Host header")
             guard let host = HostName.normalize(text) else {
-                throw hostNode.error("'\(text)' is not a host name")
+                throw hostNode.error("\(Self.quoted(text)) is not a host name")
             }
             health.host = host
         }
@@ -605,7 +616,7 @@ public enum ConfigurationLoader {
             guard (1...2).contains(bounds.count), let low = bounds.first ?? nil, let high = bounds.last ?? nil,
                 (100...599).contains(low), (100...599).contains(high), low <= high
             else {
-                throw statusNode.error("'\(text)' is not a status or a range such as 200-399 (100 to 599)")
+                throw statusNode.error("\(Self.quoted(text)) is not a status or a range such as 200-399 (100 to 599)")
             }
             health.expectedStatus = low...high
         }
@@ -631,6 +642,11 @@ public enum ConfigurationLoader {
         return health
     }
 
+    /// See ``ConfigurationError/quoted(_:)``: how errors quote an operator's value.
+    private static func quoted(_ text: some StringProtocol) -> String {
+        ConfigurationError.quoted(text)
+    }
+
     // MARK: - YAML and file errors
 
     /// A YAML syntax error as a ``ConfigurationError``, with the line libyaml reports.
@@ -651,7 +667,7 @@ public enum ConfigurationLoader {
             let line = offset.map { offset in 1 + yaml.prefix(offset).filter(\.isNewline).count }
             return ConfigurationError(file: file, line: line, key: "", reason: "invalid YAML: \(problem)")
         case .duplicatedKeysInMapping(let duplicates, let context):
-            let keys = duplicates.sorted().map { "'\($0)'" }.joined(separator: ", ")
+            let keys = duplicates.sorted().map { Self.quoted($0) }.joined(separator: ", ")
             return ConfigurationError(
                 file: file,
                 line: context.mark.line,

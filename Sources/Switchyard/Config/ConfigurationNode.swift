@@ -48,7 +48,7 @@ struct ConfigurationNode {
         case .alias:
             return "an alias"
         case .scalar(let scalar):
-            return self.isNull ? "no value" : "'\(scalar.string)'"
+            return self.isNull ? "no value" : Self.quoted(scalar.string)
         }
     }
 
@@ -115,7 +115,7 @@ struct ConfigurationNode {
             }
             throw self.error(reason)
         case .failure(.tooLarge):
-            throw self.error("'\(text)' is too long a duration")
+            throw self.error("\(Self.quoted(text)) is too long a duration")
         case .success(let amount):
             guard amount > .zero else {
                 throw self.error("must be greater than zero; expected \(expected)")
@@ -201,10 +201,12 @@ struct ConfigurationNode {
             let key = keyScalar.string
             let path = self.path.isEmpty ? key : "\(self.path).\(key)"
             guard acceptedKeys.contains(key) else {
+                // The key is the operator's text, so the path names it abbreviated, as the reason quotes it.
+                let shownKey = ConfigurationError.abbreviated(key)
                 throw ConfigurationError(
                     file: self.file,
                     line: keyLine,
-                    key: path,
+                    key: self.path.isEmpty ? shownKey : "\(self.path).\(shownKey)",
                     reason: Self.unknownKeyReason(key, acceptedKeys: acceptedKeys)
                 )
             }
@@ -219,11 +221,20 @@ struct ConfigurationNode {
         return ConfigurationMapping(owner: self, entries: entries)
     }
 
+    /// See ``ConfigurationError/quoted(_:)``: how errors quote an operator's value.
+    private static func quoted(_ text: some StringProtocol) -> String {
+        ConfigurationError.quoted(text)
+    }
+
     private static func unknownKeyReason(_ key: String, acceptedKeys: [String]) -> String {
-        var reason = "unknown key '\(key)'"
-        let closest = acceptedKeys.map { (key: $0, distance: Self.editDistance($0, key.lowercased())) }
+        var reason = "unknown key \(Self.quoted(key))"
+        // A hint needs an edit distance of at most 2, and the distance is at least the difference in length, so a
+        // key much longer than every accepted one (a huge value pasted as a key) is not compared at all.
+        let count = key.count
+        let closest = acceptedKeys.lazy.filter { abs($0.count - count) <= 2 }
+            .map { (key: $0, distance: Self.editDistance($0, key.lowercased())) }
             .min { $0.distance < $1.distance }
-        if let closest, closest.distance <= min(2, max(1, key.count / 3)) {
+        if let closest, closest.distance <= min(2, max(1, count / 3)) {
             reason += " (did you mean '\(closest.key)'?)"
         }
         return reason + "; accepted keys: \(acceptedKeys.joined(separator: ", "))"

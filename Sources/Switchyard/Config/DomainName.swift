@@ -67,6 +67,11 @@ enum DomainName {
         return self.problem(labels: withoutDot.split(separator: ".", omittingEmptySubsequences: false), wholeName: name)
     }
 
+    /// See ``ConfigurationError/quoted(_:)``: how errors quote an operator's value.
+    private static func quoted(_ text: some StringProtocol) -> String {
+        ConfigurationError.quoted(text)
+    }
+
     private static func isDigit(_ character: Character) -> Bool {
         character.isASCII && character.isNumber
     }
@@ -83,12 +88,15 @@ enum DomainName {
                 return Problem(reason: "has an empty label (two dots in a row, or a leading dot)")
             }
             if label.count > Self.maximumLabelLength {
-                return Problem(reason: "has a label longer than \(Self.maximumLabelLength) characters ('\(label)')")
+                return Problem(
+                    reason: "has a label longer than \(Self.maximumLabelLength) characters (\(Self.quoted(label)))"
+                )
             }
             if let bad = label.first(where: { !Self.isLabelCharacter($0) }) {
                 let hint = bad.isASCII ? "" : "; write internationalised names in their punycode form (xn--...)"
                 return Problem(
-                    reason: "contains '\(bad)'; labels may only contain letters a-z, digits, '-' and '_'\(hint)"
+                    reason: "contains \(Self.quoted(String(bad))); labels may only contain letters a-z, digits, '-' "
+                        + "and '_'\(hint)"
                 )
             }
         }

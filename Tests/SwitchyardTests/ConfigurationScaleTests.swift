@@ -1,0 +1,59 @@
+import Testing
+
+@testable import Switchyard
+
+/// Files far larger than usual: a huge value pasted by mistake must give an error of a few lines, not one as long as
+/// the value.
+@Suite("Configuration at scale")
+struct ConfigurationScaleTests {
+    private static let file = "Config/scale.yaml"
+
+    /// Every way an error quotes a value: as found (`workers`), as a domain, a backend, a key and a tenant name. The
+    /// bound is loose on purpose: the point is that the error does not grow with the value.
+    @Test(
+        "an error quoting a huge value quotes its first 80 characters and says how long it is",
+        arguments: [
+            ("workers: VALUE\n", "workers", "expected auto or an integer from 1 to 256, found 'aaaa"),
+            (
+                "tenants:\n  - { name: a, domains: [\"VALUE\"], backends: [\"10.0.0.5:1\"] }\n",
+                "tenants[0].domains[0]", "is longer than 253 characters"
+            ),
+            (
+                "tenants:\n  - { name: a, domains: [a.test], backends: [\"VALUE\"] }\n",
+                "tenants[0].backends[0]", "is not HOST:PORT"
+            ),
+            (
+                "tenants:\n  - { name: VALUE, domains: [a.test], backends: [\"10.0.0.5:1\"] }\n", "tenants[0].name",
+                "is not a valid tenant name"
+            ),
+            // A plain key is at most 1024 characters in YAML; an explicit one (`? KEY`) may be longer.
+            ("? VALUE\n: 1\n", String(repeating: "a", count: 80) + "…", "unknown key 'aaaa"),
+        ]
+    )
+    func hugeValueIsQuotedShort(template: String, key: String, reason: String) throws {
+        let size = 4 * 1024 * 1024
+        let value = String(repeating: "a", count: size)
+        let yaml = template.replacingOccurrences(of: "VALUE", with: value)
+        let error = try #require(throws: ConfigurationError.self) {
+            try ConfigurationLoader.parse(yaml: yaml, file: Self.file)
+        }
+        #expect(error.key == key)
+        #expect(error.reason.contains(reason), "reason: \(error.description.prefix(1000))")
+        #expect(error.reason.contains("'" + String(repeating: "a", count: 80) + "…'"))
+        #expect(error.reason.contains("'… (\(size) bytes)") || error.reason.contains("…' (\(size) bytes)"))
+        #expect(error.description.utf8.count < 600, "description: \(error.description.prefix(1000))")
+    }
+
+    @Test("values up to 80 characters are quoted whole")
+    func shortValuesAreQuotedWhole() {
+        let eighty = String(repeating: "b", count: 80)
+        #expect(ConfigurationError.quoted(eighty) == "'\(eighty)'")
+        #expect(ConfigurationError.quoted(eighty + "c") == "'\(eighty)…' (81 bytes)")
+        #expect(ConfigurationError.quoted("") == "''")
+        // Characters, not bytes, are counted for the cut; the length is in bytes.
+        let accents = String(repeating: "é", count: 81)
+        #expect(ConfigurationError.quoted(accents) == "'\(String(repeating: "é", count: 80))…' (162 bytes)")
+        #expect(ConfigurationError.abbreviated(eighty) == eighty)
+        #expect(ConfigurationError.abbreviated(eighty + "c") == eighty + "…")
+    }
+}
