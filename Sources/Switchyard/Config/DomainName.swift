@@ -21,6 +21,11 @@ enum DomainName {
     /// `shop.test`), or an IP literal.
     static func normaliseTenantDomain(_ text: String) -> Result<String, Problem> {
         var name = text.lowercased()
+        // The common case, a plain name, in one pass; the checks below take longer and say what is wrong.
+        let plain = Self.withoutTrailingDot(name)
+        if Self.isPlainName(plain.utf8, allowingWildcard: true) {
+            return .success(String(plain))
+        }
         if name.hasPrefix("[") || name.contains(":") {
             // Only an IPv6 literal has colons; anything else with one is most likely a name with a port or a URL.
             let literal = name.hasPrefix("[") && name.hasSuffix("]") ? String(name.dropFirst().dropLast()) : name
@@ -63,6 +68,11 @@ enum DomainName {
     /// Checks a backend host name (not an IP literal): the same label rules as a tenant domain, no wildcard. Returns
     /// `nil` when the name is acceptable.
     static func hostnameProblem(_ name: String) -> Problem? {
+        if name.utf8.count <= Self.maximumLength,
+            Self.isPlainName(Self.withoutTrailingDot(name).utf8, allowingWildcard: false)
+        {
+            return nil
+        }
         let withoutDot = name.hasSuffix(".") ? String(name.dropLast()) : name
         return self.problem(labels: withoutDot.split(separator: ".", omittingEmptySubsequences: false), wholeName: name)
     }
@@ -70,6 +80,61 @@ enum DomainName {
     /// See ``ConfigurationError/quoted(_:)``: how errors quote an operator's value.
     private static func quoted(_ text: some StringProtocol) -> String {
         ConfigurationError.quoted(text)
+    }
+
+    /// `name` without one trailing dot; cut as a byte, so that a dot joined to what precedes it in one character
+    /// cannot take that character with it.
+    private static func withoutTrailingDot(_ name: String) -> Substring {
+        name.utf8.last == UInt8(ascii: ".") ? Substring(name.utf8.dropLast()) : name[...]
+    }
+
+    /// Whether `name` (without its trailing dot) is certainly acceptable, checked in one pass over its bytes without
+    /// allocating: at most ``maximumLength`` bytes, optionally a leading `*.`, then labels of 1 to
+    /// ``maximumLabelLength`` ASCII letters, digits, `-` and `_` that neither start nor end with `-`, the last one not
+    /// all digits (which could only be an IPv4 address).
+    ///
+    /// The common case, so that a tenant with 100,000 domains loads quickly. `false` says nothing: the name then
+    /// takes the slower checks of ``normaliseTenantDomain(_:)``, which accept IP addresses and say what is wrong
+    /// with the rest. Everything accepted here is accepted there.
+    private static func isPlainName(_ name: Substring.UTF8View, allowingWildcard: Bool) -> Bool {
+        guard name.count <= Self.maximumLength else {
+            return false
+        }
+        var bytes = name[...]
+        if allowingWildcard, bytes.starts(with: "*.".utf8) {
+            bytes = bytes.dropFirst(2)
+        }
+        var labelLength = 0
+        var lastLabelIsDigits = true
+        var previous = UInt8(ascii: ".")
+        for byte in bytes {
+            switch byte {
+            case UInt8(ascii: "."):
+                guard labelLength > 0, previous != UInt8(ascii: "-") else {
+                    return false
+                }
+                labelLength = 0
+                lastLabelIsDigits = true
+            case UInt8(ascii: "0")...UInt8(ascii: "9"):
+                labelLength += 1
+            case UInt8(ascii: "a")...UInt8(ascii: "z"), UInt8(ascii: "A")...UInt8(ascii: "Z"), UInt8(ascii: "_"):
+                labelLength += 1
+                lastLabelIsDigits = false
+            case UInt8(ascii: "-"):
+                guard labelLength > 0 else {
+                    return false
+                }
+                labelLength += 1
+                lastLabelIsDigits = false
+            default:
+                return false
+            }
+            guard labelLength <= Self.maximumLabelLength else {
+                return false
+            }
+            previous = byte
+        }
+        return labelLength > 0 && previous != UInt8(ascii: "-") && !lastLabelIsDigits
     }
 
     private static func isDigit(_ character: Character) -> Bool {
