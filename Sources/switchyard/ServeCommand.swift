@@ -95,6 +95,7 @@ enum Balancer {
             throw ExitCode(2)
         }
         let threads = configuration.workers ?? System.coreCount
+        checkDescriptorLimit(configuration: configuration, workers: threads, logger: logger)
         let group = MultiThreadedEventLoopGroup(numberOfThreads: threads)
         let server = ProxyServer(
             configuration: configuration,
@@ -139,5 +140,19 @@ enum Balancer {
             throw ExitCode(1)
         }
         try await group.shutdownGracefully()
+    }
+
+    /// Raises the soft descriptor limit to the hard one and warns, in one line with the numbers, when the
+    /// configuration's connections may not fit in it (nginx warns likewise about `worker_connections`).
+    static func checkDescriptorLimit(configuration: Configuration, workers: Int, logger: Logger) {
+        guard let limits = DescriptorLimit.raiseSoftLimitToHard() else { return }
+        if limits.after.soft > limits.before.soft {
+            logger.info("raised the descriptor limit from \(limits.before.soft) to \(limits.after.soft)")
+        }
+        let backends = configuration.tenants.reduce(0) { $0 + $1.backends.count }
+        let budget = DescriptorBudget(configuration: configuration, backends: backends, workers: workers)
+        if let warning = budget.warning(limit: limits.after.soft) {
+            logger.warning("\(warning)")
+        }
     }
 }

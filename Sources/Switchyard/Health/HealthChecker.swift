@@ -10,15 +10,20 @@ import ServiceLifecycle
 /// check comes at a random point of its interval, and each later one at the interval ± 10 %, so that thousands of
 /// backends are not probed in lockstep. The checker follows the route table: backends added by a reload get
 /// checks, removed ones stop being checked. Every up/down transition is logged once.
+///
+/// A check that cannot be made for lack of descriptors (the balancer at its `RLIMIT_NOFILE`) is no verdict on the
+/// backend: it is counted neither way, and logged as the balancer's own problem.
 public final class HealthChecker: Service {
     private let routes: RouteSource
     private let group: EventLoopGroup
     private let logger: Logger
+    private let skipped: SkippedChecks
 
     public init(routes: RouteSource, group: EventLoopGroup, logger: Logger) {
         self.routes = routes
         self.group = group
         self.logger = logger
+        self.skipped = SkippedChecks(logger: logger)
     }
 
     public func run() async throws {
@@ -56,7 +61,8 @@ public final class HealthChecker: Service {
                     settings: tenant.health,
                     host: tenant.health.host ?? host ?? "localhost",
                     eventLoop: loop,
-                    logger: logger
+                    logger: logger,
+                    skipped: skipped
                 )
                 let box = NIOLoopBoundBox.makeBoxSendingValue(check, eventLoop: loop)
                 loop.execute { box.value.start() }
@@ -78,7 +84,8 @@ final class BackendCheck {
     let host: String
     let eventLoop: EventLoop
     let logger: Logger
-    private var machine: BackendHealthMachine
+    private let skipped: SkippedChecks
+    private(set) var machine: BackendHealthMachine
     private var scheduled: Scheduled<Void>?
     private var stopped = false
 
@@ -88,7 +95,8 @@ final class BackendCheck {
         settings: HealthCheckConfiguration,
         host: String,
         eventLoop: EventLoop,
-        logger: Logger
+        logger: Logger,
+        skipped: SkippedChecks? = nil
     ) {
         self.backend = backend
         self.tenant = tenant
@@ -96,6 +104,7 @@ final class BackendCheck {
         self.host = host
         self.eventLoop = eventLoop
         self.logger = logger
+        self.skipped = skipped ?? SkippedChecks(logger: logger)
         self.machine = BackendHealthMachine(rise: settings.rise, fall: settings.fall)
     }
 
@@ -119,13 +128,27 @@ final class BackendCheck {
     private func runCheck() {
         guard !stopped else { return }
         let check = NIOLoopBound(self, eventLoop: eventLoop)
-        HealthProbe.run(backend: backend, settings: settings, host: host, on: eventLoop).whenSuccess { result in
-            check.value.record(result)
+        HealthProbe.run(backend: backend, settings: settings, host: host, on: eventLoop).whenSuccess { outcome in
+            check.value.record(outcome)
         }
     }
 
-    private func record(_ result: HealthCheckResult) {
+    /// Counts a probe's verdict, or skips a probe that told nothing about the backend, and schedules the next.
+    func record(_ outcome: HealthProbe.Outcome) {
         guard !stopped else { return }
+        switch outcome {
+        case .verdict(let result):
+            skipped.checkRan()
+            record(result)
+        case .noVerdict(let reason):
+            skipped.checkSkipped(backend: backend, tenant: tenant, reason: reason)
+        }
+        let interval = settings.interval.nanoseconds
+        let jitter = Int64.random(in: -(interval / 10)...(interval / 10))
+        schedule(after: .nanoseconds(interval + jitter))
+    }
+
+    private func record(_ result: HealthCheckResult) {
         backend.status.recordCheck(result)
         switch machine.record(result) {
         case .none:
@@ -141,11 +164,40 @@ final class BackendCheck {
         } else if result == .success {
             backend.status.setActivelyUp(true)
         }
-        let interval = settings.interval.nanoseconds
-        let jitter = Int64.random(in: -(interval / 10)...(interval / 10))
-        schedule(after: .nanoseconds(interval + jitter))
     }
 }
 
 @available(*, unavailable)
 extension BackendCheck: Sendable {}
+
+/// Health checks that could not be made for a local shortage, across every backend: one warning when they start
+/// (not one per backend), a reminder with a count at most once a minute, and one line when checks run again.
+final class SkippedChecks: Sendable {
+    private let log = EpisodeLog()
+    private let logger: Logger
+
+    init(logger: Logger) {
+        self.logger = logger
+    }
+
+    func checkSkipped(backend: Backend, tenant: String, reason: String) {
+        switch log.occurred() {
+        case .started:
+            let limit = DescriptorLimit.current().map { " (descriptor limit \($0.soft))" } ?? ""
+            let message =
+                "health checks cannot run: \(reason)\(limit), first on backend \(backend) of \(tenant); a problem of "
+                + "this balancer, not of the backends: not counted for or against them"
+            logger.warning("\(message)")
+        case .continuing(let count):
+            logger.warning("health checks still cannot run: \(reason); \(count) skipped since the last report")
+        case nil:
+            break
+        }
+    }
+
+    func checkRan() {
+        if log.succeeded() {
+            logger.notice("health checks run again")
+        }
+    }
+}

@@ -6,12 +6,21 @@ import NIOPosix
 /// Runs on an event loop as ordinary non-blocking I/O; the result is delivered once, whatever happens first:
 /// the answer, a failure, or the timeout.
 enum HealthProbe {
+    /// What one probe tells about its backend.
+    enum Outcome: Equatable {
+        /// The backend answered, or failed to: a success or a failure to count.
+        case verdict(HealthCheckResult)
+        /// The probe could not be made for a reason of this process, not of the backend (no descriptor left for
+        /// its socket: `EMFILE`, `ENFILE`, or no buffers): counted neither way.
+        case noVerdict(String)
+    }
+
     static func run(
         backend: Backend,
         settings: HealthCheckConfiguration,
         host: String,
         on eventLoop: EventLoop
-    ) -> EventLoopFuture<HealthCheckResult> {
+    ) -> EventLoopFuture<Outcome> {
         let promise = eventLoop.makePromise(of: HealthCheckResult.self)
         let request = settings.path.map { path in
             "GET \(path) HTTP/1.1\r\nHost: \(host)\r\nUser-Agent: switchyard-health-check\r\nConnection: close\r\n\r\n"
@@ -42,9 +51,16 @@ enum HealthProbe {
                 promise.fail(error)
             }
         }
-        return promise.futureResult.always { _ in timeout.cancel() }.flatMapErrorThrowing { error in
-            .failure(HealthProbe.describe(error))
+        return promise.futureResult.always { _ in timeout.cancel() }.map { .verdict($0) }.flatMapErrorThrowing {
+            HealthProbe.outcome(of: $0)
         }
+    }
+
+    /// A failed probe's outcome: a failure of the backend, unless the error is this process's own shortage.
+    static func outcome(of error: any Error) -> Outcome {
+        guard DescriptorLimit.isLocalShortage(error) else { return .verdict(.failure(describe(error))) }
+        let code = (error as? IOError)?.errnoCode ?? EMFILE
+        return .noVerdict("no socket for the probe: \(DescriptorLimit.describe(errno: code))")
     }
 
     /// A short reason for logs: "connection refused", "timed out after 2s", "status 500".

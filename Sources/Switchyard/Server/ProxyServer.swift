@@ -26,6 +26,7 @@ public final class ProxyServer: Service {
     private let listeners: NIOLockedValueBox<[Channel]> = NIOLockedValueBox([])
     private let connectionCounter: ConnectionCounter
     private let bound: NIOLockedValueBox<[SocketAddress]> = NIOLockedValueBox([])
+    private let acceptPauses: AcceptPauses
 
     /// - Parameters:
     ///   - group: the worker loops; one listener per loop and address is opened on it.
@@ -46,6 +47,7 @@ public final class ProxyServer: Service {
         self.accessLogger = configuration.accessLog ? Logger(label: "switchyard.access") : nil
         let counter = ConnectionCounter(limit: configuration.limits.maxConnections)
         self.connectionCounter = counter
+        self.acceptPauses = AcceptPauses(logger: logger) { counter.current }
         var workers: [NIOLoopBoundBox<Worker>] = []
         for loop in group.makeIterator() {
             let worker = Worker(
@@ -137,6 +139,7 @@ public final class ProxyServer: Service {
         let loop = worker.eventLoop
         let handshakeTimeout = configuration.timeouts.tlsHandshake
         let logger = self.logger
+        let acceptPauses = self.acceptPauses
         return try await ServerBootstrap(group: loop)
             .serverChannelOption(.backlog, value: 4096)
             .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
@@ -148,6 +151,13 @@ public final class ProxyServer: Service {
                 value: 1
             )
             .serverChannelOption(.maxMessagesPerRead, value: 16)
+            .serverChannelInitializer { channel in
+                // Out of descriptors, accepting pauses instead of spinning: this `bind` installs no backoff, and NIO's own
+                // would not stop the spin (see AcceptPauseHandler).
+                channel.eventLoop.makeCompletedFuture {
+                    try channel.pipeline.syncOperations.addHandler(AcceptPauseHandler(episodes: acceptPauses))
+                }
+            }
             .childChannelOption(.allowRemoteHalfClosure, value: true)
             .childChannelInitializer { channel in
                 channel.eventLoop.makeCompletedFuture {

@@ -103,10 +103,17 @@ final class SwitchyardProcess {
     /// The admin socket of this balancer.
     let adminPath: String
 
-    init(arguments: [String]) throws {
+    /// - Parameter descriptorLimit: `SOFT:HARD` open-file limits to run it under (through `prlimit`, which execs
+    ///   it, so ``pid`` is still the balancer's).
+    init(arguments: [String], descriptorLimit: String? = nil) throws {
         process = Process()
-        process.executableURL = URL(fileURLWithPath: ExternalProcess.switchyardBinary)
-        process.arguments = arguments
+        if let descriptorLimit {
+            process.executableURL = URL(fileURLWithPath: "/usr/bin/prlimit")
+            process.arguments = ["--nofile=\(descriptorLimit)", ExternalProcess.switchyardBinary] + arguments
+        } else {
+            process.executableURL = URL(fileURLWithPath: ExternalProcess.switchyardBinary)
+            process.arguments = arguments
+        }
         // Each balancer gets its own admin socket, so tests running at once do not meet on the default one.
         adminPath = NSTemporaryDirectory() + "switchyard-admin-\(UUID().uuidString.prefix(8)).sock"
         var environment = ProcessInfo.processInfo.environment
@@ -147,6 +154,16 @@ final class SwitchyardProcess {
             return Int(line.split(separator: " ", omittingEmptySubsequences: true).dropFirst().first ?? "") ?? 0
         }
         return (value("VmRSS:"), value("VmHWM:"))
+    }
+
+    /// User and system CPU time used so far, in seconds, from /proc.
+    func cpuSeconds() -> Double {
+        let stat = (try? String(contentsOfFile: "/proc/\(pid)/stat", encoding: .utf8)) ?? ""
+        // Fields after the command name (which may hold spaces), from field 3 on: utime and stime are 14 and 15.
+        guard let end = stat.lastIndex(of: ")") else { return 0 }
+        let fields = stat[stat.index(after: end)...].split(separator: " ")
+        guard fields.count > 12, let user = Double(fields[11]), let system = Double(fields[12]) else { return 0 }
+        return (user + system) / Double(sysconf(Int32(_SC_CLK_TCK)))
     }
 
     /// Sends SIGTERM and waits for the exit; SIGKILL after `timeout` seconds.
