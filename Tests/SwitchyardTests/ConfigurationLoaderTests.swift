@@ -234,12 +234,32 @@ struct ConfigurationLoaderTests {
         #expect(try parse("workers: \(text)\n").workers == expected)
     }
 
-    @Test(arguments: [
-        ("true", true), ("false", false), ("yes", true), ("no", false), ("On", true), ("OFF", false),
-        ("\"true\"", true),
-    ])
+    @Test(arguments: [("true", true), ("false", false), ("True", true), ("FALSE", false)])
     func accessLog(text: String, expected: Bool) throws {
         #expect(try parse("access_log: \(text)\n").accessLog == expected)
+    }
+
+    @Test(
+        "a boolean is a plain true or false: quoted strings and YAML 1.1's yes, no, on and off are refused",
+        arguments: [
+            ("\"true\"", "found the quoted string 'true'; write true or false without quotes"),
+            ("'false'", "found the quoted string 'false'"),
+            ("yes", "found 'yes' (YAML 1.1 spellings are not booleans here; write true or false)"),
+            ("no", "found 'no' (YAML 1.1"),
+            ("On", "found 'On' (YAML 1.1"),
+            ("OFF", "found 'OFF' (YAML 1.1"),
+            ("1", "expected true or false, found '1'"),
+            ("tRuE", "expected true or false, found 'tRuE'"),
+        ]
+    )
+    func nonBooleansAreRefused(text: String, reason: String) throws {
+        try Refusal("access_log: \(text)\n", key: "access_log", line: 1, reason: reason).check()
+        try Refusal(
+            validTenant + "\n    https_redirect: \(text)\n",
+            key: "tenants[0].https_redirect",
+            line: 5,
+            reason: reason
+        ).check()
     }
 
     @Test func pathsAreKeptAsWritten() throws {
@@ -305,8 +325,7 @@ struct ConfigurationLoaderTests {
     @Test(
         "sticky: true uses the default cookie, a session cookie; false turns it off",
         arguments: [
-            ("true", StickySessionConfiguration()), ("yes", StickySessionConfiguration()),
-            ("\"true\"", StickySessionConfiguration()), ("false", nil), ("off", nil),
+            ("true", StickySessionConfiguration()), ("false", nil),
         ] as [(String, StickySessionConfiguration?)]
     )
     func stickyFlag(text: String, expected: StickySessionConfiguration?) throws {
@@ -1163,6 +1182,18 @@ struct ConfigurationLoaderTests {
             key: "tenants[0].sticky",
             line: 5,
             reason: "expected true or false, found 'maybe'"
+        ),
+        Refusal(
+            validTenant + "\n    sticky: yes\n",
+            key: "tenants[0].sticky",
+            line: 5,
+            reason: "expected true or false, found 'yes' (YAML 1.1 spellings are not booleans here"
+        ),
+        Refusal(
+            validTenant + "\n    sticky: \"true\"\n",
+            key: "tenants[0].sticky",
+            line: 5,
+            reason: "expected true or false, found the quoted string 'true'"
         ),
         Refusal(
             validTenant + "\n    sticky: [sid]\n",

@@ -5,8 +5,9 @@ import Yams
 /// ``ConfigurationError`` naming both.
 ///
 /// Scalars are read by what the key expects, not by the type YAML guesses from their spelling: `state: 2024` is the
-/// path `2024`, `max_headers: "100"` is the number 100 and `access_log: yes` is `true`. Only an empty value (`key:`,
-/// `~`, `null`) stands apart: an empty mapping or list where one is expected, and an error where a scalar is.
+/// path `2024` and `max_headers: "100"` is the number 100. Booleans are the exception: only a plain `true` or `false`
+/// is one (see ``bool()``). An empty value (`key:`, `~`, `null`) stands apart too: an empty mapping or list where one
+/// is expected, and an error where a scalar is.
 struct ConfigurationNode {
     /// The YAML node.
     var node: Node
@@ -97,16 +98,32 @@ struct ConfigurationNode {
         return value
     }
 
-    /// `true`/`yes`/`on` or `false`/`no`/`off`, in any case.
+    /// A YAML boolean: `true` or `false` written plain (YAML 1.2's core schema, which also allows `True`, `TRUE`,
+    /// `False` and `FALSE`).
+    ///
+    /// Unlike other scalars, a boolean is not read by what the key expects: a quoted `"true"` is a string, and
+    /// YAML 1.1's `yes`, `no`, `on` and `off` are refused rather than guessed at: a flag whose spelling another tool
+    /// reads differently (`"false"` is true in many languages, `off` a string in YAML 1.2) must not load.
     func bool() throws(ConfigurationError) -> Bool {
         let expected = "true or false"
-        switch try self.scalarText(expected: expected).lowercased() {
-        case "true", "yes", "on":
+        let text = try self.scalarText(expected: expected)
+        guard case .scalar(let scalar) = self.node, scalar.style == .plain || scalar.style == .any else {
+            throw self.error(
+                "expected \(expected), found the quoted string \(self.foundDescription); write true or false "
+                    + "without quotes"
+            )
+        }
+        switch text {
+        case "true", "True", "TRUE":
             return true
-        case "false", "no", "off":
+        case "false", "False", "FALSE":
             return false
         default:
-            throw self.error("expected \(expected), found \(self.foundDescription)")
+            var reason = "expected \(expected), found \(self.foundDescription)"
+            if text.utf8.count <= 3, ["yes", "no", "on", "off", "y", "n"].contains(text.lowercased()) {
+                reason += " (YAML 1.1 spellings are not booleans here; write true or false)"
+            }
+            throw self.error(reason)
         }
     }
 
