@@ -20,6 +20,11 @@ struct HostileClientTests {
         let routes = RouteSource(
             try RouteTable(tenants: [
                 Tenant(name: "shop", domains: ["shop.test"], backends: [backend]),
+                Tenant(
+                    name: "duo",
+                    domains: ["duo.test"],
+                    backends: [backend, Backend(address: try SocketAddress(ipAddress: "127.0.0.1", port: 9002))]
+                ),
                 Tenant(name: "redir", domains: ["redir.test"], backends: [backend], httpsRedirect: true),
                 Tenant(
                     name: "grpc",
@@ -140,6 +145,19 @@ struct HostileClientTests {
         #expect(h.advance(Timeout.clientSend - .seconds(1)) == [])
         #expect(h.advance(.seconds(1)) == ["reset"])
         #expect(h.advance(Timeout.clientSend * 2) == [])
+    }
+
+    // MARK: Defect 4: out of descriptors
+
+    @Test("a backend connect that fails for lack of descriptors is answered 503 at once, no other backend tried")
+    func localShortage() throws {
+        var h = try harness()
+        #expect(h.client("GET / HTTP/1.1\r\nHost: duo.test\r\n\r\n") == ["acquire duo"])
+        let actions = h.connectFailed(.localShortage)
+        #expect(actions.count == 1)
+        #expect(actions.first?.hasPrefix("client HTTP/1.1 503 Service Unavailable\r\n") == true)
+        #expect(actions.first?.contains("Retry-After") == true)
+        #expect(h.state == .idle)
     }
 
     // MARK: Defects 5 and 9: redirects go to the same host

@@ -13,6 +13,9 @@ final class ClientConnectionHandler: ChannelDuplexHandler, RemovableChannelHandl
     typealias OutboundIn = ByteBuffer
     typealias OutboundOut = ByteBuffer
 
+    /// Backend connects that failed for lack of descriptors, logged once per episode across every worker.
+    private static let localShortage = EpisodeLog()
+
     private let worker: Worker
     private let scheme: StaticString
     private var machine: ProxyStateMachine?
@@ -314,7 +317,23 @@ final class ClientConnectionHandler: ChannelDuplexHandler, RemovableChannelHandl
             }
             switch result {
             case .success:
+                if Self.localShortage.succeeded() {
+                    self.worker.logger.notice("backend connections open again")
+                }
                 self.attach(connection, reused: false)
+            case .failure(let error) where DescriptorLimit.isLocalShortage(error):
+                // Out of descriptors here, not a sign of the backend's health: 503 at once, nothing counted.
+                switch Self.localShortage.occurred() {
+                case .started:
+                    self.worker.logger.warning(
+                        "cannot open backend connections: \(error); answering 503 and counting nothing against the backends (raise the open-file limit or lower limits.max_connections)"
+                    )
+                case .continuing(let count):
+                    self.worker.logger.warning("still cannot open backend connections: \(count) more attempts failed")
+                case nil:
+                    break
+                }
+                self.machine?.upstreamConnectFailed(.localShortage, now: .now())
             case .failure(let error):
                 self.worker.logger.warning(
                     "backend \(backend) of \(tenant.name): connect failed: \(error)"

@@ -67,6 +67,9 @@ struct ProxyStateMachine {
     enum ConnectFailure {
         case refused
         case timedOut
+        /// The balancer itself is out of descriptors or memory: no verdict on the backend, and no point in trying
+        /// another one now.
+        case localShortage
     }
 
     enum State: Equatable {
@@ -371,6 +374,10 @@ struct ProxyStateMachine {
     /// Connecting to the backend failed; nothing was sent.
     mutating func upstreamConnectFailed(_ failure: ConnectFailure, now: NIODeadline) {
         guard state == .connecting, var exchange else { return }
+        if failure == .localShortage {
+            respondToFailedExchange(.serviceUnavailable, now: now)
+            return
+        }
         if let tenant = exchange.tenant, exchange.attempts < settings.maximumAttempts, tenant.backends.count > 1 {
             exchange.attempts += 1
             self.exchange = exchange

@@ -95,7 +95,7 @@ public enum DescriptorLimit {
 /// the idle pools, one health check per backend, the listeners, the admin socket and the event loops themselves.
 public struct DescriptorBudget: Sendable, Equatable {
     /// Connections the admin API may have open at once, counted against the limit.
-    public static let adminConnections = 16
+    public static let adminConnections = AdminServer.Limits.defaultMaximumConnections
     /// Descriptors each event loop holds (epoll, its wake-up eventfd and timerfd).
     static let perEventLoop = 3
     /// Standard input, output and error, and a margin for the odd file (configuration, certificates on reload).
