@@ -555,7 +555,6 @@ struct ConfigurationLoaderTests {
         ("Shop.TEST", "shop.test"),
         ("shop.test.", "shop.test"),
         ("*.Shop.Test.", "*.shop.test"),
-        ("*.test", "*.test"),
         ("my_service.internal", "my_service.internal"),
         ("xn--caf-dma.test", "xn--caf-dma.test"),
         ("localhost", "localhost"),
@@ -594,6 +593,12 @@ struct ConfigurationLoaderTests {
         ("999.1.1.1", "is not a valid IPv4 address"),
         ("shop.123", "is not a valid IPv4 address"),
         ("*.10.0.0.1", "is a wildcard over an IP address"),
+        ("*.com", "is a wildcard over a whole top-level domain"),
+        ("*.Test.", "is a wildcard over a whole top-level domain"),
+        ("*.localhost", "is a wildcard over a whole top-level domain"),
+        ("-shop.test", "has a label that starts or ends with '-' ('-shop')"),
+        ("shop-.test", "has a label that starts or ends with '-' ('shop-')"),
+        ("shop.-test", "has a label that starts or ends with '-'"),
         ("[shop.test]", "is not a domain name"),
     ])
     func invalidDomains(written: String, reason: String) throws {
@@ -618,6 +623,48 @@ struct ConfigurationLoaderTests {
             "tenants:\n  - { name: a, domains: [shop.test, \"*.shop.test\"], backends: [\"10.0.0.5:1\"] }\n"
         )
         #expect(configuration.tenants[0].domains == ["shop.test", "*.shop.test"])
+    }
+
+    @Test("a wildcard over a whole top-level domain loads when its tenant says allow_broad_wildcards: true")
+    func broadWildcardWhenForced() throws {
+        let configuration = try parse(
+            """
+            tenants:
+              - name: catch-all
+                allow_broad_wildcards: true
+                domains: ["*.test", "*.Localhost", "*.shop.test"]
+                backends: ["10.0.0.5:8080"]
+              - name: other
+                domains: ["*.blog.test"]
+                backends: ["10.0.0.6:8080"]
+            """
+        )
+        #expect(configuration.tenants[0].domains == ["*.test", "*.localhost", "*.shop.test"])
+        // The key is the tenant's own: another tenant without it is still refused such a wildcard.
+        try Refusal(
+            """
+            tenants:
+              - name: a
+                allow_broad_wildcards: true
+                domains: ["*.test"]
+                backends: ["10.0.0.5:8080"]
+              - name: b
+                allow_broad_wildcards: false
+                domains: ["*.example"]
+                backends: ["10.0.0.6:8080"]
+            """,
+            key: "tenants[1].domains[0]",
+            line: 8,
+            reason: "'*.example' is a wildcard over a whole top-level domain: every name under it would route to "
+                + "this tenant; list the tenant's own names (e.g. *.shop.test), or set allow_broad_wildcards: true "
+                + "on the tenant if that is really meant"
+        ).check()
+        try Refusal(
+            validTenant + "\n    allow_broad_wildcards: yes\n",
+            key: "tenants[0].allow_broad_wildcards",
+            line: 5,
+            reason: "expected true or false, found 'yes'"
+        ).check()
     }
 
     @Test func domainOfTwoTenantsIsRefusedNamingBoth() throws {

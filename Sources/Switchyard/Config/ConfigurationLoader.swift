@@ -79,7 +79,7 @@ public enum ConfigurationLoader {
         static let limits = ["max_header_bytes", "max_headers", "max_connections", "upstream_keepalive"]
         static let tenant = [
             "name", "domains", "backends", "certificate", "key", "health", "balance", "https_redirect", "tunnel_idle",
-            "max_tunnels", "sticky", "upgrade_protocols",
+            "max_tunnels", "sticky", "allow_broad_wildcards", "upgrade_protocols",
         ]
         static let sticky = ["cookie", "max_age", "same_site"]
         static let health = ["path", "host", "status", "interval", "timeout", "rise", "fall"]
@@ -377,6 +377,12 @@ public enum ConfigurationLoader {
             throw nameNode.error("\(Self.quoted(name)) is not a valid tenant name; expected \(nameExpected)")
         }
 
+        // Read first: it decides whether the domains below may include a wildcard over a whole top-level domain.
+        var allowsBroadWildcards = false
+        if let node = mapping["allow_broad_wildcards"] {
+            allowsBroadWildcards = try node.bool()
+        }
+
         let domainsNode = try mapping.required("domains", expected: "a list of the domains the tenant owns")
         var domains: [String] = []
         // The same domains, for finding one listed twice in constant time (a tenant may list 100,000 of them).
@@ -393,6 +399,13 @@ public enum ConfigurationLoader {
                 domain = normalised
             case .failure(let problem):
                 throw item.error("\(Self.quoted(text)) \(problem.reason)")
+            }
+            if !allowsBroadWildcards, DomainName.isBroadWildcard(domain) {
+                throw item.error(
+                    "\(Self.quoted(text)) is a wildcard over a whole top-level domain: every name under it would "
+                        + "route to this tenant; list the tenant's own names (e.g. *.shop.test), or set "
+                        + "allow_broad_wildcards: true on the tenant if that is really meant"
+                )
             }
             guard listedDomains.insert(domain).inserted else {
                 throw item.error("\(Self.quoted(text)) is listed twice (as \(Self.quoted(domain)))")

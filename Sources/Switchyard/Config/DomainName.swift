@@ -65,6 +65,17 @@ enum DomainName {
         return .success(name)
     }
 
+    /// Whether a normalised tenant domain is a wildcard directly under a single label, a top-level domain such as
+    /// `*.com`, `*.test` or `*.localhost`: it would claim every name of that domain for one tenant, which is almost
+    /// always a mistake (`*.shop.test` was meant). Only single-label suffixes are recognised; multi-label public
+    /// suffixes (`*.co.uk`, `*.github.io`) would need the Public Suffix List, which is not shipped.
+    static func isBroadWildcard(_ domain: String) -> Bool {
+        guard domain.hasPrefix("*.") else {
+            return false
+        }
+        return !domain.utf8.dropFirst(2).contains(UInt8(ascii: "."))
+    }
+
     /// Checks a backend host name (not an IP literal): the same label rules as a tenant domain, no wildcard. Returns
     /// `nil` when the name is acceptable.
     static func hostnameProblem(_ name: String) -> Problem? {
@@ -162,6 +173,13 @@ enum DomainName {
                 return Problem(
                     reason: "contains \(Self.quoted(String(bad))); labels may only contain letters a-z, digits, '-' "
                         + "and '_'\(hint)"
+                )
+            }
+            // RFC 952 and 1123: a label neither starts nor ends with a hyphen. ``HostName`` refuses such a Host, so
+            // a domain with one could never be reached.
+            if label.hasPrefix("-") || label.hasSuffix("-") {
+                return Problem(
+                    reason: "has a label that starts or ends with '-' (\(Self.quoted(label))), which no host name has"
                 )
             }
         }
