@@ -1169,22 +1169,22 @@ struct ConfigurationLoaderTests {
             reason: "must not contain spaces"
         ),
         Refusal(
-            validTenant + "\n    health:\n      interval: 2s\n      timeout: 2s\n",
+            validTenant + "\n    health:\n      interval: 2s\n      timeout: 2001ms\n",
             key: "tenants[0].health.timeout",
             line: 7,
-            reason: "the timeout (2s) must be shorter than the interval (2s)"
+            reason: "the timeout (2001ms) must not be longer than the interval (2s)"
         ),
         Refusal(
             validTenant + "\n    health:\n      interval: 1s\n",
             key: "tenants[0].health.interval",
             line: 6,
-            reason: "the timeout (2s) must be shorter than the interval (1s)"
+            reason: "the timeout (2s) must not be longer than the interval (1s)"
         ),
         Refusal(
             validTenant + "\n    health:\n      timeout: 1m\n",
             key: "tenants[0].health.timeout",
             line: 6,
-            reason: "the timeout (1m) must be shorter than the interval (15s)"
+            reason: "the timeout (1m) must not be longer than the interval (15s)"
         ),
         Refusal(
             validTenant + "\n    health:\n      interval: 0s\n",

@@ -48,4 +48,22 @@ struct HealthConfigurationTests {
             "\(error)".contains("tenants[0].health.host: 'a b' is not a host name")
         }
     }
+
+    /// HAProxy's check timeout is its interval unless set, so files written as `{ interval: 1s, timeout: 1s }` are
+    /// common; they used to stop `serve` with "the timeout must be shorter than the interval".
+    @Test("a timeout equal to the interval is accepted, a longer one refused")
+    func timeoutUpToTheInterval() throws {
+        let equal = try #require(try parse("{ interval: 1s, timeout: 1s }"))
+        #expect(equal.interval == .seconds(1))
+        #expect(equal.timeout == .seconds(1))
+        #expect(try parse("{ interval: 2s, timeout: 2000ms }")?.timeout == .seconds(2))
+        #expect(try parse("{ interval: 2s }")?.timeout == .seconds(2))
+        #expect {
+            _ = try parse("{ interval: 1s, timeout: 1001ms }")
+        } throws: { error in
+            "\(error)".contains(
+                "tenants[0].health.timeout: the timeout (1001ms) must not be longer than the interval (1s)"
+            )
+        }
+    }
 }

@@ -650,10 +650,14 @@ public enum ConfigurationLoader {
         if let fall = mapping["fall"] {
             health.fall = try fall.integer(in: 1...100)
         }
-        guard health.timeout < health.interval else {
+        // A timeout equal to the interval is accepted: it is HAProxy's default (its check timeout is the interval
+        // unless set), so files are often written that way. Checks of a backend never overlap whatever the two
+        // are: the next check is scheduled only once the previous one has finished (see `BackendCheck`), so a
+        // check that runs into its timeout delays the next one rather than running next to it.
+        guard health.timeout <= health.interval else {
             let culprit = mapping["timeout"] ?? mapping["interval"] ?? node
             throw culprit.error(
-                "the timeout (\(health.timeout.configurationDescription)) must be shorter than the interval "
+                "the timeout (\(health.timeout.configurationDescription)) must not be longer than the interval "
                     + "(\(health.interval.configurationDescription))"
             )
         }
