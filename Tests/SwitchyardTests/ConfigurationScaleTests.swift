@@ -99,4 +99,12 @@ struct ConfigurationScaleTests {
         #expect(ConfigurationError.abbreviated(eighty) == eighty)
         #expect(ConfigurationError.abbreviated(eighty + "c") == eighty + "…")
     }
+
+    @Test("control characters in a quoted value are written \\xHH: no ESC sequence reaches the terminal")
+    func controlCharactersAreEscaped() {
+        #expect(ConfigurationError.quoted("a\u{1B}[2Jb") == "'a\\x1B[2Jb'")
+        #expect(ConfigurationError.quoted("line\nforged") == "'line\\x0Aforged'")
+        #expect(ConfigurationError.quoted("tab\tdel\u{7F}") == "'tab\\x09del\\x7F'")
+        #expect(ConfigurationError.quoted("bücher.test") == "'bücher.test'")
+    }
 }

@@ -45,13 +45,32 @@ public struct ConfigurationError: Error, CustomStringConvertible, Sendable, Equa
     /// huge value (a 50 MB scalar) does not flood the terminal or the log with itself.
     ///
     /// Only the first characters are looked at, and the length is the UTF-8 count, so quoting is cheap whatever the
-    /// size of the value.
+    /// size of the value. Control characters are written `\xHH`, so that a value cannot move the operator's
+    /// terminal (an ESC sequence) or forge a line of the log the error goes to.
     static func quoted(_ text: some StringProtocol) -> String {
         let head = text.prefix(Self.maximumQuotedCharacters)
         guard head.endIndex < text.endIndex else {
-            return "'\(text)'"
+            return "'\(escapingControlCharacters(text))'"
         }
-        return "'\(head)…' (\(text.utf8.count) bytes)"
+        return "'\(escapingControlCharacters(head))…' (\(text.utf8.count) bytes)"
+    }
+
+    private static func escapingControlCharacters(_ text: some StringProtocol) -> String {
+        guard text.unicodeScalars.contains(where: isControl) else { return String(text) }
+        var result = ""
+        for scalar in text.unicodeScalars {
+            if isControl(scalar) {
+                let hex = String(scalar.value, radix: 16, uppercase: true)
+                result += "\\x" + (hex.count < 2 ? "0" + hex : hex)
+            } else {
+                result.unicodeScalars.append(scalar)
+            }
+        }
+        return result
+    }
+
+    private static func isControl(_ scalar: Unicode.Scalar) -> Bool {
+        scalar.value < 0x20 || (0x7F..<0xA0).contains(scalar.value)
     }
 
     /// `text` as is when short, otherwise its first ``maximumQuotedCharacters`` characters and an ellipsis; for
