@@ -26,18 +26,19 @@ struct DescriptorLimitTests {
         #expect(budget.backendConnections == 1000)
         #expect(budget.pooledConnections == 48)
         #expect(budget.healthChecks == 3)
-        // 2 listeners, the admin socket, its 16 connections, 3 per event loop, 19 for the process.
-        #expect(budget.fixed == 2 + 1 + 16 + 6 + 19)
-        #expect(budget.total == 2095)
-        #expect(budget.warning(limit: 2095) == nil)
+        // 2 listeners, the admin socket, its 64 connections, 3 per event loop, 19 for the process.
+        #expect(budget.fixed == 2 + 1 + AdminServer.Limits.defaultMaximumConnections + 6 + 19)
+        #expect(budget.fixed == 92)
+        #expect(budget.total == 2143)
+        #expect(budget.warning(limit: 2143) == nil)
         let warning = try #require(budget.warning(limit: 1024))
         #expect(
             warning.hasPrefix("the descriptor limit (1024, RLIMIT_NOFILE) is below what the configuration may need")
         )
-        #expect(warning.contains("(2095)"))
+        #expect(warning.contains("(2143)"))
         #expect(warning.contains("48 idle pooled backend connections (limits.upstream_keepalive 8 × 3 backends × 2"))
-        // (1024 - 48 - 3 - 44) / 2
-        #expect(warning.hasSuffix("lower limits.max_connections to 464"))
+        // (1024 - 48 - 3 - 92) / 2
+        #expect(warning.hasSuffix("lower limits.max_connections to 440"))
     }
 
     @Test("a huge max_connections saturates instead of overflowing")
