@@ -1,0 +1,107 @@
+import Atomics
+import NIOConcurrencyHelpers
+
+/// The configuration's version: a counter that every change advances (an admin drain or undrain, a reload through
+/// the API or by SIGHUP), carried by every admin answer (`ETag: "N"`) so that a writer can make a change
+/// conditional on nothing having changed since it looked (`If-Match: "N"`, as Caddy's admin API).
+///
+/// It is also what serialises changes: ``change(ifMatch:by:_:)`` runs one change at a time, from whichever thread
+/// (the admin event loop, the SIGHUP task), and compares the writer's version with the current one under the same
+/// lock, so two writers that read version 7 cannot both apply a change "at 7": the second gets a mismatch.
+///
+/// In memory for now, starting at 1 with each process. The state store will own the counter instead: its revision,
+/// advanced in the change's own transaction, takes the place of ``current``, and ``change(ifMatch:by:_:)`` becomes
+/// that transaction. Callers only see the protocol of this type (read the version; run a change at an expected
+/// version; learn the version after it), which the store keeps.
+public final class ConfigurationVersion: Sendable {
+    /// The version, changed only under the lock, by the change that advances it.
+    private let value: NIOLockedValueBox<Int64>
+    /// A copy of ``value`` stored after each advance, so that readers (every answer's `ETag`) never wait for a
+    /// change in progress: a reload holds the lock for as long as the file takes to load.
+    private let published: ManagedAtomic<Int64>
+
+    /// - Parameter initial: the version before any change; at least 1, so that no version is ever 0.
+    public init(initial: Int64 = 1) {
+        precondition(initial >= 1, "configuration versions start at 1")
+        value = NIOLockedValueBox(initial)
+        published = ManagedAtomic(initial)
+    }
+
+    /// The version now: the last one a finished change left (a change in progress is not counted until it ends).
+    public var current: Int64 {
+        published.load(ordering: .acquiring)
+    }
+
+    /// What a writer expects the version to be: `If-Match`.
+    public enum Precondition: Sendable, Equatable {
+        /// `If-Match: *`: any version (the resource exists).
+        case any
+        /// One of these versions (`If-Match: "7"`, or a list `"7", "8"`).
+        case oneOf([Int64])
+
+        /// Whether `version` satisfies it.
+        public func matches(_ version: Int64) -> Bool {
+            switch self {
+            case .any: return true
+            case .oneOf(let versions): return versions.contains(version)
+            }
+        }
+    }
+
+    /// How a change went.
+    public enum Outcome<Value> {
+        /// The change ran; `version` is the version after it (advanced if and only if it changed something).
+        case done(Value, version: Int64)
+        /// The writer expected another version; nothing ran. `current` is the version now.
+        case mismatch(current: Int64)
+    }
+
+    /// Runs `change` while no other change runs, if `precondition` (when given) matches the current version.
+    ///
+    /// `change` returns its value and whether it changed anything; only then does the version advance, so an
+    /// idempotent request (draining a backend already drained) leaves it as it was. `change` must not call back
+    /// into this type (the lock is not reentrant) and should be quick: other writers wait for it (readers of
+    /// ``current`` do not).
+    ///
+    /// - Parameter actor: who makes the change, for the audit log the store will keep (unused until then: the
+    ///   change logs it itself).
+    public func change<Value>(
+        ifMatch precondition: Precondition?,
+        by actor: ChangeActor,
+        _ change: () -> (value: Value, changed: Bool)
+    ) -> Outcome<Value> {
+        value.withLockedValue { version in
+            if let precondition, !precondition.matches(version) {
+                return .mismatch(current: version)
+            }
+            let (result, changed) = change()
+            if changed {
+                version += 1
+                published.store(version, ordering: .releasing)
+            }
+            return .done(result, version: version)
+        }
+    }
+}
+
+/// Who made a change, as logs (and later the store's audit log) name them.
+public enum ChangeActor: Sendable, Equatable, CustomStringConvertible {
+    /// A client of the admin unix socket, by the uid the kernel gives for its end (`SO_PEERCRED`).
+    case user(uid: UInt32)
+    /// A client of the unix socket whose uid could not be learnt (not on Linux).
+    case unknownUser
+    /// A client of the TCP listener, by the name of the token it presented.
+    case token(name: String)
+    /// The process got SIGHUP.
+    case signal
+
+    /// `uid 0`, `token 'deploy'`, `SIGHUP`: what follows "by" in a log line.
+    public var description: String {
+        switch self {
+        case .user(let uid): return "uid \(uid)"
+        case .unknownUser: return "a local user"
+        case .token(let name): return "token '\(name)'"
+        case .signal: return "SIGHUP"
+        }
+    }
+}
