@@ -11,8 +11,19 @@ public enum LogEscaping {
         return escaped(bytes: Array(utf8))
     }
 
+    /// The bytes as text, every unsafe byte written as `\xHH`. Checking costs one pass and no allocation when
+    /// nothing needs escaping (every request target of a well-behaved client), so it can sit on the request path.
+    public static func escaped(bytes: UnsafeRawBufferPointer) -> String {
+        guard bytes.contains(where: { !isSafe($0) }) else { return String(decoding: bytes, as: UTF8.self) }
+        return escapedCopy(bytes)
+    }
+
     /// The bytes as text, every unsafe byte written as `\xHH`.
     public static func escaped(bytes: some Collection<UInt8>) -> String {
+        escapedCopy(bytes)
+    }
+
+    private static func escapedCopy(_ bytes: some Collection<UInt8>) -> String {
         var output: [UInt8] = []
         output.reserveCapacity(bytes.count)
         for byte in bytes {

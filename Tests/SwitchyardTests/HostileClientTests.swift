@@ -275,6 +275,22 @@ struct HostileClientTests {
         #expect(h.attach().first?.hasSuffix("\r\n\r\n" + body) == true)
     }
 
+    // MARK: Defect 6: log lines
+
+    @Test("the access log record's target is escaped: a quote or backslash cannot end or bend the quoted field")
+    func targetEscapedForTheLog() throws {
+        let backend = Backend(address: try SocketAddress(ipAddress: "127.0.0.1", port: 9001))
+        var h = ProxyStateMachineHarness(
+            routes: RouteSource(
+                try RouteTable(tenants: [Tenant(name: "shop", domains: ["shop.test"], backends: [backend])])
+            ),
+            accessLog: true
+        )
+        _ = h.client("GET /a\"b\\c HTTP/1.1\r\nHost: nobody.test\r\n\r\n")
+        #expect(h.logs.first?.target == "/a\\x22b\\x5Cc")
+        #expect(h.logs.first?.method == "GET")
+    }
+
     // MARK: Defect 10: underscores
 
     @Test("fields spelt with underscores do not reach the backend next to the balancer's own")

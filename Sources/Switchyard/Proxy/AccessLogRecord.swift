@@ -7,6 +7,7 @@ struct AccessLogRecord: Sendable, Equatable {
     var tenant: String
     var backend: String
     var method: String
+    /// The request target as the client sent it, escaped for the log (``LogEscaping``).
     var target: String
     var status: Int
     /// Bytes sent to the client, head included.

@@ -120,7 +120,11 @@ final class ClientConnectionHandler: ChannelDuplexHandler, RemovableChannelHandl
     }
 
     func channelWritabilityChanged(context: ChannelHandlerContext) {
-        machine?.clientWritabilityChanged(context.channel.isWritable, now: .now())
+        let writable = context.channel.isWritable
+        machine?.clientWritabilityChanged(writable, now: .now())
+        if writable, machine?.isAwaitingClientDrain == true {
+            machine?.clientOutputDrained(now: .now())
+        }
         performActions()
         context.fireChannelWritabilityChanged()
     }
@@ -201,14 +205,19 @@ final class ClientConnectionHandler: ChannelDuplexHandler, RemovableChannelHandl
         isPerformingActions = true
         defer { isPerformingActions = false }
         while true {
+            var awaitingDrain = false
             while let action = machine?.popAction() {
-                perform(action)
+                if case .awaitClientDrain = action {
+                    awaitingDrain = true
+                } else {
+                    perform(action)
+                }
             }
             upstream?.flush()
             flushClient()
             // The balancer's own answers to pipelined requests wait for the client to take what it was sent: go on
-            // only once the flush left the channel writable (else `channelWritabilityChanged` resumes).
-            guard let context, context.channel.isWritable, machine?.isAwaitingClientDrain == true else { break }
+            // once the flush left the channel writable, else when `channelWritabilityChanged` says it is.
+            guard awaitingDrain, let context, context.channel.isWritable else { break }
             machine?.clientOutputDrained(now: .now())
         }
         resumeClientReading()
@@ -252,6 +261,8 @@ final class ClientConnectionHandler: ChannelDuplexHandler, RemovableChannelHandl
             clientNeedsFlush = false
             context.flush()
             context.close(mode: .output, promise: nil)
+        case .awaitClientDrain:
+            break  // taken by performActions
         case .resetClient:
             clientNeedsFlush = false
             context.close(promise: nil)
@@ -270,10 +281,10 @@ final class ClientConnectionHandler: ChannelDuplexHandler, RemovableChannelHandl
                 reportFailure(of: backend, tenant: tenant)
             }
         case .log(let record):
-            // Method and target are the client's bytes: escaped so that they cannot end the quoted field or forge
-            // a line.
+            // The target was escaped when the record was made (the method is a token): client bytes cannot end the
+            // quoted field or forge a line.
             worker.accessLogger?.info(
-                "\(record.client) \(record.host) \(record.tenant) \(record.backend) \"\(LogEscaping.escaped(record.method)) \(LogEscaping.escaped(record.target))\" \(record.status) \(record.bytes) \(Self.milliseconds(record.duration))ms"
+                "\(record.client) \(record.host) \(record.tenant) \(record.backend) \"\(record.method) \(record.target)\" \(record.status) \(record.bytes) \(Self.milliseconds(record.duration))ms"
             )
         }
     }

@@ -1,4 +1,5 @@
 import NIOCore
+import SwitchyardTLS
 
 /// The proxy's logic for one client connection: bytes and events in, actions out. It knows nothing of sockets.
 ///
@@ -51,6 +52,10 @@ struct ProxyStateMachine {
         case shutdownUpstreamOutput
         /// Half-close the client connection (tunnel only).
         case shutdownClientOutput
+        /// The balancer's own answers reached ``answerBudget``: once what was written is flushed and the client
+        /// connection is writable, call ``clientOutputDrained(now:)`` (an action, so that the handler looks at the
+        /// channel only when this happens, not after every event).
+        case awaitClientDrain
         /// Close the client connection once what was written is flushed.
         case closeClient
         /// Close the client connection now, dropping what it has not read: it stopped reading for longer than
@@ -544,6 +549,7 @@ struct ProxyStateMachine {
             case .idle, .readingHead:
                 guard answeredBytes < Self.answerBudget else {
                     isAwaitingClientDrain = true
+                    queue(.awaitClientDrain)
                     return
                 }
                 guard startRequest(now: now) else { return }
@@ -619,8 +625,10 @@ struct ProxyStateMachine {
         if exchange.requestBody == .length(0) { exchange.requestBody = .done }
         if settings.accessLog {
             buffer.withUnsafeReadableBytes { bytes in
+                // A method is a token, which needs no escaping; a target may hold `"` and `\`, which would end or
+                // bend the log's quoted field.
                 exchange.method = String(decoding: UnsafeRawBufferPointer(rebasing: bytes[head.method]), as: UTF8.self)
-                exchange.target = String(decoding: UnsafeRawBufferPointer(rebasing: bytes[head.target]), as: UTF8.self)
+                exchange.target = LogEscaping.escaped(bytes: UnsafeRawBufferPointer(rebasing: bytes[head.target]))
             }
         }
         guard let tenant = routed.tenant else {

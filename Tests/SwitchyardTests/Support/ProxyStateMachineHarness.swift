@@ -77,6 +77,8 @@ struct ProxyStateMachineHarness {
                 line = "close"
             case .resetClient:
                 line = "reset"
+            case .awaitClientDrain:
+                line = "await drain"
             case .backendFailed(let tenant, _):
                 line = "backend failed \(tenant)"
             case .log(let record):
