@@ -24,7 +24,7 @@ struct BackendsCommand: ParsableCommand {
             let allowed = CharacterSet.urlPathAllowed.subtracting(CharacterSet(charactersIn: "/"))
             let tenant = self.tenant.addingPercentEncoding(withAllowedCharacters: allowed) ?? self.tenant
             let backend = self.backend.addingPercentEncoding(withAllowedCharacters: allowed) ?? self.backend
-            return "/tenants/\(tenant)/backends/\(backend)"
+            return "/v1/tenants/\(tenant)/backends/\(backend)"
         }
     }
 
@@ -47,6 +47,9 @@ struct BackendsCommand: ParsableCommand {
         @Option(help: "With --wait, give up after this long (default 5m).")
         var timeout: String?
 
+        @Option(help: "Only drain if the configuration is still at this version (`status` shows it).")
+        var ifMatch: Int64?
+
         func validate() throws {
             guard let timeout else { return }
             guard wait else { throw ValidationError("--timeout only applies with --wait") }
@@ -57,7 +60,7 @@ struct BackendsCommand: ParsableCommand {
 
         func run() throws {
             let client = AdminClient(path: options.socketPath)
-            var backend = try BackendsCommand.call { try client.post(target.path + "/drain") }
+            var backend = try BackendsCommand.call { try client.post(target.path + "/drain", ifMatch: ifMatch) }
             print("draining \(backend.address) of \(target.tenant): \(backend.connections) in progress")
             guard wait else { return }
             let limit = timeout.flatMap { try? TimeAmount.parseConfigurationDuration($0).get() } ?? .minutes(5)
@@ -88,9 +91,12 @@ struct BackendsCommand: ParsableCommand {
         @OptionGroup var target: Target
         @OptionGroup var options: AdminOptions
 
+        @Option(help: "Only undrain if the configuration is still at this version (`status` shows it).")
+        var ifMatch: Int64?
+
         func run() throws {
             let client = AdminClient(path: options.socketPath)
-            let backend = try BackendsCommand.call { try client.post(target.path + "/undrain") }
+            let backend = try BackendsCommand.call { try client.post(target.path + "/undrain", ifMatch: ifMatch) }
             let health = backend.health == "up" ? "" : " (health: \(backend.health))"
             print("\(backend.address) of \(target.tenant): in rotation\(health)")
         }

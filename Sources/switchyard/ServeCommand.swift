@@ -94,6 +94,16 @@ enum Balancer {
             logger.critical("refusing to start: \(error)")
             throw ExitCode(2)
         }
+        // The TCP listener's tokens, read (and their file's permissions checked) once, at start.
+        var adminTCP: AdminServer.TCPListener?
+        if let address = configuration.admin.listen, let tokenFile = configuration.admin.tokenFile {
+            do {
+                adminTCP = AdminServer.TCPListener(address: address, tokens: try AdminTokens.load(path: tokenFile))
+            } catch {
+                logger.critical("refusing to start: \(error)")
+                throw ExitCode(2)
+            }
+        }
         let threads = configuration.workers ?? System.coreCount
         checkDescriptorLimit(configuration: configuration, workers: threads, logger: logger)
         let group = MultiThreadedEventLoopGroup(numberOfThreads: threads)
@@ -108,20 +118,34 @@ enum Balancer {
         logger.info(
             "switchyard \(SwitchyardVersion.current) serving \(configuration.tenants.count) tenants on \(threads) workers"
         )
+        // One version for the admin API and the reloader: every change through either advances it.
+        let version = ConfigurationVersion()
         let reloader = ConfigurationReloader(
             path: options.config,
             configuration: configuration,
             routes: routes,
             certificates: certificates,
-            logger: logger
+            logger: logger,
+            version: version
         )
         let ticketRotation: [any Service] = certificates.map { [$0.current.ticketKeys] } ?? []
         let healthChecker = HealthChecker(routes: routes, group: group, logger: logger)
         // SWITCHYARD_ADMIN names the socket for the operator commands; the server honours it too, so both agree.
         let adminPath = ProcessInfo.processInfo.environment["SWITCHYARD_ADMIN"].flatMap { $0.isEmpty ? nil : $0 }
-        let api = AdminAPI(routes: routes, logger: logger) { server.openConnections }
+        let api = AdminAPI(routes: routes, logger: logger, version: version, reloader: reloader) {
+            server.openConnections
+        }
         // The admin server runs on its own event loop, so admin traffic cannot delay the workers'.
-        let admin = AdminServer(path: adminPath ?? configuration.admin.socket, logger: logger, api: api)
+        let admin = AdminServer(
+            path: adminPath ?? configuration.admin.socket,
+            tcp: adminTCP,
+            logger: logger,
+            api: api,
+            limits: AdminServer.Limits(
+                maximumConnections: configuration.admin.maximumConnections,
+                idleTimeout: configuration.admin.idleTimeout
+            )
+        )
         let memoryReleaser = MemoryReleaser(logger: logger) { server.openConnections }
         let services: [any Service] =
             [accessLogSink, reloader, healthChecker, admin, memoryReleaser] + ticketRotation + extraServices + [server]

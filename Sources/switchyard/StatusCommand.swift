@@ -33,7 +33,7 @@ struct StatusCommand: ParsableCommand {
         let path = options.socketPath
         let body: Data
         do {
-            body = try AdminClient(path: path).get("/status")
+            body = try AdminClient(path: path).get("/v1/status")
         } catch {
             FileHandle.standardError.write(Data("switchyard: \(error)\n".utf8))
             throw ExitCode(1)
@@ -56,6 +56,17 @@ struct AdminClient {
         var description: String
         /// The admin API's HTTP status, when it answered.
         var status: Int? = nil
+        /// The admin API's error code (`not_found`, `version_mismatch`…), when it answered one.
+        var code: String? = nil
+    }
+
+    /// `{"error": {"code": "…", "message": "…"}}`, the API's error answers.
+    private struct ErrorAnswer: Decodable {
+        struct Detail: Decodable {
+            var code: String
+            var message: String
+        }
+        var error: Detail
     }
 
     /// `GET target`; returns the body of a 200 answer.
@@ -63,13 +74,14 @@ struct AdminClient {
         try request("GET", target)
     }
 
-    /// `POST target` without a body; returns the body of a 200 answer.
-    func post(_ target: String) throws -> Data {
-        try request("POST", target)
+    /// `POST target` without a body, with `If-Match: "N"` when `ifMatch` is given; returns the body of a 200
+    /// answer.
+    func post(_ target: String, ifMatch: Int64? = nil) throws -> Data {
+        try request("POST", target, fields: ifMatch.map { "If-Match: \"\($0)\"\r\n" } ?? "")
     }
 
     /// Sends one request; returns the body of a 200 answer and throws the API's error message otherwise.
-    private func request(_ method: String, _ target: String) throws -> Data {
+    private func request(_ method: String, _ target: String, fields: String = "") throws -> Data {
         guard let descriptor = AdminServer.connectUnixSocket(path) else {
             throw Failure(
                 description: "cannot reach the balancer's admin socket \(path): \(String(cString: strerror(errno))) "
@@ -81,7 +93,8 @@ struct AdminClient {
         var timeout = timeval(tv_sec: 10, tv_usec: 0)
         setsockopt(descriptor, SOL_SOCKET, SO_RCVTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))
         let request = Array(
-            "\(method) \(target) HTTP/1.1\r\nHost: switchyard\r\nContent-Length: 0\r\nConnection: close\r\n\r\n".utf8
+            "\(method) \(target) HTTP/1.1\r\nHost: switchyard\r\nContent-Length: 0\r\n\(fields)Connection: close\r\n\r\n"
+                .utf8
         )
         guard request.withUnsafeBytes({ write(descriptor, $0.baseAddress, $0.count) }) == request.count else {
             throw Failure(description: "cannot send to \(path)")
@@ -100,8 +113,8 @@ struct AdminClient {
         let body = response[split.upperBound...]
         guard head.hasPrefix("HTTP/1.1 200") else {
             let status = head.split(separator: " ").dropFirst().first.flatMap { Int($0) }
-            if let answer = try? JSONDecoder().decode([String: String].self, from: body), let error = answer["error"] {
-                throw Failure(description: error, status: status)
+            if let answer = try? JSONDecoder().decode(ErrorAnswer.self, from: body) {
+                throw Failure(description: answer.error.message, status: status, code: answer.error.code)
             }
             throw Failure(description: "the admin API answered: \(head.split(separator: "\r\n").first ?? "")")
         }

@@ -9,6 +9,7 @@ struct SwitchyardCommand: AsyncParsableCommand {
         version: SwitchyardVersion.current,
         subcommands: [
             ServeCommand.self, DemoCommand.self, CheckConfigCommand.self, StatusCommand.self, BackendsCommand.self,
+            ReloadCommand.self,
         ]
     )
 }

@@ -35,7 +35,7 @@ struct AdminServerIntegrationTests {
             let deadline = ContinuousClock.now + .seconds(10)
             while ContinuousClock.now < deadline {
                 if let probe = try? UnixClient(path: path) {
-                    try probe.send("GET /status HTTP/1.1\r\nConnection: close\r\n\r\n")
+                    try probe.send("GET /v1/status HTTP/1.1\r\nConnection: close\r\n\r\n")
                     if probe.receive(timeout: 5).closed { return admin }
                 }
                 try await Task.sleep(for: .milliseconds(20))
@@ -49,7 +49,7 @@ struct AdminServerIntegrationTests {
         }
     }
 
-    private static let request = "GET /status HTTP/1.1\r\n\r\n"
+    private static let request = "GET /v1/status HTTP/1.1\r\n\r\n"
 
     @Test("connections above the cap are closed at accept; a slot that frees up is used again")
     func connectionCap() async throws {

@@ -69,8 +69,12 @@ struct DrainIntegrationTests {
             names.insert(try ExternalProcess.curl(["-H", "Host: shop.test", url + "/"]).stdout)
         }
         #expect(names == ["first", "second"])
-        #expect(balancer.process.log.contains("backend 127.0.0.1:\(first.port) of shop: draining (admin API)"))
-        #expect(balancer.process.log.contains("backend 127.0.0.1:\(first.port) of shop: drain ended (admin API)"))
+        #expect(
+            balancer.process.log.contains("admin: drain backend 127.0.0.1:\(first.port) of shop by uid \(getuid())")
+        )
+        #expect(
+            balancer.process.log.contains("admin: undrain backend 127.0.0.1:\(first.port) of shop by uid \(getuid())")
+        )
         await first.stop()
         await second.stop()
     }

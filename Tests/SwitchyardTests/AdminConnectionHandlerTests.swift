@@ -38,17 +38,23 @@ struct AdminConnectionHandlerTests {
         try AdminServer.configureConnection(
             channel.pipeline.syncOperations,
             api: api,
+            access: .local(.user(uid: 0)),
             limits: AdminServer.Limits(idleTimeout: idleTimeout)
         )
         try channel.connect(to: SocketAddress(ipAddress: "127.0.0.1", port: 1)).wait()
     }
 
-    /// The exact answer the handler gives to `GET target` on HTTP/1.1.
+    /// The exact answer the handler gives to `method target` on HTTP/1.1.
     private func answer(_ method: String, _ target: String) -> String {
-        let response = api.respond(method: method, path: target)
+        render(api.respond(to: AdminAPI.Request(method: method, target: target), access: .local(.user(uid: 0))))
+    }
+
+    private func render(_ response: AdminAPI.Response, close: Bool = false) -> String {
         let reason = HTTPResponseStatus(statusCode: response.status).reasonPhrase
+        let fields = response.headers.map { "\($0.name): \($0.value)\r\n" }.joined()
         return "HTTP/1.1 \(response.status) \(reason)\r\nContent-Type: application/json\r\n"
-            + "Content-Length: \(response.body.count)\r\n\r\n" + String(decoding: response.body, as: UTF8.self)
+            + "Content-Length: \(response.body.count)\r\n\(fields)\(close ? "Connection: close\r\n" : "")\r\n"
+            + String(decoding: response.body, as: UTF8.self)
     }
 
     private func send(_ text: String) throws {
@@ -68,7 +74,7 @@ struct AdminConnectionHandlerTests {
     func backpressure() throws {
         channel.isWritable = false
         channel.pipeline.fireChannelWritabilityChanged()
-        try send("GET /status HTTP/1.1\r\n\r\nGET /nothing HTTP/1.1\r\n\r\n")
+        try send("GET /v1/status HTTP/1.1\r\n\r\nGET /nothing HTTP/1.1\r\n\r\n")
         #expect(try written() == "")
         let readsBefore = counter.reads
         channel.read()
@@ -76,7 +82,7 @@ struct AdminConnectionHandlerTests {
 
         channel.isWritable = true
         channel.pipeline.fireChannelWritabilityChanged()
-        #expect(try written() == answer("GET", "/status") + answer("GET", "/nothing"))
+        #expect(try written() == answer("GET", "/v1/status") + answer("GET", "/nothing"))
         #expect(counter.reads == readsBefore + 1, "the held read is released once the answers are out")
         channel.read()
         #expect(counter.reads == readsBefore + 2)
@@ -85,12 +91,55 @@ struct AdminConnectionHandlerTests {
 
     @Test("a malformed request is answered 400 after the answers before it, and the connection is closed")
     func malformed() throws {
-        try send("GET /status HTTP/1.1\r\n\r\nGET /status HTTP/1.1\r\nBad Header\r\n\r\n")
+        try send("GET /v1/status HTTP/1.1\r\n\r\nGET /v1/status HTTP/1.1\r\nBad Header\r\n\r\n")
         #expect(
             try written()
-                == answer("GET", "/status")
+                == answer("GET", "/v1/status")
                 + "HTTP/1.1 400 Bad Request\r\nConnection: close\r\nContent-Length: 0\r\n\r\n"
         )
+        channel.embeddedEventLoop.run()
+        #expect(!channel.isActive)
+    }
+
+    @Test("the answer carries the version as ETag, and If-Match reaches the API")
+    func versionFields() throws {
+        try send("GET /v1/status HTTP/1.1\r\n\r\n")
+        #expect(try written().contains("\r\nETag: \"1\"\r\n"))
+        try send("POST /v1/tenants/shop/backends/127.0.0.1:9001/drain HTTP/1.1\r\nIf-Match: \"7\"\r\n\r\n")
+        let refused = try written()
+        #expect(refused.hasPrefix("HTTP/1.1 412 Precondition Failed\r\n"), "\(refused)")
+        try send("POST /v1/tenants/shop/backends/127.0.0.1:9001/drain HTTP/1.1\r\nIf-Match: \"1\"\r\n\r\n")
+        let drained = try written()
+        #expect(drained.hasPrefix("HTTP/1.1 200 OK\r\n"), "\(drained)")
+        #expect(drained.contains("\r\nETag: \"2\"\r\n"))
+        #expect(drained.contains("\"version\" : 2"))
+    }
+
+    @Test("a body declared over 1 MiB is answered 413 before it is read, after the answers before it, and closed")
+    func declaredBodyTooLarge() throws {
+        try send(
+            "GET /v1/status HTTP/1.1\r\n\r\nPOST /v1/reload HTTP/1.1\r\nContent-Length: \(AdminAPI.maximumBodyBytes + 1)\r\n\r\n"
+        )
+        let text = try written()
+        #expect(text == answer("GET", "/v1/status") + render(api.bodyTooLarge(), close: true))
+        #expect(text.contains("\"code\" : \"body_too_large\""))
+        channel.embeddedEventLoop.run()
+        #expect(!channel.isActive)
+    }
+
+    @Test("a chunked body growing over 1 MiB is answered 413 and the connection closed; 1 MiB is taken")
+    func chunkedBodyTooLarge() throws {
+        let chunk = String(repeating: "x", count: 65536)
+        var request = "POST /v1/status HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n"
+        for _ in 0..<(AdminAPI.maximumBodyBytes / chunk.count) {
+            request += "10000\r\n\(chunk)\r\n"
+        }
+        try send(request + "0\r\n\r\n")
+        // Exactly the limit: answered (405 here: the endpoint takes no POST), the connection kept.
+        #expect(try written().hasPrefix("HTTP/1.1 405 Method Not Allowed\r\n"))
+        #expect(channel.isActive)
+        try send(request + "1\r\nx\r\n0\r\n\r\n")
+        #expect(try written() == render(api.bodyTooLarge(), close: true))
         channel.embeddedEventLoop.run()
         #expect(!channel.isActive)
     }
@@ -99,8 +148,8 @@ struct AdminConnectionHandlerTests {
     func idle() throws {
         channel.embeddedEventLoop.advanceTime(by: idleTimeout - .milliseconds(1))
         #expect(channel.isActive)
-        try send("GET /status HTTP/1.1\r\n\r\n")
-        #expect(try written() == answer("GET", "/status"))
+        try send("GET /v1/status HTTP/1.1\r\n\r\n")
+        #expect(try written() == answer("GET", "/v1/status"))
         channel.embeddedEventLoop.advanceTime(by: idleTimeout - .milliseconds(1))
         #expect(channel.isActive, "closed although a request came less than the idle timeout ago")
         channel.embeddedEventLoop.advanceTime(by: .milliseconds(1))
@@ -111,7 +160,7 @@ struct AdminConnectionHandlerTests {
     func stalledReader() throws {
         channel.isWritable = false
         channel.pipeline.fireChannelWritabilityChanged()
-        try send("GET /status HTTP/1.1\r\n\r\n")
+        try send("GET /v1/status HTTP/1.1\r\n\r\n")
         channel.embeddedEventLoop.advanceTime(by: idleTimeout)
         #expect(!channel.isActive)
     }

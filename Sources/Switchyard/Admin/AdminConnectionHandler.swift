@@ -11,6 +11,9 @@ import NIOHTTP1
 ///   whether the client is silent, trickles a head, or stopped reading.
 /// - A malformed request (any decoder error) is answered 400 with `Connection: close`, after the answers to the
 ///   requests before it, and the connection is closed once that is written.
+/// - A request body is collected up to ``AdminAPI/maximumBodyBytes``; a larger one (by its `Content-Length`, or as
+///   it comes) is answered 413 with `Connection: close` in the same way, without reading the rest.
+/// - Requests are answered as coming through `access`: the unix socket's peer, or the TCP listener's tokens.
 final class AdminConnectionHandler: ChannelDuplexHandler {
     typealias InboundIn = HTTPServerRequestPart
     typealias OutboundIn = HTTPServerResponsePart
@@ -18,21 +21,26 @@ final class AdminConnectionHandler: ChannelDuplexHandler {
 
     /// A complete request waiting for its answer, or the point where the input stopped making sense.
     private enum Pending {
-        case request(HTTPRequestHead)
+        case request(HTTPRequestHead, body: ByteBuffer)
         case malformed
+        case bodyTooLarge
     }
 
     private let api: AdminAPI
+    private let access: AdminAPI.Access
     private let idleTimeout: TimeAmount
+    private let maximumBodyBytes: Int
     /// The request whose head came and whose end has not.
     private var head: HTTPRequestHead?
+    /// Its body so far.
+    private var body = ByteBuffer()
     /// Requests that came while answers could not be written, oldest first.
     private var pending = CircularBuffer<Pending>(initialCapacity: 4)
     /// A `read` held back while answers wait.
     private var readPending = false
     /// The connection is to be closed once its last answer is written: nothing more is read or answered.
     private var isClosing = false
-    /// The decoder failed: a 400 waits in ``pending`` and nothing after it is read.
+    /// The decoder failed or a body was too large: a 400 or 413 waits in ``pending`` and nothing after it is read.
     private var inputFailed = false
     private var isActive = false
     /// Guards ``answerPending(context:)`` against the writability events its own writes fire.
@@ -41,9 +49,16 @@ final class AdminConnectionHandler: ChannelDuplexHandler {
     private var lastActivity = NIODeadline.uptimeNanoseconds(0)
     private var idleTimer: Scheduled<Void>?
 
-    init(api: AdminAPI, idleTimeout: TimeAmount) {
+    init(
+        api: AdminAPI,
+        access: AdminAPI.Access,
+        idleTimeout: TimeAmount,
+        maximumBodyBytes: Int = AdminAPI.maximumBodyBytes
+    ) {
         self.api = api
+        self.access = access
         self.idleTimeout = idleTimeout
+        self.maximumBodyBytes = maximumBodyBytes
     }
 
     func handlerAdded(context: ChannelHandlerContext) {
@@ -72,17 +87,37 @@ final class AdminConnectionHandler: ChannelDuplexHandler {
         guard !isClosing, !inputFailed else { return }
         switch unwrapInboundIn(data) {
         case .head(let head):
-            self.head = head
             lastActivity = context.eventLoop.now
-        case .body:
-            // No endpoint takes a body; what one carries is dropped as it comes.
-            break
+            // A declared length over the limit is refused before any of the body is read.
+            if let length = head.headers.first(name: "Content-Length").flatMap { Int($0) }, length > maximumBodyBytes {
+                refuseBody(context: context)
+                return
+            }
+            self.head = head
+            body.clear()
+        case .body(var part):
+            guard head != nil else { return }
+            guard body.readableBytes + part.readableBytes <= maximumBodyBytes else {
+                refuseBody(context: context)
+                return
+            }
+            body.writeBuffer(&part)
         case .end:
             guard let head else { return }
             self.head = nil
-            pending.append(.request(head))
+            pending.append(.request(head, body: body))
+            body = ByteBuffer()
             answerPending(context: context)
         }
+    }
+
+    /// The request's body is over the limit: a 413 after the answers before it, nothing more read.
+    private func refuseBody(context: ChannelHandlerContext) {
+        head = nil
+        body = ByteBuffer()
+        inputFailed = true
+        pending.append(.bodyTooLarge)
+        answerPending(context: context)
     }
 
     func errorCaught(context: ChannelHandlerContext, error: Error) {
@@ -126,10 +161,13 @@ final class AdminConnectionHandler: ChannelDuplexHandler {
         defer { isAnswering = false }
         while !isClosing, context.channel.isWritable, let next = pending.popFirst() {
             switch next {
-            case .request(let head):
-                answer(head, context: context)
+            case .request(let head, let body):
+                answer(head, body: body, context: context)
             case .malformed:
                 refuseMalformed(context: context)
+            case .bodyTooLarge:
+                writeAnswer(api.bodyTooLarge(), version: .http1_1, close: true, context: context)
+                finish(context: context, keepAlive: false)
             }
         }
         if readPending, !isClosing, pending.isEmpty, context.channel.isWritable {
@@ -138,21 +176,40 @@ final class AdminConnectionHandler: ChannelDuplexHandler {
         }
     }
 
-    private func answer(_ head: HTTPRequestHead, context: ChannelHandlerContext) {
-        let response = api.respond(method: head.method.rawValue, path: head.uri)
+    private func answer(_ head: HTTPRequestHead, body: ByteBuffer, context: ChannelHandlerContext) {
+        let request = AdminAPI.Request(
+            method: head.method.rawValue,
+            target: head.uri,
+            ifMatch: head.headers["If-Match"],
+            authorization: head.headers["Authorization"],
+            body: body
+        )
+        writeAnswer(api.respond(to: request, access: access), version: head.version, close: false, context: context)
+        finish(context: context, keepAlive: head.isKeepAlive)
+    }
+
+    /// Writes an API answer's head and body (not its end).
+    private func writeAnswer(
+        _ response: AdminAPI.Response,
+        version: HTTPVersion,
+        close: Bool,
+        context: ChannelHandlerContext
+    ) {
         var headers = HTTPHeaders()
         headers.add(name: "Content-Type", value: "application/json")
         headers.add(name: "Content-Length", value: String(response.body.count))
-        if let allow = response.allow {
-            headers.add(name: "Allow", value: allow)
+        for field in response.headers {
+            headers.add(name: field.name, value: field.value)
+        }
+        if close {
+            headers.add(name: "Connection", value: "close")
         }
         let status = HTTPResponseStatus(statusCode: response.status)
         context.write(
-            wrapOutboundOut(.head(HTTPResponseHead(version: head.version, status: status, headers: headers))),
+            wrapOutboundOut(.head(HTTPResponseHead(version: version, status: status, headers: headers))),
             promise: nil
         )
         context.write(wrapOutboundOut(.body(.byteBuffer(ByteBuffer(bytes: response.body)))), promise: nil)
-        finish(context: context, keepAlive: head.isKeepAlive)
     }
 
     /// The 400 NIOHTTP1's `HTTPServerProtocolErrorHandler` would send, but followed by a close.

@@ -72,12 +72,21 @@ public struct StatusReport: Codable, Sendable, Equatable {
         public var maxTunnels: Int
     }
 
+    /// The configuration version the report is of (``ConfigurationVersion``), also the answer's `ETag`.
+    public var version: Int64?
     /// Client connections open now, across workers.
     public var connections: Int
     public var tenants: [Tenant]
 
     /// The report for the current routes.
-    public init(routes: RouteTable, connections: Int, now: NIODeadline = .now(), date: Date = Date()) {
+    public init(
+        routes: RouteTable,
+        connections: Int,
+        version: Int64? = nil,
+        now: NIODeadline = .now(),
+        date: Date = Date()
+    ) {
+        self.version = version
         self.connections = connections
         self.tenants = routes.tenants.map { tenant in
             Tenant(
@@ -92,7 +101,7 @@ public struct StatusReport: Codable, Sendable, Equatable {
 
     /// A table for people.
     public var text: String {
-        var lines = ["connections: \(connections)"]
+        var lines = ["connections: \(connections)" + (version.map { "  version \($0)" } ?? "")]
         for tenant in tenants {
             lines.append(
                 "\(tenant.name)  \(tenant.domains.joined(separator: ", "))  tunnels \(tenant.tunnels)/\(tenant.maxTunnels)"

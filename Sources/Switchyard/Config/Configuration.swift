@@ -68,9 +68,27 @@ public struct Configuration: Sendable, Equatable {
     public struct Admin: Sendable, Equatable {
         /// Path of the unix socket, created mode 0600.
         public var socket: String
+        /// `listen`: a loopback address to serve the API on over TCP too, with bearer tokens; off when `nil`.
+        public var listen: SocketAddress?
+        /// `token_file`: the tokens of the TCP listener (``AdminTokens``); set exactly when ``listen`` is.
+        public var tokenFile: String?
+        /// `max_connections`: admin connections open at once, both listeners together.
+        public var maximumConnections: Int
+        /// `idle_timeout`: an admin connection without a request or an answer for this long is closed.
+        public var idleTimeout: TimeAmount
 
-        public init(socket: String = "run/admin.sock") {
+        public init(
+            socket: String = "run/admin.sock",
+            listen: SocketAddress? = nil,
+            tokenFile: String? = nil,
+            maximumConnections: Int = AdminServer.Limits.defaultMaximumConnections,
+            idleTimeout: TimeAmount = AdminServer.Limits.defaultIdleTimeout
+        ) {
             self.socket = socket
+            self.listen = listen
+            self.tokenFile = tokenFile
+            self.maximumConnections = maximumConnections
+            self.idleTimeout = idleTimeout
         }
     }
 

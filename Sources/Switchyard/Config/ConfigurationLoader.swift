@@ -18,7 +18,8 @@ import Musl
 /// default), and every value is checked for type and range. Backend host names are resolved here, once, so loading
 /// blocks for as long as name resolution takes: call it off the event loops.
 ///
-/// The accepted keys, in `snake_case`: `listen` (`http`, `https`), `workers`, `admin` (`socket`), `state`, `tls`
+/// The accepted keys, in `snake_case`: `listen` (`http`, `https`), `workers`, `admin` (`socket`, `listen`,
+/// `token_file`, `max_connections`, `idle_timeout`), `state`, `tls`
 /// (`certificate`, `key`), `access_log`, `timeouts` (`client_header`, `keepalive`, `client_body`,
 /// `upstream_connect`, `upstream_response`, `upstream_idle`, `tls_handshake`, `tunnel_idle`, `drain`), `limits` (`max_header_bytes`,
 /// `max_headers`, `max_connections`, `upstream_keepalive`) and `tenants`, a list of mappings with `name`,
@@ -67,7 +68,7 @@ public enum ConfigurationLoader {
             "underscores_in_headers",
         ]
         static let listen = ["http", "https"]
-        static let admin = ["socket"]
+        static let admin = ["socket", "listen", "token_file", "max_connections", "idle_timeout"]
         static let tls = ["certificate", "key"]
         static let tlsPolicy = [
             "ciphers", "ciphersuites", "groups", "session_cache", "session_tickets", "ticket_key_rotation",
@@ -94,10 +95,7 @@ public enum ConfigurationLoader {
             configuration.workers = try Self.workers(node)
         }
         if let node = top["admin"] {
-            let admin = try node.mapping(acceptedKeys: Key.admin)
-            if let socket = admin["socket"] {
-                configuration.admin.socket = try Self.unixSocketPath(socket)
-            }
+            configuration.admin = try Self.admin(node)
         }
         if let node = top["state"] {
             configuration.statePath = try node.nonEmptyString(expected: "the path of the state database")
@@ -211,6 +209,60 @@ public enum ConfigurationLoader {
             )
         case .failure(.portOutOfRange(let port)):
             throw node.error("\(Self.quoted(text)): port \(port) is out of range; expected a port from 1 to 65535")
+        }
+    }
+
+    /// `admin:`. The TCP listener is for loopback only and needs its token file; the file itself (permissions,
+    /// tokens) is read when `serve` starts, not here, so that `check-config` and reloads never read secrets.
+    private static func admin(_ node: ConfigurationNode) throws(ConfigurationError) -> Configuration.Admin {
+        let mapping = try node.mapping(acceptedKeys: Key.admin)
+        var admin = Configuration.Admin()
+        if let socket = mapping["socket"] {
+            admin.socket = try Self.unixSocketPath(socket)
+        }
+        if let listen = mapping["listen"] {
+            let text = try listen.scalarText(expected: "a loopback HOST:PORT such as 127.0.0.1:9000")
+            let address = try Self.listenAddress(text, at: listen)
+            guard Self.isLoopback(address) else {
+                throw listen.error(
+                    "\(Self.quoted(text)) is not a loopback address; the admin API listens on 127.0.0.1 or [::1] "
+                        + "only (it controls the balancer: reach it from elsewhere through an SSH tunnel)"
+                )
+            }
+            admin.listen = address
+        }
+        if let tokenFile = mapping["token_file"] {
+            admin.tokenFile = try tokenFile.nonEmptyString(expected: "the path of the admin API's token file")
+        }
+        switch (mapping["listen"], mapping["token_file"]) {
+        case (let listen?, nil):
+            throw listen.error(
+                "needs admin.token_file: a file (mode 0600) of bearer tokens, one a line as NAME:TOKEN, that TCP "
+                    + "clients must present"
+            )
+        case (nil, let tokenFile?):
+            throw tokenFile.error("is only used with admin.listen; add admin.listen or remove admin.token_file")
+        default:
+            break
+        }
+        if let maximum = mapping["max_connections"] {
+            admin.maximumConnections = try maximum.integer(in: 1...100_000)
+        }
+        if let idle = mapping["idle_timeout"] {
+            admin.idleTimeout = try idle.positiveDuration()
+        }
+        return admin
+    }
+
+    /// Whether `address` is 127.0.0.0/8 or ::1.
+    private static func isLoopback(_ address: SocketAddress) -> Bool {
+        switch address {
+        case .v4:
+            return address.ipAddress?.hasPrefix("127.") ?? false
+        case .v6:
+            return address.ipAddress == "::1"
+        default:
+            return false
         }
     }
 

@@ -94,7 +94,8 @@ public enum DescriptorLimit {
 /// `worker_connections` for a proxy: every client connection may hold a backend connection, and on top of those
 /// the idle pools, one health check per backend, the listeners, the admin socket and the event loops themselves.
 public struct DescriptorBudget: Sendable, Equatable {
-    /// Connections the admin API may have open at once, counted against the limit.
+    /// Connections the admin API may have open at once by default (`admin.max_connections`), counted against the
+    /// limit.
     public static let adminConnections = AdminServer.Limits.defaultMaximumConnections
     /// Descriptors each event loop holds (epoll, its wake-up eventfd and timerfd).
     static let perEventLoop = 3
@@ -129,8 +130,9 @@ public struct DescriptorBudget: Sendable, Equatable {
         backendConnections = configuration.limits.maxConnections
         pooledConnections = Self.multiply(Self.multiply(configuration.limits.upstreamKeepAlive, backends), workers)
         healthChecks = backends
-        fixed = [listeners, 1, Self.adminConnections, Self.multiply(Self.perEventLoop, workers), Self.process]
-            .reduce(0, Self.add)
+        // The admin socket, its TCP listener if any, and the connections both may have open (admin.max_connections).
+        let admin = (configuration.admin.listen == nil ? 1 : 2) + configuration.admin.maximumConnections
+        fixed = [listeners, admin, Self.multiply(Self.perEventLoop, workers), Self.process].reduce(0, Self.add)
         keepAlive = configuration.limits.upstreamKeepAlive
         self.backends = backends
         self.workers = workers
