@@ -86,6 +86,25 @@ struct RoutingIntegrationTests {
         }
     }
 
+    @Test("tenants whose backends share an address share its idle connections")
+    func sharedPool() async throws {
+        let backend = try await TestBackend.start(name: "shared")
+        let tenants = (0..<20).map { ("t\($0)", ["t\($0).test"], [backend]) }
+        try await withProxy(backends: [backend], tenants: tenants, workers: 1) { proxy in
+            let client = try RawClient(port: proxy.port)
+            for round in 0..<2 {
+                for index in 0..<20 {
+                    try client.send("GET /\(round) HTTP/1.1\r\nHost: t\(index).test\r\n\r\n")
+                    #expect(client.receiveResponse().hasSuffix("\r\n\r\nshared"))
+                }
+            }
+            // 40 requests for 20 tenants on one client connection: one backend connection carried them all (with a
+            // pool per tenant's backend it took 20).
+            #expect(backend.connectionCount == 1)
+            #expect(backend.requests.count == 40)
+        }
+    }
+
     @Test("pipelined requests are answered in order")
     func pipelining() async throws {
         let backend = try await TestBackend.start { head in .respond(body: "path=\(head.uri)") }

@@ -258,3 +258,29 @@ struct RouteTableTests {
         #expect(loaded.tenant(forNormalizedHost: "shop.test") === shop)
     }
 }
+
+/// Backends of different tenants at one address share one ``BackendEndpoint`` (and so the idle connections
+/// pooled for it), across reloads too.
+@Suite("Backend endpoints")
+struct BackendEndpointTests {
+    @Test("backends at one address share an endpoint, across tenants and reloads; other addresses do not")
+    func sharedEndpoints() throws {
+        let shared = try SocketAddress(ipAddress: "10.0.0.5", port: 8080)
+        let other = try SocketAddress(ipAddress: "10.0.0.6", port: 8080)
+        var configuration = Configuration(tenants: [
+            TenantConfiguration(name: "a", domains: ["a.test"], backends: [shared, other]),
+            TenantConfiguration(name: "b", domains: ["b.test"], backends: [shared]),
+        ])
+        let table = try RouteTable(configuration: configuration)
+        let a = try #require(table.tenants.first { $0.name == "a" })
+        let b = try #require(table.tenants.first { $0.name == "b" })
+        #expect(a.backends[0].endpoint === b.backends[0].endpoint)
+        #expect(a.backends[0] !== b.backends[0])
+        #expect(a.backends[1].endpoint !== a.backends[0].endpoint)
+
+        configuration.tenants.append(TenantConfiguration(name: "c", domains: ["c.test"], backends: [shared]))
+        let reloaded = try RouteTable(configuration: configuration, previous: table)
+        let c = try #require(reloaded.tenants.first { $0.name == "c" })
+        #expect(c.backends[0].endpoint === a.backends[0].endpoint)
+    }
+}

@@ -309,6 +309,7 @@ final class ClientConnectionHandler: ChannelDuplexHandler, RemovableChannelHandl
         }
         lastBackend = backend
         if !fresh, let pooled = worker.takeUpstream(backend) {
+            pooled.backend = backend
             attach(pooled, reused: true)
             return
         }

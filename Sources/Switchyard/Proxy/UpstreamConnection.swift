@@ -9,7 +9,9 @@ final class UpstreamConnection: ChannelDuplexHandler, RemovableChannelHandler {
     typealias OutboundIn = ByteBuffer
     typealias OutboundOut = ByteBuffer
 
-    let backend: Backend
+    /// The backend of the request it serves now: a pooled connection is shared by every tenant's backend at the same
+    /// address (``BackendEndpoint``), so it takes the backend of whoever attaches it, whose counters it then updates.
+    var backend: Backend
     /// The client connection this one serves; `nil` while idle in the pool.
     var owner: ClientConnectionHandler?
     /// When it was last released to the pool.

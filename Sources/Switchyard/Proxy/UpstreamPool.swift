@@ -1,6 +1,7 @@
 import NIOCore
 
-/// Idle keep-alive connections to backends, for one event loop.
+/// Idle keep-alive connections to backends, for one event loop, by address (``BackendEndpoint``): a connection
+/// released by one tenant's request serves the next request for any tenant whose backend is at that address.
 ///
 /// Each worker has its own pool, so taking a connection is a dictionary lookup and an array pop on the loop's own
 /// thread: no lock, no future. The most recently used connection is taken first (it is the least likely to have
@@ -11,7 +12,7 @@ import NIOCore
 /// dictionary and change the list in place: mutating an array held as a dictionary value cost two allocations per
 /// request (measured with a malloc probe under the s2 load).
 struct UpstreamPool {
-    /// Most idle connections kept per backend.
+    /// Most idle connections kept per backend address.
     let capacityPerBackend: Int
     private var idle: [ObjectIdentifier: IdleList] = [:]
 
@@ -24,9 +25,9 @@ struct UpstreamPool {
         self.capacityPerBackend = capacityPerBackend
     }
 
-    /// Takes an idle connection to `backend`, if one is open.
+    /// Takes an idle connection to `backend`'s address, if one is open.
     mutating func take(_ backend: Backend) -> UpstreamConnection? {
-        guard let list = idle[ObjectIdentifier(backend)] else { return nil }
+        guard let list = idle[ObjectIdentifier(backend.endpoint)] else { return nil }
         while let connection = list.connections.popLast() {
             if connection.isActive {
                 return connection
@@ -37,7 +38,7 @@ struct UpstreamPool {
 
     /// Keeps `connection` for reuse; returns `false` when the backend's share of the pool is full.
     mutating func put(_ connection: UpstreamConnection) -> Bool {
-        let key = ObjectIdentifier(connection.backend)
+        let key = ObjectIdentifier(connection.backend.endpoint)
         let list: IdleList
         if let existing = idle[key] {
             list = existing
@@ -52,7 +53,7 @@ struct UpstreamPool {
 
     /// Forgets `connection` (it closed while idle).
     mutating func remove(_ connection: UpstreamConnection) {
-        idle[ObjectIdentifier(connection.backend)]?.connections.removeAll { $0 === connection }
+        idle[ObjectIdentifier(connection.backend.endpoint)]?.connections.removeAll { $0 === connection }
     }
 
     /// Removes and returns the connections idle since before `cutoff`.

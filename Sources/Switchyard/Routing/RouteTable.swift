@@ -102,11 +102,21 @@ extension RouteTable {
         // A backend that stays in its tenant keeps its object, so its health, its pooled connections and its
         // health checks carry on across the reload.
         var backends: [String: [SocketAddress: Backend]] = [:]
+        // One endpoint per address, across tenants and reloads, so that idle connections are shared by every tenant
+        // that lists the address and survive the reload.
+        var endpoints: [SocketAddress: BackendEndpoint] = [:]
         for tenant in previous?.tenants ?? [] {
             gauges[tenant.name] = tenant.tunnels
             for backend in tenant.backends {
                 backends[tenant.name, default: [:]][backend.address] = backend
+                endpoints[backend.address] = backend.endpoint
             }
+        }
+        func endpoint(for address: SocketAddress) -> BackendEndpoint {
+            if let shared = endpoints[address] { return shared }
+            let created = BackendEndpoint(address: address)
+            endpoints[address] = created
+            return created
         }
         let tenants = configuration.tenants.map { tenant in
             var gauge = gauges[tenant.name] ?? TunnelGauge(limit: tenant.maxTunnels)
@@ -121,7 +131,7 @@ extension RouteTable {
                     if let kept = backends[tenant.name]?[address], kept.description == name ?? Backend.format(address) {
                         return kept
                     }
-                    return Backend(address: address, description: name)
+                    return Backend(address: address, description: name, endpoint: endpoint(for: address))
                 },
                 health: tenant.health ?? HealthCheckConfiguration(),
                 balance: tenant.balance,

@@ -123,11 +123,22 @@ public final class Backend: Sendable, CustomStringConvertible {
     public let description: String
     /// Health as the data path sees it; kept by the same backend across reloads.
     public let status: BackendStatus
+    /// What this backend shares with every other tenant's backend at the same address: the idle keep-alive
+    /// connections to it (see ``BackendEndpoint``).
+    public let endpoint: BackendEndpoint
 
-    public init(address: SocketAddress, description: String? = nil, status: BackendStatus = BackendStatus()) {
+    /// - Parameter endpoint: the address's shared endpoint; a new one when `nil` (the route table passes the one
+    ///   every backend at this address uses).
+    public init(
+        address: SocketAddress,
+        description: String? = nil,
+        status: BackendStatus = BackendStatus(),
+        endpoint: BackendEndpoint? = nil
+    ) {
         self.address = address
         self.description = description ?? Backend.format(address)
         self.status = status
+        self.endpoint = endpoint ?? BackendEndpoint(address: address)
     }
 
     static func format(_ address: SocketAddress) -> String {
