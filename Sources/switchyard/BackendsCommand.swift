@@ -59,7 +59,7 @@ struct BackendsCommand: ParsableCommand {
         }
 
         func run() throws {
-            let client = AdminClient(path: options.socketPath)
+            let client = try options.client()
             var backend = try BackendsCommand.call { try client.post(target.path + "/drain", ifMatch: ifMatch) }
             print("draining \(backend.address) of \(target.tenant): \(backend.connections) in progress")
             guard wait else { return }
@@ -95,7 +95,7 @@ struct BackendsCommand: ParsableCommand {
         var ifMatch: Int64?
 
         func run() throws {
-            let client = AdminClient(path: options.socketPath)
+            let client = try options.client()
             let backend = try BackendsCommand.call { try client.post(target.path + "/undrain", ifMatch: ifMatch) }
             let health = backend.health == "up" ? "" : " (health: \(backend.health))"
             print("\(backend.address) of \(target.tenant): in rotation\(health)")

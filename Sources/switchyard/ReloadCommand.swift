@@ -29,9 +29,10 @@ struct ReloadCommand: ParsableCommand {
     }
 
     func run() throws {
+        let client = try options.client()
         let body: Data
         do {
-            body = try AdminClient(path: options.socketPath).post("/v1/reload", ifMatch: ifMatch)
+            body = try client.post("/v1/reload", ifMatch: ifMatch)
         } catch {
             FileHandle.standardError.write(Data("switchyard: \(error)\n".utf8))
             throw ExitCode(1)

@@ -84,6 +84,27 @@ struct AdminTCPIntegrationTests {
         #expect(report.stdout.contains("127.0.0.1:\(backend.port)  draining (admin)"), "\(report.stdout)")
         #expect(report.stdout.contains("version 2"), "\(report.stdout)")
 
+        // The commands over TCP: --admin-url with a token file.
+        let url = "http://127.0.0.1:\(adminPort)"
+        let overTCP = try ExternalProcess.run(
+            ExternalProcess.switchyardBinary,
+            ["status", "--admin-url", url, "--token-file", tokens]
+        )
+        #expect(overTCP.status == 0, "\(overTCP.stderr)")
+        #expect(overTCP.stdout.contains("127.0.0.1:\(backend.port)  draining (admin)"), "\(overTCP.stdout)")
+        let otherTokens = try Self.tokenFile()
+        defer { try? FileManager.default.removeItem(atPath: otherTokens) }
+        try "ci:\(String(Self.token.reversed()))\n".write(toFile: otherTokens, atomically: false, encoding: .utf8)
+        let refused = try ExternalProcess.run(
+            ExternalProcess.switchyardBinary,
+            ["status", "--admin-url", url, "--token-file", otherTokens]
+        )
+        #expect(refused.status == 1)
+        #expect(refused.stderr.contains("the token is not one of admin.token_file"), "\(refused.stderr)")
+        let noFile = try ExternalProcess.run(ExternalProcess.switchyardBinary, ["status", "--admin-url", url])
+        #expect(noFile.status == 64)
+        #expect(noFile.stderr.contains("--admin-url needs --token-file"), "\(noFile.stderr)")
+
         // Over the socket: no token, and the uid the kernel gives.
         let undrain = try balancer.admin(["backends", "undrain", "shop", "127.0.0.1:\(backend.port)"])
         #expect(undrain.status == 0, "\(undrain.stderr)")

@@ -88,8 +88,10 @@ final class AdminConnectionHandler: ChannelDuplexHandler {
         switch unwrapInboundIn(data) {
         case .head(let head):
             lastActivity = context.eventLoop.now
-            // A declared length over the limit is refused before any of the body is read.
-            if let length = head.headers.first(name: "Content-Length").flatMap { Int($0) }, length > maximumBodyBytes {
+            // A declared length over the limit is refused before any of the body is read (nginx does the same).
+            if let declared = head.headers.first(name: "Content-Length"), let length = Int(declared),
+                length > maximumBodyBytes
+            {
                 refuseBody(context: context)
                 return
             }

@@ -136,6 +136,11 @@ public struct AdminTokens: Sendable {
         return AdminTokens(entries: entries)
     }
 
+    /// The first token of the file, for a client (`switchyard --admin-url … --token-file FILE`) to present.
+    public var firstToken: String? {
+        entries.first.map { String(decoding: $0.token, as: UTF8.self) }
+    }
+
     /// The name of the token an `Authorization` field presents (`Bearer TOKEN`, the scheme in any case), or `nil`
     /// when there is no such field, more than one, another scheme, or a token that is none of these.
     ///
