@@ -1,0 +1,371 @@
+import Foundation
+import GRDB
+
+/// The changes of one write, made inside its SQLite transaction: the body given to
+/// ``SQLiteStateStore/write(expectedRevision:actor:dryRun:_:)`` reads and mutates the store through it.
+///
+/// Each mutation is atomic on its own (a savepoint): it changes its rows and appends its change records, or, when
+/// it throws, leaves nothing of itself behind. A mutation that changes nothing (a document put again unchanged, a
+/// drain added twice, a tenant removed that is not there) appends no record and returns `nil` or `false`, so that
+/// the audit log holds only real changes and a write that changes nothing keeps the revision where it was.
+///
+/// When SQLite itself fails (``StoreError/unavailable(path:reason:)``: disk full, I/O error) the transaction is
+/// spoiled: further mutations throw the same error, and so does the write even if the body caught it, so nothing of
+/// a failed write is ever committed.
+///
+/// Not copyable, so that the body cannot keep it past the transaction it belongs to.
+public struct StoreTransaction: ~Copyable {
+    /// The configuration version the write started from.
+    public let previousRevision: Int64
+    /// Who makes the write; every change record of the write carries it.
+    public let actor: String
+    /// The write's time; every change record of the write carries it.
+    public let time: Date
+
+    let database: Database
+    let path: String
+    private(set) var changes: [ChangeRecord] = []
+    private(set) var failure: StoreError?
+
+    init(database: Database, path: String, previousRevision: Int64, actor: String, time: Date) {
+        self.database = database
+        self.path = path
+        self.previousRevision = previousRevision
+        self.actor = actor
+        self.time = time
+    }
+
+    /// The version the write commits as, if it changes anything.
+    public var revision: Int64 { previousRevision + 1 }
+
+    // MARK: Reading, as of this transaction
+
+    /// The document of the store tenant `name`, or `nil` when there is none.
+    public func tenant(named name: String) throws(StoreError) -> String? {
+        try read { db in
+            try String.fetchOne(
+                db.cachedStatement(sql: "SELECT document FROM tenant WHERE name = ?"),
+                arguments: [name]
+            )
+        }
+    }
+
+    /// Every store tenant's document, by name.
+    public func tenants() throws(StoreError) -> [String: String] {
+        try read { db in try StoreReader.tenants(db) }
+    }
+
+    /// Every admin drain.
+    public func drains() throws(StoreError) -> Set<StoredDrain> {
+        try read { db in try StoreReader.drains(db) }
+    }
+
+    /// Whether `tenant`'s `backend` is drained by the admin.
+    public func isDrained(tenant: String, backend: String) throws(StoreError) -> Bool {
+        try read { db in
+            try Bool.fetchOne(
+                db.cachedStatement(sql: "SELECT EXISTS (SELECT 1 FROM drain WHERE tenant = ? AND backend = ?)"),
+                arguments: [tenant, backend]
+            ) ?? false
+        }
+    }
+
+    /// The certificate uploaded for `tenant`, or `nil`.
+    public func certificate(ofTenant tenant: String) throws(StoreError) -> StoredCertificate? {
+        try read { db in try StoreReader.certificate(db, tenant: tenant) }
+    }
+
+    // MARK: Tenants
+
+    /// Adds the store tenant `name` with `document` (a JSON object), or replaces its document. Answers
+    /// ``ChangeAction/tenantAdd`` or ``ChangeAction/tenantReplace``, or `nil` when the tenant already had exactly
+    /// this document (nothing changes). Throws ``StoreError/invalidDocument(tenant:)`` for a document that is not a
+    /// JSON object.
+    @discardableResult
+    public mutating func putTenant(_ name: String, document: String) throws(StoreError) -> ChangeAction? {
+        var action: ChangeAction?
+        try mutate { db, log in
+            action = try Self.put(db, &log, tenant: name, document: document)
+        }
+        return action
+    }
+
+    /// Removes the store tenant `name`, answering its last document, or `nil` when there was no such tenant. Its
+    /// drains and certificate are the caller's to remove (``removeDrains(ofTenant:)``,
+    /// ``removeCertificate(ofTenant:)``): the store does not interpret names, and drains may belong to a file tenant
+    /// of the same name.
+    @discardableResult
+    public mutating func removeTenant(_ name: String) throws(StoreError) -> String? {
+        var removed: String?
+        try mutate { db, log in
+            removed = try Self.remove(db, &log, tenant: name)
+        }
+        return removed
+    }
+
+    /// Makes `tenants` the whole set of store tenants (an `apply`): adds those that are new, replaces those whose
+    /// document differs, removes those not in `tenants`, and answers the difference. Changes are recorded removals
+    /// first, then additions and replacements, each in name order. All or nothing: an invalid document leaves every
+    /// tenant as it was.
+    @discardableResult
+    public mutating func replaceTenants(with tenants: [String: String]) throws(StoreError) -> TenantDifference {
+        var difference = TenantDifference()
+        try mutate { db, log in
+            let current = try StoreReader.tenants(db)
+            for name in current.keys.sorted() where tenants[name] == nil {
+                _ = try Self.remove(db, &log, tenant: name)
+                difference.removed.append(name)
+            }
+            for name in tenants.keys.sorted() {
+                guard let document = tenants[name], current[name] != document else { continue }
+                _ = try Self.put(db, &log, tenant: name, document: document, current: current[name])
+                if current[name] == nil {
+                    difference.added.append(name)
+                } else {
+                    difference.replaced.append(name)
+                }
+            }
+        }
+        return difference
+    }
+
+    // MARK: Drains
+
+    /// Drains `tenant`'s `backend`; `false` when it was drained already.
+    @discardableResult
+    public mutating func addDrain(tenant: String, backend: String) throws(StoreError) -> Bool {
+        var added = false
+        try mutate { db, log in
+            try db.cachedStatement(sql: "INSERT OR IGNORE INTO drain (tenant, backend) VALUES (?, ?)").execute(
+                arguments: [tenant, backend]
+            )
+            guard db.changesCount == 1 else { return }
+            let drain = StoredDrain(tenant: tenant, backend: backend)
+            try log.append(.drainAdd, subject: drain.description, before: nil, after: try Self.json(drain))
+            added = true
+        }
+        return added
+    }
+
+    /// Ends the admin drain of `tenant`'s `backend`; `false` when there was none.
+    @discardableResult
+    public mutating func removeDrain(tenant: String, backend: String) throws(StoreError) -> Bool {
+        var removed = false
+        try mutate { db, log in
+            removed = try Self.removeDrain(db, &log, StoredDrain(tenant: tenant, backend: backend))
+        }
+        return removed
+    }
+
+    /// Ends every admin drain of `tenant`, answering those there were.
+    @discardableResult
+    public mutating func removeDrains(ofTenant tenant: String) throws(StoreError) -> [StoredDrain] {
+        var removed: [StoredDrain] = []
+        try mutate { db, log in
+            let drains = try StoreReader.drains(db).filter { $0.tenant == tenant }.sorted()
+            for drain in drains {
+                if try Self.removeDrain(db, &log, drain) { removed.append(drain) }
+            }
+        }
+        return removed
+    }
+
+    // MARK: Certificates
+
+    /// Stores `certificate` as its tenant's, replacing the one it had. Answers ``ChangeAction/certificateAdd`` or
+    /// ``ChangeAction/certificateReplace``, or `nil` when exactly this certificate was stored already. The change
+    /// record holds the ``CertificateSummary`` only, never the key.
+    @discardableResult
+    public mutating func putCertificate(_ certificate: StoredCertificate) throws(StoreError) -> ChangeAction? {
+        var action: ChangeAction?
+        try mutate { db, log in
+            let before = try StoreReader.certificate(db, tenant: certificate.tenant)
+            guard before != certificate else { return }
+            try db.cachedStatement(
+                sql: """
+                    INSERT INTO certificate (tenant, chain_pem, key_pem, fingerprint, names, not_after)
+                    VALUES (?, ?, ?, ?, ?, ?)
+                    ON CONFLICT (tenant) DO UPDATE SET
+                        chain_pem = excluded.chain_pem, key_pem = excluded.key_pem,
+                        fingerprint = excluded.fingerprint, names = excluded.names, not_after = excluded.not_after
+                    """
+            ).execute(
+                arguments: [
+                    certificate.tenant, certificate.chainPEM, certificate.keyPEM, certificate.fingerprint,
+                    try Self.json(certificate.names), StoredCertificate.seconds(certificate.notAfter),
+                ]
+            )
+            let done: ChangeAction = before == nil ? .certificateAdd : .certificateReplace
+            try log.append(
+                done,
+                subject: certificate.tenant,
+                before: try before.map { try Self.json($0.summary) },
+                after: try Self.json(certificate.summary)
+            )
+            action = done
+        }
+        return action
+    }
+
+    /// Removes `tenant`'s certificate, answering it, or `nil` when it had none.
+    @discardableResult
+    public mutating func removeCertificate(ofTenant tenant: String) throws(StoreError) -> StoredCertificate? {
+        var removed: StoredCertificate?
+        try mutate { db, log in
+            guard let before = try StoreReader.certificate(db, tenant: tenant) else { return }
+            try db.cachedStatement(sql: "DELETE FROM certificate WHERE tenant = ?").execute(
+                arguments: [tenant])
+            try log.append(.certificateRemove, subject: tenant, before: try Self.json(before.summary), after: nil)
+            removed = before
+        }
+        return removed
+    }
+
+    // MARK: Machinery
+
+    /// Runs one mutation in a savepoint, so that it is applied whole or not at all, and keeps its change records.
+    /// An SQLite failure spoils the transaction (see the type's documentation).
+    private mutating func mutate(_ work: (Database, inout ChangeLog) throws -> Void) throws(StoreError) {
+        if let failure { throw failure }
+        let database = self.database
+        var log = ChangeLog(
+            database: database,
+            revision: revision,
+            time: time,
+            actor: actor,
+            nextSequence: changes.count
+        )
+        do {
+            try database.inSavepoint {
+                try work(database, &log)
+                return .commit
+            }
+        } catch let error as StoreError where !error.isUnavailable {
+            throw error
+        } catch {
+            let failure = StoreError.wrapping(error, path: path)
+            self.failure = failure
+            throw failure
+        }
+        changes += log.records
+    }
+
+    private func read<T>(_ work: (Database) throws -> T) throws(StoreError) -> T {
+        do {
+            return try work(database)
+        } catch {
+            throw StoreError.wrapping(error, path: path)
+        }
+    }
+
+    private static func put(
+        _ db: Database,
+        _ log: inout ChangeLog,
+        tenant name: String,
+        document: String
+    ) throws -> ChangeAction? {
+        let current = try String.fetchOne(
+            db.cachedStatement(sql: "SELECT document FROM tenant WHERE name = ?"),
+            arguments: [name]
+        )
+        return try put(db, &log, tenant: name, document: document, current: current)
+    }
+
+    private static func put(
+        _ db: Database,
+        _ log: inout ChangeLog,
+        tenant name: String,
+        document: String,
+        current: String?
+    ) throws -> ChangeAction? {
+        guard current != document else { return nil }
+        do {
+            try db.cachedStatement(
+                sql: """
+                    INSERT INTO tenant (name, document) VALUES (?, ?)
+                    ON CONFLICT (name) DO UPDATE SET document = excluded.document
+                    """
+            ).execute(
+                arguments: [name, document]
+            )
+        } catch let error as DatabaseError where error.extendedResultCode == .SQLITE_CONSTRAINT_CHECK {
+            throw StoreError.invalidDocument(tenant: name)
+        }
+        let action: ChangeAction = current == nil ? .tenantAdd : .tenantReplace
+        try log.append(action, subject: name, before: current, after: document)
+        return action
+    }
+
+    private static func remove(_ db: Database, _ log: inout ChangeLog, tenant name: String) throws -> String? {
+        guard
+            let current = try String.fetchOne(
+                db.cachedStatement(sql: "SELECT document FROM tenant WHERE name = ?"),
+                arguments: [name]
+            )
+        else { return nil }
+        try db.cachedStatement(sql: "DELETE FROM tenant WHERE name = ?").execute(
+            arguments: [name])
+        try log.append(.tenantRemove, subject: name, before: current, after: nil)
+        return current
+    }
+
+    private static func removeDrain(_ db: Database, _ log: inout ChangeLog, _ drain: StoredDrain) throws -> Bool {
+        try db.cachedStatement(sql: "DELETE FROM drain WHERE tenant = ? AND backend = ?").execute(
+            arguments: [drain.tenant, drain.backend]
+        )
+        guard db.changesCount == 1 else { return false }
+        try log.append(.drainRemove, subject: drain.description, before: try json(drain), after: nil)
+        return true
+    }
+
+    /// Compact JSON with sorted keys and unescaped slashes, for change records and the `names` column.
+    static func json(_ value: some Encodable) throws -> String {
+        let encoder = JSONEncoder()
+        encoder.outputFormatting = [.sortedKeys, .withoutEscapingSlashes]
+        encoder.dateEncodingStrategy = .iso8601
+        return String(decoding: try encoder.encode(value), as: UTF8.self)
+    }
+}
+
+/// Appends the change records of one mutation, numbering them on from the write's records so far.
+struct ChangeLog {
+    let database: Database
+    let revision: Int64
+    let time: Date
+    let actor: String
+    var nextSequence: Int
+    private(set) var records: [ChangeRecord] = []
+
+    init(database: Database, revision: Int64, time: Date, actor: String, nextSequence: Int) {
+        self.database = database
+        self.revision = revision
+        self.time = time
+        self.actor = actor
+        self.nextSequence = nextSequence
+    }
+
+    mutating func append(_ action: ChangeAction, subject: String, before: String?, after: String?) throws {
+        let record = ChangeRecord(
+            revision: revision,
+            sequence: nextSequence,
+            time: time,
+            actor: actor,
+            action: action,
+            subject: subject,
+            before: before,
+            after: after
+        )
+        try database.cachedStatement(
+            sql: """
+                INSERT INTO change (revision, sequence, time_ms, actor, action, subject, "before", "after")
+                VALUES (?, ?, ?, ?, ?, ?, ?, ?)
+                """
+        ).execute(
+            arguments: [
+                revision, nextSequence, StoreReader.milliseconds(time), actor, action.rawValue, subject, before, after,
+            ]
+        )
+        nextSequence += 1
+        records.append(record)
+    }
+}
