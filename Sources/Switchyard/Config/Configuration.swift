@@ -294,7 +294,7 @@ public struct StickySessionConfiguration: Sendable, Equatable {
 
 /// `health:` of a tenant. Defaults match the platform's existing balancer (interval 15 s, timeout 2 s, rise 2,
 /// fall 3).
-public struct HealthCheckConfiguration: Sendable, Equatable {
+public struct HealthCheckConfiguration: Sendable, Hashable {
     /// Path probed with `GET`; `nil` means a plain TCP connect.
     public var path: String?
     /// The check's `Host` header; `nil` means the tenant's first domain.

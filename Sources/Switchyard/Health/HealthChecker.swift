@@ -1,3 +1,4 @@
+import Foundation
 import Logging
 import NIOCore
 import NIOPosix
@@ -6,10 +7,13 @@ import ServiceLifecycle
 /// Runs the active health checks of every backend of every tenant and publishes each verdict to the data path
 /// through the backend's ``BackendStatus``.
 ///
-/// Checks are tasks scheduled on the event loops (spread over them), never a thread per check. Each backend's first
-/// check comes at a random point of its interval, and each later one at the interval ± 10 %, so that thousands of
-/// backends are not probed in lockstep. The checker follows the route table: backends added by a reload get
-/// checks, removed ones stop being checked. Every up/down transition is logged once.
+/// Checks are deduplicated: tenants' backends at the same address with the same check (settings, and for an HTTP
+/// check the `Host` it sends) share one probe, whose verdict goes to every one of them, so 10,000 tenants on a few
+/// backend addresses are not probed 10,000 times an interval. Checks are tasks scheduled on the event loops (spread
+/// over them), never a thread per check. Each check's first probe comes at a random point of its interval, and each
+/// later one at the interval ± 10 %, so that thousands of checks are not probed in lockstep. The checker follows the
+/// route table: backends added by a reload get checks (or join one), removed ones stop being checked. Every up/down
+/// transition is logged once per check.
 ///
 /// A check that cannot be made for lack of descriptors (the balancer at its `RLIMIT_NOFILE`) is no verdict on the
 /// backend: it is counted neither way, and logged as the balancer's own problem.
@@ -28,7 +32,7 @@ public final class HealthChecker: Service {
 
     public func run() async throws {
         let checks = await cancelWhenGracefulShutdown {
-            var checks: [ObjectIdentifier: NIOLoopBoundBox<BackendCheck>] = [:]
+            var checks: [HealthCheckKey: NIOLoopBoundBox<BackendCheck>] = [:]
             while !Task.isCancelled {
                 checks = await self.reconcile(checks)
                 try? await Task.sleep(for: .seconds(1))
@@ -40,34 +44,45 @@ public final class HealthChecker: Service {
         }
     }
 
-    /// Starts checks for backends that have none and stops those of backends no longer routed to.
-    private func reconcile(
-        _ checks: [ObjectIdentifier: NIOLoopBoundBox<BackendCheck>]
-    ) async -> [ObjectIdentifier: NIOLoopBoundBox<BackendCheck>] {
-        var next: [ObjectIdentifier: NIOLoopBoundBox<BackendCheck>] = [:]
-        for tenant in routes.current.tenants {
-            let host =
+    /// The checks the route table needs: one per ``HealthCheckKey``, with every backend that shares it.
+    static func plan(_ table: RouteTable) -> [HealthCheckKey: [BackendCheck.Subscriber]] {
+        var plan: [HealthCheckKey: [BackendCheck.Subscriber]] = [:]
+        for tenant in table.tenants {
+            let domain =
                 tenant.domains.first { !$0.hasPrefix("*.") } ?? tenant.domains.first.map { String($0.dropFirst(2)) }
+            let host = tenant.health.host ?? domain ?? "localhost"
             for backend in tenant.backends {
-                let key = ObjectIdentifier(backend)
-                if let existing = checks[key] {
-                    next[key] = existing
-                    continue
-                }
-                let loop = group.next()
-                let check = BackendCheck(
-                    backend: backend,
-                    tenant: tenant.name,
-                    settings: tenant.health,
-                    host: tenant.health.host ?? host ?? "localhost",
-                    eventLoop: loop,
-                    logger: logger,
-                    skipped: skipped
-                )
-                let box = NIOLoopBoundBox.makeBoxSendingValue(check, eventLoop: loop)
-                loop.execute { box.value.start() }
-                next[key] = box
+                let key = HealthCheckKey(address: backend.address, settings: tenant.health, host: host)
+                plan[key, default: []].append(BackendCheck.Subscriber(backend: backend, tenant: tenant.name))
             }
+        }
+        return plan
+    }
+
+    /// Starts the checks the route table needs and has none, gives the running ones their current backends, and
+    /// stops those no longer needed.
+    private func reconcile(
+        _ checks: [HealthCheckKey: NIOLoopBoundBox<BackendCheck>]
+    ) async -> [HealthCheckKey: NIOLoopBoundBox<BackendCheck>] {
+        var next: [HealthCheckKey: NIOLoopBoundBox<BackendCheck>] = [:]
+        for (key, subscribers) in Self.plan(routes.current) {
+            if let existing = checks[key] {
+                next[key] = existing
+                existing.eventLoop.execute { existing.value.update(subscribers) }
+                continue
+            }
+            let loop = group.next()
+            let check = BackendCheck(
+                subscribers: subscribers,
+                settings: key.settings,
+                host: key.host,
+                eventLoop: loop,
+                logger: logger,
+                skipped: skipped
+            )
+            let box = NIOLoopBoundBox.makeBoxSendingValue(check, eventLoop: loop)
+            loop.execute { box.value.start() }
+            next[key] = box
         }
         for (key, check) in checks where next[key] == nil {
             check.eventLoop.execute { check.value.stop() }
@@ -76,20 +91,61 @@ public final class HealthChecker: Service {
     }
 }
 
-/// The checks of one backend, on one event loop.
+/// What makes two tenants' backend checks the same probe: the address, the check's settings and, for an HTTP
+/// check, the `Host` it sends (a TCP connect sends none, so it is left out).
+struct HealthCheckKey: Hashable {
+    var address: SocketAddress
+    var settings: HealthCheckConfiguration
+    var host: String
+
+    init(address: SocketAddress, settings: HealthCheckConfiguration, host: String) {
+        self.address = address
+        self.settings = settings
+        self.host = settings.path == nil ? "" : host
+    }
+}
+
+/// One check, on one event loop, and the tenants' backends its verdicts go to.
 final class BackendCheck {
-    let backend: Backend
-    let tenant: String
+    /// A tenant's backend that takes this check's verdicts.
+    struct Subscriber {
+        var backend: Backend
+        var tenant: String
+    }
+
     let settings: HealthCheckConfiguration
     let host: String
     let eventLoop: EventLoop
     let logger: Logger
+    private(set) var subscribers: [Subscriber]
     private let skipped: SkippedChecks
     private(set) var machine: BackendHealthMachine
     private var scheduled: Scheduled<Void>?
     private var stopped = false
 
+    /// The backend probed (every subscriber has its address).
+    var backend: Backend { subscribers[0].backend }
+
     init(
+        subscribers: [Subscriber],
+        settings: HealthCheckConfiguration,
+        host: String,
+        eventLoop: EventLoop,
+        logger: Logger,
+        skipped: SkippedChecks? = nil
+    ) {
+        precondition(!subscribers.isEmpty, "a check serves at least one backend")
+        self.subscribers = subscribers
+        self.settings = settings
+        self.host = host
+        self.eventLoop = eventLoop
+        self.logger = logger
+        self.skipped = skipped ?? SkippedChecks(logger: logger)
+        self.machine = BackendHealthMachine(rise: settings.rise, fall: settings.fall)
+    }
+
+    /// A check for one tenant's backend.
+    convenience init(
         backend: Backend,
         tenant: String,
         settings: HealthCheckConfiguration,
@@ -98,14 +154,14 @@ final class BackendCheck {
         logger: Logger,
         skipped: SkippedChecks? = nil
     ) {
-        self.backend = backend
-        self.tenant = tenant
-        self.settings = settings
-        self.host = host
-        self.eventLoop = eventLoop
-        self.logger = logger
-        self.skipped = skipped ?? SkippedChecks(logger: logger)
-        self.machine = BackendHealthMachine(rise: settings.rise, fall: settings.fall)
+        self.init(
+            subscribers: [Subscriber(backend: backend, tenant: tenant)],
+            settings: settings,
+            host: host,
+            eventLoop: eventLoop,
+            logger: logger,
+            skipped: skipped
+        )
     }
 
     func start() {
@@ -117,6 +173,19 @@ final class BackendCheck {
         stopped = true
         scheduled?.cancel()
         scheduled = nil
+    }
+
+    /// The backends that share this check now (a reload added or removed tenants). One that joins a check whose
+    /// backend is down is down at once, as the others are.
+    func update(_ current: [Subscriber]) {
+        guard !current.isEmpty else { return }
+        if machine.state == .down {
+            let known = Set(subscribers.map { ObjectIdentifier($0.backend) })
+            for subscriber in current where !known.contains(ObjectIdentifier(subscriber.backend)) {
+                subscriber.backend.status.setActivelyUp(false)
+            }
+        }
+        subscribers = current
     }
 
     private func schedule(after delay: TimeAmount) {
@@ -141,28 +210,39 @@ final class BackendCheck {
             skipped.checkRan()
             record(result)
         case .noVerdict(let reason):
-            skipped.checkSkipped(backend: backend, tenant: tenant, reason: reason)
+            skipped.checkSkipped(backend: backend, tenant: subscribers[0].tenant, reason: reason)
         }
         let interval = settings.interval.nanoseconds
         let jitter = Int64.random(in: -(interval / 10)...(interval / 10))
         schedule(after: .nanoseconds(interval + jitter))
     }
 
+    /// Names the check's backend in a log line: its first tenant, and how many more share it.
+    private var subject: String {
+        let others = subscribers.count - 1
+        let first = "backend \(subscribers[0].backend) of \(subscribers[0].tenant)"
+        return others == 0 ? first : first + " (and \(others) more tenant\(others == 1 ? "" : "s"))"
+    }
+
     private func record(_ result: HealthCheckResult) {
-        backend.status.recordCheck(result)
         switch machine.record(result) {
         case .none:
             break
         case .wentDown(let failures, let reason):
-            logger.warning("backend \(backend) of \(tenant): up → down after \(failures) failures: \(reason)")
+            logger.warning("\(subject): up → down after \(failures) failures: \(reason)")
         case .cameUp(let successes):
-            logger.notice("backend \(backend) of \(tenant): down → up after \(successes) successes")
+            logger.notice("\(subject): down → up after \(successes) successes")
         }
-        // A failed check below `fall` changes nothing: in particular it must not end a passive ejection.
-        if machine.state == .down {
-            backend.status.setActivelyUp(false)
-        } else if result == .success {
-            backend.status.setActivelyUp(true)
+        let now = Date()
+        for subscriber in subscribers {
+            let status = subscriber.backend.status
+            status.recordCheck(result, at: now)
+            // A failed check below `fall` changes nothing: in particular it must not end a passive ejection.
+            if machine.state == .down {
+                status.setActivelyUp(false)
+            } else if result == .success {
+                status.setActivelyUp(true)
+            }
         }
     }
 }
