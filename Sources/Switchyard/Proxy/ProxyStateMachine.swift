@@ -447,12 +447,7 @@ struct ProxyStateMachine {
                     // A fresh connection reset before any answer: the backend's fault.
                     queue(.backendFailed(tenant: exchange.tenant?.name ?? "-", reason: "closed before answering"))
                 }
-                queue(.releaseUpstream(reusable: false))
-                if exchange.responseStarted {
-                    close()
-                } else {
-                    respondToFailedExchange(.badGateway, now: now)
-                }
+                abandonExchange(answering: .badGateway, now: now)
             case .body(.untilClose):
                 exchange.response = .complete
                 exchange.upstreamKeepAlive = false
@@ -502,24 +497,14 @@ struct ProxyStateMachine {
         case .exchanging:
             guard let exchange else { return }
             if !exchange.requestBody.isComplete, let deadline = clientDeadline, now >= deadline {
-                queue(.releaseUpstream(reusable: false))
-                if exchange.responseStarted {
-                    close()
-                } else {
-                    respondToFailedExchange(.requestTimeout, now: now)
-                }
+                abandonExchange(answering: .requestTimeout, now: now)
                 return
             }
             if let deadline = upstreamDeadline, now >= deadline {
                 queue(
                     .backendFailed(tenant: exchange.tenant?.name ?? "-", reason: "no answer within upstream_response")
                 )
-                queue(.releaseUpstream(reusable: false))
-                if exchange.responseStarted {
-                    close()
-                } else {
-                    respondToFailedExchange(.gatewayTimeout, now: now)
-                }
+                abandonExchange(answering: .gatewayTimeout, now: now)
             }
         case .tunnel:
             if let deadline = clientDeadline, now >= deadline {
@@ -841,12 +826,7 @@ struct ProxyStateMachine {
                     return
                 case .failure:
                     self.exchange = exchange
-                    queue(.releaseUpstream(reusable: false))
-                    if exchange.responseStarted {
-                        close()
-                    } else {
-                        respondToFailedExchange(.badGateway, now: now)
-                    }
+                    abandonExchange(answering: .badGateway, now: now)
                     return
                 case .complete(let head):
                     responseParser.reset()
@@ -861,12 +841,7 @@ struct ProxyStateMachine {
                                 reason: "101 to a request that asked for no upgrade"
                             )
                         )
-                        queue(.releaseUpstream(reusable: false))
-                        if exchange.responseStarted {
-                            close()
-                        } else {
-                            respondToFailedExchange(.badGateway, now: now)
-                        }
+                        abandonExchange(answering: .badGateway, now: now)
                         return
                     }
                     exchange.responseStarted = true
@@ -1062,6 +1037,17 @@ struct ProxyStateMachine {
             upstreamDeadline = nil
             requestParser.reset()
             processInbound(now: now)
+        }
+    }
+
+    /// Drops the backend connection of the current exchange and answers `status`, or, when part of the backend's
+    /// response already went to the client, closes: a response cut short can be reported no other way.
+    private mutating func abandonExchange(answering status: ErrorResponse.Status, now: NIODeadline) {
+        queue(.releaseUpstream(reusable: false))
+        if exchange?.responseStarted == true {
+            close()
+        } else {
+            respondToFailedExchange(status, now: now)
         }
     }
 
