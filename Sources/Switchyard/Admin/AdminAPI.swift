@@ -249,13 +249,7 @@ public struct AdminAPI: Sendable {
             case .failure(let refusal): return refusal.response
             }
         case ("POST", "drain", 1):
-            return write(request, actor: actor) {
-                let found: (Tenant, Backend)
-                switch findBackend(tenant: name, address: address) {
-                case .success(let value): found = value
-                case .failure(let refusal): return (.refused(refusal.response), false)
-                }
-                let (tenant, backend) = found
+            return write(request, actor: actor, tenant: name, backend: address) { tenant, backend in
                 guard !backend.status.isDrainedByOperator else { return (.backend(backend), false) }
                 backend.status.isDrainedByOperator = true
                 logger.notice(
@@ -264,13 +258,7 @@ public struct AdminAPI: Sendable {
                 return (.backend(backend), true)
             }
         case ("POST", "undrain", 1):
-            return write(request, actor: actor) {
-                let found: (Tenant, Backend)
-                switch findBackend(tenant: name, address: address) {
-                case .success(let value): found = value
-                case .failure(let refusal): return (.refused(refusal.response), false)
-                }
-                let (tenant, backend) = found
+            return write(request, actor: actor, tenant: name, backend: address) { tenant, backend in
                 guard !backend.status.isDrainedInConfiguration else {
                     // Refused whole: ending only the admin drain would answer an error while changing something.
                     let file = reloader.map { " (\($0.path))" } ?? ""
@@ -333,19 +321,29 @@ public struct AdminAPI: Sendable {
         return .success((tenant, tenant.backends[index]))
     }
 
-    /// Runs a change on a backend as one change of the version: serialised with every other, conditional on the
-    /// request's `If-Match`, and answered with the backend and the version after it.
+    /// Runs a change on backend `address` of tenant `name` as one change of the version: serialised with every
+    /// other, conditional on the request's `If-Match`, and answered with the backend and the version after it (or
+    /// the 404 of a backend that is not there).
     private func write(
         _ request: Request,
         actor: ChangeActor,
-        _ change: () -> (value: BackendChange, changed: Bool)
+        tenant name: String,
+        backend address: String,
+        _ change: (Tenant, Backend) -> (value: BackendChange, changed: Bool)
     ) -> Response {
         let precondition: ConfigurationVersion.Precondition?
         switch Self.parseIfMatch(request.ifMatch) {
         case .success(let parsed): precondition = parsed
         case .failure(let refusal): return refusal.response
         }
-        switch version.change(ifMatch: precondition, by: actor, change) {
+        // The backend is looked up inside the change, so that it is the one of the table the change applies to.
+        let outcome = version.change(ifMatch: precondition, by: actor) { () -> (value: BackendChange, changed: Bool) in
+            switch findBackend(tenant: name, address: address) {
+            case .success(let (tenant, backend)): return change(tenant, backend)
+            case .failure(let refusal): return (.refused(refusal.response), false)
+            }
+        }
+        switch outcome {
         case .mismatch(let current):
             return Self.versionMismatch(current: current, expected: request.ifMatch)
         case .done(.refused(var response), let version):
