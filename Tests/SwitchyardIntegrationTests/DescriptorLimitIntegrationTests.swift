@@ -35,7 +35,7 @@ struct DescriptorLimitIntegrationTests {
             for client in clients { close(client) }
         }
         for _ in 0..<200 {
-            clients.append(try Self.connect(port: port))
+            clients.append(try RawClient.connectedSocket(port: port))
         }
         try await Task.sleep(for: .milliseconds(300))
         let cpuBefore = process.cpuSeconds()
@@ -79,25 +79,5 @@ struct DescriptorLimitIntegrationTests {
         #expect(process.log.contains("raised the descriptor limit from 256 to 4096"))
         // 100 connections and their backend connections fit in 4096: no warning.
         #expect(!process.log.contains("descriptor limit (4096"), "\(process.log)")
-    }
-
-    /// A blocking TCP connection to 127.0.0.1:`port`; the caller closes it.
-    private static func connect(port: Int) throws -> Int32 {
-        let descriptor = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
-        guard descriptor >= 0 else { throw RawClientError.socket(errno) }
-        var address = sockaddr_in()
-        address.sin_family = sa_family_t(AF_INET)
-        address.sin_port = in_port_t(UInt16(port).bigEndian)
-        address.sin_addr.s_addr = inet_addr("127.0.0.1")
-        let result = withUnsafePointer(to: &address) {
-            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
-                Glibc.connect(descriptor, $0, socklen_t(MemoryLayout<sockaddr_in>.size))
-            }
-        }
-        guard result == 0 else {
-            close(descriptor)
-            throw RawClientError.connect(errno)
-        }
-        return descriptor
     }
 }

@@ -10,8 +10,15 @@ struct RawClient: ~Copyable {
     private let descriptor: Int32
 
     init(port: Int) throws {
+        self.descriptor = try Self.connectedSocket(port: port)
+    }
+
+    /// A blocking TCP socket connected to 127.0.0.1:`port`; the caller closes it. `configure` runs on the socket
+    /// before it connects (for options that must be set first, such as buffer sizes).
+    static func connectedSocket(port: Int, configure: (Int32) -> Void = { _ in }) throws -> Int32 {
         let descriptor = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
         guard descriptor >= 0 else { throw RawClientError.socket(errno) }
+        configure(descriptor)
         var address = sockaddr_in()
         address.sin_family = sa_family_t(AF_INET)
         address.sin_port = in_port_t(UInt16(port).bigEndian)
@@ -25,7 +32,7 @@ struct RawClient: ~Copyable {
             close(descriptor)
             throw RawClientError.connect(errno)
         }
-        self.descriptor = descriptor
+        return descriptor
     }
 
     deinit {
