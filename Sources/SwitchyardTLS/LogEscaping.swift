@@ -8,7 +8,7 @@ public enum LogEscaping {
     public static func escaped(_ text: String) -> String {
         let utf8 = text.utf8
         guard utf8.contains(where: { !isSafe($0) }) else { return text }
-        return escaped(bytes: Array(utf8))
+        return escapedCopy(utf8)
     }
 
     /// The bytes as text, every unsafe byte written as `\xHH`. Checking costs one pass and no allocation when
@@ -16,11 +16,6 @@ public enum LogEscaping {
     public static func escaped(bytes: UnsafeRawBufferPointer) -> String {
         guard bytes.contains(where: { !isSafe($0) }) else { return String(decoding: bytes, as: UTF8.self) }
         return escapedCopy(bytes)
-    }
-
-    /// The bytes as text, every unsafe byte written as `\xHH`.
-    public static func escaped(bytes: some Collection<UInt8>) -> String {
-        escapedCopy(bytes)
     }
 
     private static func escapedCopy(_ bytes: some Collection<UInt8>) -> String {
