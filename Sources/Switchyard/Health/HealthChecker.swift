@@ -33,8 +33,14 @@ public final class HealthChecker: Service {
     public func run() async throws {
         let checks = await cancelWhenGracefulShutdown {
             var checks: [HealthCheckKey: NIOLoopBoundBox<BackendCheck>] = [:]
+            var reconciled: Int?
             while !Task.isCancelled {
-                checks = await self.reconcile(checks)
+                // Walking 10,000 tenants every second for nothing costs: only a newly published table is reconciled.
+                let (table, generation) = self.routes.currentWithGeneration
+                if generation != reconciled {
+                    checks = await self.reconcile(checks, with: table)
+                    reconciled = generation
+                }
                 try? await Task.sleep(for: .seconds(1))
             }
             return checks
@@ -62,10 +68,11 @@ public final class HealthChecker: Service {
     /// Starts the checks the route table needs and has none, gives the running ones their current backends, and
     /// stops those no longer needed.
     private func reconcile(
-        _ checks: [HealthCheckKey: NIOLoopBoundBox<BackendCheck>]
+        _ checks: [HealthCheckKey: NIOLoopBoundBox<BackendCheck>],
+        with table: RouteTable
     ) async -> [HealthCheckKey: NIOLoopBoundBox<BackendCheck>] {
         var next: [HealthCheckKey: NIOLoopBoundBox<BackendCheck>] = [:]
-        for (key, subscribers) in Self.plan(routes.current) {
+        for (key, subscribers) in Self.plan(table) {
             if let existing = checks[key] {
                 next[key] = existing
                 existing.eventLoop.execute { existing.value.update(subscribers) }
@@ -225,14 +232,9 @@ final class BackendCheck {
     }
 
     private func record(_ result: HealthCheckResult) {
-        switch machine.record(result) {
-        case .none:
-            break
-        case .wentDown(let failures, let reason):
-            logger.warning("\(subject): up → down after \(failures) failures: \(reason)")
-        case .cameUp(let successes):
-            logger.notice("\(subject): down → up after \(successes) successes")
-        }
+        let transition = machine.record(result)
+        // The verdict reaches the data path before the line that announces it, so that what the log says is
+        // already true when it is read.
         let now = Date()
         for subscriber in subscribers {
             let status = subscriber.backend.status
@@ -243,6 +245,14 @@ final class BackendCheck {
             } else if result == .success {
                 status.setActivelyUp(true)
             }
+        }
+        switch transition {
+        case .none:
+            break
+        case .wentDown(let failures, let reason):
+            logger.warning("\(subject): up → down after \(failures) failures: \(reason)")
+        case .cameUp(let successes):
+            logger.notice("\(subject): down → up after \(successes) successes")
         }
     }
 }

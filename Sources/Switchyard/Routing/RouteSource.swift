@@ -7,17 +7,21 @@ import Atomics
 public final class RouteSource: Sendable {
     private final class Snapshot: AtomicReference, Sendable {
         let table: RouteTable
+        let generation: Int
 
-        init(_ table: RouteTable) {
+        init(_ table: RouteTable, generation: Int) {
             self.table = table
+            self.generation = generation
         }
     }
 
     private let snapshot: ManagedAtomic<Snapshot>
+    /// Numbers the publications, so that each stored table has its own even when two are published at once.
+    private let publications = ManagedAtomic<Int>(0)
 
     public init(_ table: RouteTable) {
         table.applyDrainMarks()
-        self.snapshot = ManagedAtomic(Snapshot(table))
+        self.snapshot = ManagedAtomic(Snapshot(table, generation: 0))
     }
 
     /// The table requests are routed by now.
@@ -25,9 +29,17 @@ public final class RouteSource: Sendable {
         snapshot.load(ordering: .acquiring).table
     }
 
+    /// The table requests are routed by now and the number of its publication (0 for the first): a follower that
+    /// only acts on changes (the health checker) compares the number instead of walking the table.
+    var currentWithGeneration: (table: RouteTable, generation: Int) {
+        let current = snapshot.load(ordering: .acquiring)
+        return (current.table, current.generation)
+    }
+
     /// Replaces the table; requests already routed are not affected.
     public func publish(_ table: RouteTable) {
         table.applyDrainMarks()
-        snapshot.store(Snapshot(table), ordering: .releasing)
+        let generation = publications.wrappingIncrementThenLoad(ordering: .relaxed)
+        snapshot.store(Snapshot(table, generation: generation), ordering: .releasing)
     }
 }
