@@ -58,10 +58,25 @@ let package = Package(
                 .product(name: "GRDB", package: "GRDB.swift")
             ]
         ),
+        // The control plane: builds routing snapshots from the file and the store, answers the admin API's
+        // tenant endpoints. Depends on both; neither depends on it.
+        .target(
+            name: "SwitchyardControl",
+            dependencies: [
+                "Switchyard",
+                "SwitchyardStore",
+                "SwitchyardTLS",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "Yams", package: "Yams"),
+            ]
+        ),
         .executableTarget(
             name: "switchyard",
             dependencies: [
                 "Switchyard",
+                "SwitchyardControl",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),

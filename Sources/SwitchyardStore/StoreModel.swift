@@ -124,6 +124,8 @@ public enum ChangeAction: String, Sendable, Hashable, CaseIterable {
     case certificateAdd = "certificate.add"
     case certificateReplace = "certificate.replace"
     case certificateRemove = "certificate.remove"
+    /// The configuration file was reloaded (SIGHUP or `switchyard reload`); its subject is the file.
+    case configurationReload = "configuration.reload"
 }
 
 /// One entry of the audit log. A write that changes several things (an `apply`, a tenant removed together with its

@@ -221,6 +221,16 @@ public struct StoreTransaction: ~Copyable {
         return removed
     }
 
+    // MARK: The configuration file
+
+    /// Records that the configuration file `file` was reloaded, serving `tenants` tenants: the file is not in the
+    /// store, but its reload is a change of what is served, so it gets a version and an audit record like any other.
+    public mutating func recordReload(of file: String, tenants: Int) throws(StoreError) {
+        try mutate { _, log in
+            try log.append(.configurationReload, subject: file, before: nil, after: try Self.json(["tenants": tenants]))
+        }
+    }
+
     // MARK: Machinery
 
     /// Runs one mutation in a savepoint, so that it is applied whole or not at all, and keeps its change records.

@@ -13,19 +13,13 @@ public final class TLSContext: @unchecked Sendable {
     let pointer: OpaquePointer
     /// DNS names the certificate covers (subject alternative names, lower case; wildcards as `*.example.test`).
     public let names: [String]
-    /// Where the chain and key were read from.
-    public let certificatePath: String
-    public let keyPath: String
+    /// Where the chain and key came from, for log lines: the chain's file, or the tenant it was uploaded for.
+    public let source: String
 
     /// Reads and checks a PEM chain and key: both must parse, the key must match the certificate, and the
     /// certificate must be valid now.
     public init(certificatePath: String, keyPath: String, policy: TLSPolicy = TLSPolicy()) throws(TLSError) {
-        OpenSSLErrorQueue.clear()
-        guard let context = SSL_CTX_new(TLS_server_method()) else {
-            throw .drainingQueue("cannot create an OpenSSL context")
-        }
-        do throws(TLSError) {
-            try Self.configure(context, policy: policy)
+        let (pointer, names) = try Self.make(policy: policy, name: certificatePath) { context throws(TLSError) in
             guard SSL_CTX_use_certificate_chain_file(context, certificatePath) == 1 else {
                 throw TLSError.drainingQueue("cannot read the certificate chain \(certificatePath)")
             }
@@ -37,24 +31,66 @@ public final class TLSContext: @unchecked Sendable {
                     "the private key \(keyPath) does not match the certificate \(certificatePath)"
                 )
             }
+        }
+        self.pointer = pointer
+        self.names = names
+        self.source = certificatePath
+    }
+
+    /// Builds a context from a chain and key given as PEM text (a certificate uploaded through the admin API),
+    /// checked as ``init(certificatePath:keyPath:policy:)`` checks files.
+    ///
+    /// - Parameter label: what errors and logs call the certificate (`tenant shop`).
+    public init(chainPEM: String, keyPEM: String, label: String, policy: TLSPolicy = TLSPolicy()) throws(TLSError) {
+        let certificate = try PEMCertificate(chainPEM: chainPEM, keyPEM: keyPEM)
+        let (pointer, names) = try Self.make(policy: policy, name: label) { context throws(TLSError) in
+            guard SSL_CTX_use_certificate(context, certificate.leaf) == 1,
+                SSL_CTX_use_PrivateKey(context, certificate.key) == 1
+            else {
+                throw TLSError.drainingQueue("cannot use the certificate of \(label)")
+            }
+            for intermediate in certificate.chain.dropFirst() {
+                // The context takes ownership of what it is given: it gets its own reference.
+                _ = X509_up_ref(intermediate)
+                guard c_openssl_SSL_CTX_add_extra_chain_cert(context, intermediate) == 1 else {
+                    X509_free(intermediate)
+                    throw TLSError.drainingQueue("cannot add the chain of \(label)")
+                }
+            }
+        }
+        self.pointer = pointer
+        self.names = names
+        self.source = label
+    }
+
+    /// A new `SSL_CTX` with the policy, given its certificate and key by `load`, then checked for validity now.
+    private static func make(
+        policy: TLSPolicy,
+        name: String,
+        load: (OpaquePointer) throws(TLSError) -> Void
+    ) throws(TLSError) -> (OpaquePointer, [String]) {
+        OpenSSLErrorQueue.clear()
+        guard let context = SSL_CTX_new(TLS_server_method()) else {
+            throw .drainingQueue("cannot create an OpenSSL context")
+        }
+        do throws(TLSError) {
+            try Self.configure(context, policy: policy)
+            try load(context)
             guard let leaf = SSL_CTX_get0_certificate(context) else {
-                throw TLSError("\(certificatePath) holds no certificate")
+                throw TLSError("\(name) holds no certificate")
             }
             if X509_cmp_current_time(X509_get0_notAfter(leaf)) < 0 {
-                throw TLSError("the certificate \(certificatePath) has expired")
+                throw TLSError("the certificate \(name) has expired")
             }
             if X509_cmp_current_time(X509_get0_notBefore(leaf)) > 0 {
-                throw TLSError("the certificate \(certificatePath) is not valid yet")
+                throw TLSError("the certificate \(name) is not valid yet")
             }
-            self.names = Self.dnsNames(of: leaf)
+            return (context, Self.dnsNames(of: leaf))
         } catch {
             SSL_CTX_free(context)
             OpenSSLErrorQueue.clear()
             throw error
         }
-        self.pointer = context
-        self.certificatePath = certificatePath
-        self.keyPath = keyPath
     }
 
     deinit {
@@ -64,6 +100,10 @@ public final class TLSContext: @unchecked Sendable {
     /// Whether the certificate covers `host` (normalised: lower case, no port): an exact name, or a wildcard
     /// covering exactly one leftmost label (RFC 6125).
     public func covers(host: String) -> Bool {
+        Self.covers(host: host, names: names)
+    }
+
+    static func covers(host: String, names: [String]) -> Bool {
         for name in names {
             if name == host { return true }
             if name.hasPrefix("*."), let dot = host.firstIndex(of: "."),
@@ -109,7 +149,7 @@ public final class TLSContext: @unchecked Sendable {
     }
 
     /// The subject alternative DNS names of `certificate`, lower-cased.
-    private static func dnsNames(of certificate: OpaquePointer) -> [String] {
+    static func dnsNames(of certificate: OpaquePointer) -> [String] {
         guard let extensionData = X509_get_ext_d2i(certificate, NID_subject_alt_name, nil, nil) else { return [] }
         let stack = OpaquePointer(extensionData)
         defer { GENERAL_NAMES_free(stack) }

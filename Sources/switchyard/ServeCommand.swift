@@ -5,6 +5,7 @@ import NIOCore
 import NIOPosix
 import ServiceLifecycle
 import Switchyard
+import SwitchyardControl
 import SwitchyardTLS
 
 /// Options every command that runs the balancer shares.
@@ -80,20 +81,22 @@ enum Balancer {
 
     static func run(configuration: Configuration, options: RunOptions, extraServices: [any Service]) async throws {
         let logger = Logger(label: "switchyard")
-        let routes: RouteSource
+        // SWITCHYARD_STATE names the store instead of the file's `state:` (tests give each balancer its own).
+        let statePath = ProcessInfo.processInfo.environment["SWITCHYARD_STATE"].flatMap { $0.isEmpty ? nil : $0 }
+        let controlPlane: ControlPlane
         do {
-            routes = RouteSource(try RouteTable(configuration: configuration))
+            controlPlane = try ControlPlane(
+                file: configuration,
+                configurationPath: options.config,
+                statePath: statePath ?? configuration.statePath,
+                logger: logger
+            )
         } catch {
             logger.critical("refusing to start: \(options.config): \(error)")
             throw ExitCode(2)
         }
-        let certificates: CertificateSource?
-        do {
-            certificates = try CertificateStore.load(configuration: configuration).map(CertificateSource.init)
-        } catch {
-            logger.critical("refusing to start: \(error)")
-            throw ExitCode(2)
-        }
+        let routes = controlPlane.routes
+        let certificates = controlPlane.certificates
         // The TCP listener's tokens, read (and their file's permissions checked) once, at start.
         var adminTCP: AdminServer.TCPListener?
         if let address = configuration.admin.listen, let tokenFile = configuration.admin.tokenFile {
@@ -116,23 +119,30 @@ enum Balancer {
         )
         // The server binds inside the service group, so SIGTERM is handled from the moment the ports accept.
         logger.info(
-            "switchyard \(SwitchyardVersion.current) serving \(configuration.tenants.count) tenants on \(threads) workers"
+            "switchyard \(SwitchyardVersion.current) serving \(routes.current.tenants.count) tenants on \(threads) workers"
         )
-        // One version for the admin API and the reloader: every change through either advances it.
-        let version = ConfigurationVersion()
+        // One version for the admin API, the reloader and the control plane: the store's revision.
+        let version = controlPlane.version
         let reloader = ConfigurationReloader(
             path: options.config,
             configuration: configuration,
             routes: routes,
             certificates: certificates,
             logger: logger,
-            version: version
+            version: version,
+            publisher: controlPlane
         )
         let ticketRotation: [any Service] = certificates.map { [$0.current.ticketKeys] } ?? []
         let healthChecker = HealthChecker(routes: routes, group: group, logger: logger)
         // SWITCHYARD_ADMIN names the socket for the operator commands; the server honours it too, so both agree.
         let adminPath = ProcessInfo.processInfo.environment["SWITCHYARD_ADMIN"].flatMap { $0.isEmpty ? nil : $0 }
-        let api = AdminAPI(routes: routes, logger: logger, version: version, reloader: reloader) {
+        let api = AdminAPI(
+            routes: routes,
+            logger: logger,
+            version: version,
+            reloader: reloader,
+            resources: controlPlane
+        ) {
             server.openConnections
         }
         // The admin server runs on its own event loop, so admin traffic cannot delay the workers'.

@@ -17,8 +17,10 @@ import NIOCore
 /// Errors are `{"error": {"code": "…", "message": "…"}}`, the code one of ``ErrorCode``'s stable names and the
 /// message saying what to do. Over TCP (``Access/bearer(_:)``) every request needs `Authorization: Bearer TOKEN`.
 ///
-/// A drain lasts across reloads (the backend keeps its state while it stays in the configuration) but not across a
-/// restart: there is no state store yet.
+/// Everything else under `/v1/` (tenants, domains, backends, certificates, apply, changes) is answered by the
+/// ``AdminResources`` given, the control plane with its state store; without one, those paths are 404. A drain lasts
+/// across reloads (the backend keeps its state while it stays in the configuration), and across restarts when the
+/// resources record it (``AdminResources/recordDrain(_:tenant:backend:by:)``).
 public struct AdminAPI: Sendable {
     /// What of a request the endpoints look at.
     public struct Request: Sendable {
@@ -30,7 +32,7 @@ public struct AdminAPI: Sendable {
         public var ifMatch: [String]
         /// The values of the `Authorization` fields.
         public var authorization: [String]
-        /// The body, at most ``AdminAPI/maximumBodyBytes`` (no endpoint takes one yet).
+        /// The body, at most ``AdminAPI/maximumBodyBytes``.
         public var body: ByteBuffer
 
         public init(
@@ -70,6 +72,11 @@ public struct AdminAPI: Sendable {
         /// A 401's `WWW-Authenticate` challenge.
         public var authenticate: String? = nil
 
+        public init(status: Int, body: Data) {
+            self.status = status
+            self.body = body
+        }
+
         /// The fields of the answer besides `Content-Type` and `Content-Length`.
         public var headers: [(name: String, value: String)] {
             var fields: [(name: String, value: String)] = []
@@ -108,14 +115,31 @@ public struct AdminAPI: Sendable {
         case versionMismatch = "version_mismatch"
         /// 413: a request body over ``AdminAPI/maximumBodyBytes``.
         case bodyTooLarge = "body_too_large"
-        /// 503: the endpoint cannot work in this process (`reload` without a configuration file).
+        /// 503: the endpoint cannot work in this process (`reload` without a configuration file), or the state store
+        /// cannot be written (full disk, I/O error): nothing was changed.
         case unavailable
+        /// 400: a tenant, domain or backend refused by the configuration's own rules (the message names the key).
+        case invalidTenant = "invalid_tenant"
+        /// 409: a tenant added that exists already.
+        case tenantExists = "tenant_exists"
+        /// 409: a write on a tenant of the configuration file, which the API cannot change (edit the file).
+        case fileTenant = "file_tenant"
+        /// 409: a backend added that the tenant has already, or the last domain or backend removed.
+        case conflict
         /// 500: the answer could not be encoded.
         case internalError = "internal_error"
     }
 
     /// The largest request body taken; a larger one is answered 413 and its connection closed.
     public static let maximumBodyBytes = 1 << 20
+    /// The largest body of `POST /v1/apply`, which carries every API-managed tenant at once (10,000 tenants are
+    /// about 2 MiB of JSON).
+    public static let maximumApplyBodyBytes = 64 << 20
+
+    /// Whether a request is `POST /v1/apply`, whose body may be up to ``maximumApplyBodyBytes``.
+    public static func isApply(method: String, target: String) -> Bool {
+        method == "POST" && (target == "/v1/apply" || target.hasPrefix("/v1/apply?"))
+    }
 
     private let routes: RouteSource
     private let connections: @Sendable () -> Int
@@ -123,18 +147,22 @@ public struct AdminAPI: Sendable {
     /// The version every answer carries; drains and undrains advance it.
     public let version: ConfigurationVersion
     private let reloader: ConfigurationReloader?
+    private let resources: (any AdminResources)?
 
     /// - Parameters:
     ///   - version: the configuration version; the same object as `reloader`'s, so that reloads advance it too.
     ///   - reloader: what `POST /v1/reload` runs; without one, that endpoint answers 503.
+    ///   - resources: what answers the endpoints of tenants, certificates, apply and changes, and records drains.
     ///   - connections: the client connections open now, for the status report.
     public init(
         routes: RouteSource,
         logger: Logger,
         version: ConfigurationVersion = ConfigurationVersion(),
         reloader: ConfigurationReloader? = nil,
+        resources: (any AdminResources)? = nil,
         connections: @escaping @Sendable () -> Int
     ) {
+        self.resources = resources
         self.routes = routes
         self.logger = logger
         self.version = version
@@ -178,7 +206,7 @@ public struct AdminAPI: Sendable {
         var response = Self.error(
             413,
             .bodyTooLarge,
-            "the request body is over \(Self.maximumBodyBytes) bytes (1 MiB), the most the admin API takes"
+            "the request body is over the most the admin API takes: 1 MiB, 64 MiB for POST /v1/apply"
         )
         response.version = version.current
         return response
@@ -221,8 +249,16 @@ public struct AdminAPI: Sendable {
             }
             return reload(request, actor: actor)
         case ("tenants", _) where rest.count >= 4 && rest[2] == "backends":
+            // Removing a backend and setting its weight are the resources' (they change the tenant); reading,
+            // draining and undraining are answered here.
+            if let resources, let response = resources.respond(to: request, path: rest, actor: actor) {
+                return response
+            }
             return backendRequest(request, tenant: rest[1], backend: rest[3], action: rest[4...], actor: actor)
         default:
+            if let resources, let response = resources.respond(to: request, path: rest, actor: actor) {
+                return response
+            }
             return Self.error(404, .notFound, "no such endpoint: \(method) \(path)")
         }
     }
@@ -293,9 +329,13 @@ public struct AdminAPI: Sendable {
         }
     }
 
-    /// A 404 as a value, so that lookups can return it through `Result`.
-    struct Refusal: Error {
-        var response: Response
+    /// An error answer as a value, so that lookups and checks can return it through `Result`.
+    public struct Refusal: Error {
+        public var response: Response
+
+        public init(response: Response) {
+            self.response = response
+        }
     }
 
     private func findBackend(tenant name: String, address: String) -> Result<(Tenant, Backend), Refusal> {
@@ -337,10 +377,23 @@ public struct AdminAPI: Sendable {
         case .failure(let refusal): return refusal.response
         }
         // The backend is looked up inside the change, so that it is the one of the table the change applies to.
-        let outcome = version.change(ifMatch: precondition, by: actor) { () -> (value: BackendChange, changed: Bool) in
+        let outcome = version.commit(ifMatch: precondition) { current -> (value: BackendChange, version: Int64) in
+            let found: (Tenant, Backend)
             switch findBackend(tenant: name, address: address) {
-            case .success(let (tenant, backend)): return change(tenant, backend)
-            case .failure(let refusal): return (.refused(refusal.response), false)
+            case .success(let backend): found = backend
+            case .failure(let refusal): return (.refused(refusal.response), current)
+            }
+            let wasDrained = found.1.status.isDrainedByOperator
+            let (value, changed) = change(found.0, found.1)
+            guard changed else { return (value, current) }
+            guard let resources else { return (value, current + 1) }
+            switch resources.recordDrain(found.1.status.isDrainedByOperator, tenant: name, backend: found.1, by: actor)
+            {
+            case .success(let committed):
+                return (value, committed)
+            case .failure(let refusal):
+                found.1.status.isDrainedByOperator = wasDrained
+                return (.refused(refusal.response), current)
             }
         }
         switch outcome {
@@ -396,6 +449,7 @@ public struct AdminAPI: Sendable {
                 case .configuration: (400, .invalidConfiguration)
                 case .certificate: (400, .invalidCertificate)
                 case .conflict: (409, .domainTaken)
+                case .unavailable: (503, .unavailable)
                 }
             var response = Self.error(
                 status,
@@ -410,7 +464,7 @@ public struct AdminAPI: Sendable {
     // MARK: Versions
 
     /// The `If-Match` of a write: absent, `*`, or a list of versions written `"N"` (the ETag) or `N`.
-    static func parseIfMatch(_ fields: [String]) -> Result<ConfigurationVersion.Precondition?, Refusal> {
+    public static func parseIfMatch(_ fields: [String]) -> Result<ConfigurationVersion.Precondition?, Refusal> {
         guard !fields.isEmpty else { return .success(nil) }
         var versions: [Int64] = []
         for item in fields.joined(separator: ",").split(separator: ",") {
@@ -443,7 +497,8 @@ public struct AdminAPI: Sendable {
         return .success(.oneOf(versions))
     }
 
-    private static func versionMismatch(current: Int64, expected: [String]) -> Response {
+    /// The 412 of a write whose `If-Match` names another version than `current`.
+    public static func versionMismatch(current: Int64, expected: [String]) -> Response {
         var response = error(
             412,
             .versionMismatch,
@@ -467,11 +522,11 @@ public struct AdminAPI: Sendable {
     }
 
     /// A resource with the version after a write: its own keys and `"version": N`, in one object.
-    private struct Versioned<Resource: Encodable>: Encodable {
+    public struct Versioned<Resource: Encodable>: Encodable {
         var resource: Resource
         var version: Int64
 
-        init(_ resource: Resource, version: Int64) {
+        public init(_ resource: Resource, version: Int64) {
             self.resource = resource
             self.version = version
         }
@@ -480,14 +535,15 @@ public struct AdminAPI: Sendable {
             case version
         }
 
-        func encode(to encoder: any Encoder) throws {
+        public func encode(to encoder: any Encoder) throws {
             try resource.encode(to: encoder)
             var container = encoder.container(keyedBy: Key.self)
             try container.encode(version, forKey: .version)
         }
     }
 
-    private static func json(_ status: Int, _ value: some Encodable) -> Response {
+    /// An answer with `value` as pretty-printed JSON with sorted keys.
+    public static func json(_ status: Int, _ value: some Encodable) -> Response {
         let encoder = JSONEncoder()
         encoder.outputFormatting = [.prettyPrinted, .sortedKeys, .withoutEscapingSlashes]
         guard let body = try? encoder.encode(value) else {
@@ -499,9 +555,29 @@ public struct AdminAPI: Sendable {
         return Response(status: status, body: body)
     }
 
-    static func error(_ status: Int, _ code: ErrorCode, _ message: String, allow: String? = nil) -> Response {
+    /// An error answer: `{"error": {"code": …, "message": …}}`.
+    public static func error(_ status: Int, _ code: ErrorCode, _ message: String, allow: String? = nil) -> Response {
         var response = json(status, ErrorBody(error: .init(code: code.rawValue, message: message)))
         response.allow = allow
         return response
     }
+}
+
+/// The endpoints of the admin API beyond status, drains and reload: tenants, domains, backends, certificates, apply
+/// and the change log, all of which need the state store. The control plane implements it; ``AdminAPI`` asks it for
+/// every path it does not serve itself.
+public protocol AdminResources: Sendable {
+    /// The answer to `request`, whose path after `/v1/` is `path` (decoded segments); `nil` when no endpoint has
+    /// that path.
+    func respond(to request: AdminAPI.Request, path: [String], actor: ChangeActor) -> AdminAPI.Response?
+
+    /// Makes an admin drain (`drained`) or undrain of `backend` of tenant `tenant` durable. Called inside the
+    /// configuration version's change, after the backend's state was changed; answers the version committed, or the
+    /// error to answer (the change is then undone).
+    func recordDrain(
+        _ drained: Bool,
+        tenant: String,
+        backend: Backend,
+        by actor: ChangeActor
+    ) -> Result<Int64, AdminAPI.Refusal>
 }

@@ -30,6 +30,8 @@ final class AdminConnectionHandler: ChannelDuplexHandler {
     private let access: AdminAPI.Access
     private let idleTimeout: TimeAmount
     private let maximumBodyBytes: Int
+    /// The limit of the request being read: ``maximumBodyBytes``, or more for an apply.
+    private var bodyLimit: Int
     /// The request whose head came and whose end has not.
     private var head: HTTPRequestHead?
     /// Its body so far.
@@ -59,6 +61,7 @@ final class AdminConnectionHandler: ChannelDuplexHandler {
         self.access = access
         self.idleTimeout = idleTimeout
         self.maximumBodyBytes = maximumBodyBytes
+        self.bodyLimit = maximumBodyBytes
     }
 
     func handlerAdded(context: ChannelHandlerContext) {
@@ -89,8 +92,11 @@ final class AdminConnectionHandler: ChannelDuplexHandler {
         case .head(let head):
             lastActivity = context.eventLoop.now
             // A declared length over the limit is refused before any of the body is read (nginx does the same).
+            bodyLimit =
+                AdminAPI.isApply(method: head.method.rawValue, target: head.uri)
+                ? max(maximumBodyBytes, AdminAPI.maximumApplyBodyBytes) : maximumBodyBytes
             if let declared = head.headers.first(name: "Content-Length"), let length = Int(declared),
-                length > maximumBodyBytes
+                length > bodyLimit
             {
                 refuseBody(context: context)
                 return
@@ -99,7 +105,7 @@ final class AdminConnectionHandler: ChannelDuplexHandler {
             body.clear()
         case .body(var part):
             guard head != nil else { return }
-            guard body.readableBytes + part.readableBytes <= maximumBodyBytes else {
+            guard body.readableBytes + part.readableBytes <= bodyLimit else {
                 refuseBody(context: context)
                 return
             }

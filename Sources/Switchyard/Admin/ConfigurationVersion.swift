@@ -9,10 +9,9 @@ import NIOConcurrencyHelpers
 /// (the admin event loop, the SIGHUP task), and compares the writer's version with the current one under the same
 /// lock, so two writers that read version 7 cannot both apply a change "at 7": the second gets a mismatch.
 ///
-/// In memory for now, starting at 1 with each process. The state store will own the counter instead: its revision,
-/// advanced in the change's own transaction, takes the place of ``current``, and ``change(ifMatch:by:_:)`` becomes
-/// that transaction. Callers only see the protocol of this type (read the version; run a change at an expected
-/// version; learn the version after it), which the store keeps.
+/// Without a state store it lives in memory, starting at 1 with each process. With one, it starts at the store's
+/// revision and every change is a store write run through ``commit(ifMatch:_:)``, which takes the version the
+/// write committed, so that the version an answer carries is always the store's revision.
 public final class ConfigurationVersion: Sendable {
     /// The version, changed only under the lock, by the change that advances it.
     private let value: NIOLockedValueBox<Int64>
@@ -20,9 +19,10 @@ public final class ConfigurationVersion: Sendable {
     /// change in progress: a reload holds the lock for as long as the file takes to load.
     private let published: ManagedAtomic<Int64>
 
-    /// - Parameter initial: the version before any change; at least 1, so that no version is ever 0.
+    /// - Parameter initial: the version before any change: 1 in memory, the store's revision (0 for a new store)
+    ///   with one.
     public init(initial: Int64 = 1) {
-        precondition(initial >= 1, "configuration versions start at 1")
+        precondition(initial >= 0, "configuration versions are never negative")
         value = NIOLockedValueBox(initial)
         published = ManagedAtomic(initial)
     }
@@ -70,13 +70,26 @@ public final class ConfigurationVersion: Sendable {
         by actor: ChangeActor,
         _ change: () -> (value: Value, changed: Bool)
     ) -> Outcome<Value> {
+        commit(ifMatch: precondition) { version in
+            let (result, changed) = change()
+            return (result, changed ? version + 1 : version)
+        }
+    }
+
+    /// Runs `change` as ``change(ifMatch:by:_:)`` does, for a change that decides the version itself: it gets the
+    /// current version and returns the one it committed (a store write's revision), which becomes ``current``. A
+    /// version lower than the current one is ignored: versions never go back.
+    public func commit<Value>(
+        ifMatch precondition: Precondition?,
+        _ change: (_ current: Int64) -> (value: Value, version: Int64)
+    ) -> Outcome<Value> {
         value.withLockedValue { version in
             if let precondition, !precondition.matches(version) {
                 return .mismatch(current: version)
             }
-            let (result, changed) = change()
-            if changed {
-                version += 1
+            let (result, committed) = change(version)
+            if committed > version {
+                version = committed
                 published.store(version, ordering: .releasing)
             }
             return .done(result, version: version)

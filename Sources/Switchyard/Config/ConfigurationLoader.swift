@@ -60,6 +60,54 @@ public enum ConfigurationLoader {
         return try Self.configuration(from: document)
     }
 
+    /// Parses the tenants of an `apply` file or body: a list of tenants in the configuration's own keys, or a
+    /// mapping whose `tenants` key holds one (so that a copy of a configuration file's `tenants:` section works
+    /// either way). YAML and JSON are both accepted. Tenants managed through the admin API cannot name certificate
+    /// files (their certificates are uploaded, `switchyard certs add`), so `certificate` and `key` are refused.
+    ///
+    /// - Parameter file: what errors call the document (the file's path, or `request body`).
+    public static func parseManagedTenants(
+        yaml: String,
+        file: String
+    ) throws(ConfigurationError)
+        -> [TenantConfiguration]
+    {
+        let document = try Self.document(yaml: yaml, file: file)
+        let list: ConfigurationNode
+        if case .mapping = document.node {
+            let top = try document.mapping(acceptedKeys: ["tenants"])
+            guard let tenants = top["tenants"] else { return [] }
+            list = tenants
+        } else {
+            list = document
+        }
+        return try Self.tenants(list, allowsFiles: false)
+    }
+
+    /// Parses one tenant managed through the admin API (a `tenants add` or replace body), as
+    /// ``parseManagedTenants(yaml:file:)`` parses each of a list.
+    public static func parseManagedTenant(
+        yaml: String,
+        file: String
+    ) throws(ConfigurationError)
+        -> TenantConfiguration
+    {
+        try Self.tenant(Self.document(yaml: yaml, file: file), allowsFiles: false).0
+    }
+
+    private static func document(yaml: String, file: String) throws(ConfigurationError) -> ConfigurationNode {
+        let root: Node?
+        do {
+            root = try Yams.compose(yaml: yaml.hasPrefix("\u{FEFF}") ? String(yaml.dropFirst()) : yaml)
+        } catch {
+            throw Self.syntaxError(error, file: file)
+        }
+        guard let root else {
+            throw ConfigurationError(file: file, line: nil, key: "", reason: "is empty; expected tenants")
+        }
+        return ConfigurationNode(node: root, path: "", line: root.mark?.line, file: file)
+    }
+
     // MARK: - Top level
 
     private enum Key {
@@ -389,13 +437,16 @@ public enum ConfigurationLoader {
 
     // MARK: - tenants
 
-    private static func tenants(_ node: ConfigurationNode) throws(ConfigurationError) -> [TenantConfiguration] {
+    private static func tenants(
+        _ node: ConfigurationNode,
+        allowsFiles: Bool = true
+    ) throws(ConfigurationError) -> [TenantConfiguration] {
         var tenants: [TenantConfiguration] = []
         var tenantPaths: [String: String] = [:]
         // Normalised domain -> index of the tenant owning it.
         var domainOwners: [String: Int] = [:]
         for tenantNode in try node.list(description: "a list of tenants") {
-            let (tenant, nameNode, domainNodes) = try Self.tenant(tenantNode)
+            let (tenant, nameNode, domainNodes) = try Self.tenant(tenantNode, allowsFiles: allowsFiles)
             if let earlier = tenantPaths[tenant.name] {
                 throw nameNode.error("tenant '\(tenant.name)' is already declared at \(earlier); names must be unique")
             }
@@ -418,10 +469,17 @@ public enum ConfigurationLoader {
 
     /// One tenant, with the nodes of its name and of each of its domains for errors that involve other tenants.
     private static func tenant(
-        _ node: ConfigurationNode
+        _ node: ConfigurationNode,
+        allowsFiles: Bool = true
     ) throws(ConfigurationError) -> (TenantConfiguration, nameNode: ConfigurationNode, domainNodes: [ConfigurationNode])
     {
         let mapping = try node.mapping(acceptedKeys: Key.tenant)
+        if !allowsFiles, let file = mapping["certificate"] ?? mapping["key"] {
+            throw file.error(
+                "a tenant managed through the admin API cannot name certificate files; upload its certificate with "
+                    + "`switchyard certs add NAME --cert FILE --key FILE` (PUT /v1/tenants/NAME/certificate)"
+            )
+        }
         let nameExpected = "a name of letters, digits, '.', '_' and '-' (at most \(Self.maximumTenantNameLength))"
         let nameNode = try mapping.required("name", expected: nameExpected)
         let name = try nameNode.nonEmptyString(expected: nameExpected)

@@ -41,7 +41,7 @@ public final class BackendStatus: Sendable {
     public init() {}
 
     /// Whether new requests may go to the backend.
-    func isAvailable(now: NIODeadline) -> Bool {
+    public func isAvailable(now: NIODeadline) -> Bool {
         guard activelyUp.load(ordering: .relaxed), !drainedByOperator.load(ordering: .relaxed),
             !drainedInConfiguration.load(ordering: .relaxed)
         else { return false }

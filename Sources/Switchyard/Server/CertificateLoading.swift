@@ -6,11 +6,17 @@ extension CertificateStore {
     ///
     /// Certificate decoding takes OpenSSL 3's global locks: call this off the event loops.
     ///
-    /// - Parameter ticketKeys: the running store's session-ticket keys, kept across a reload so that sessions
-    ///   resume; a new ring when `nil`.
+    /// - Parameters:
+    ///   - ticketKeys: the running store's session-ticket keys, kept across a reload so that sessions resume; a
+    ///     new ring when `nil`.
+    ///   - uploaded: certificates uploaded through the admin API (validated when they were), whose contexts are
+    ///     built on first use.
+    ///   - cache: the running store's cache of those contexts; a new one when `nil`.
     public static func load(
         configuration: Configuration,
-        ticketKeys: TicketKeyRing? = nil
+        ticketKeys: TicketKeyRing? = nil,
+        uploaded: [UploadedCertificate] = [],
+        cache: TLSContextCache? = nil
     ) throws(TLSError) -> CertificateStore? {
         guard let files = configuration.tls else { return nil }
         let policy = configuration.tlsPolicy
@@ -30,6 +36,12 @@ extension CertificateStore {
         } else {
             ring = try TicketKeyRing(rotationInterval: .nanoseconds(policy.ticketKeyRotation.nanoseconds))
         }
-        return CertificateStore(defaultContext: defaultContext, contexts: contexts, ticketKeys: ring)
+        return CertificateStore(
+            defaultContext: defaultContext,
+            contexts: contexts,
+            uploaded: uploaded,
+            cache: cache ?? TLSContextCache(policy: policy),
+            ticketKeys: ring
+        )
     }
 }

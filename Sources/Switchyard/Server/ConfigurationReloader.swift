@@ -21,6 +21,9 @@ public final class ConfigurationReloader: Service {
     private let applied: NIOLockedValueBox<Configuration>
     /// Advanced by every reload that is applied; also what serialises reloads with the admin API's other changes.
     private let version: ConfigurationVersion
+    /// What builds and publishes the snapshot of a loaded file when the process has more to serve than the file
+    /// (the state store's tenants); `nil` when the file is everything.
+    private let publisher: (any ConfigurationPublisher)?
 
     /// - Parameter version: the configuration version the admin API answers with, advanced by each reload.
     public init(
@@ -29,8 +32,10 @@ public final class ConfigurationReloader: Service {
         routes: RouteSource,
         certificates: CertificateSource?,
         logger: Logger,
-        version: ConfigurationVersion = ConfigurationVersion()
+        version: ConfigurationVersion = ConfigurationVersion(),
+        publisher: (any ConfigurationPublisher)? = nil
     ) {
+        self.publisher = publisher
         self.path = path
         self.routes = routes
         self.certificates = certificates
@@ -58,32 +63,36 @@ public final class ConfigurationReloader: Service {
         ifMatch precondition: ConfigurationVersion.Precondition? = nil,
         by actor: ChangeActor
     ) -> ConfigurationVersion.Outcome<Result<Int, ReloadFailure>> {
-        version.change(ifMatch: precondition, by: actor) {
-            let result = self.loadAndPublish(by: actor)
-            return (result, (try? result.get()) != nil)
+        version.commit(ifMatch: precondition) { current in
+            let next: Configuration
+            do {
+                next = try ConfigurationLoader.load(path: path)
+            } catch {
+                return (.failure(refused(ReloadFailure(error), by: actor)), current)
+            }
+            guard let publisher else {
+                let result = publishFile(next, by: actor)
+                return (result, (try? result.get()) == nil ? current : current + 1)
+            }
+            switch publisher.publish(file: next, by: actor) {
+            case .success(let (tenants, committed)):
+                recordApplied(next, tenants: tenants, by: actor)
+                return (.success(tenants), committed)
+            case .failure(let failure):
+                return (.failure(refused(failure, by: actor)), current)
+            }
         }
     }
 
-    private func loadAndPublish(by actor: ChangeActor) -> Result<Int, ReloadFailure> {
-        let next: Configuration
+    /// Builds and publishes the routes and certificates of the file alone.
+    private func publishFile(_ next: Configuration, by actor: ChangeActor) -> Result<Int, ReloadFailure> {
         let table: RouteTable
         let store: CertificateStore?
         do {
-            next = try ConfigurationLoader.load(path: path)
             table = try RouteTable(configuration: next, previous: routes.current)
             store = try CertificateStore.load(configuration: next, ticketKeys: certificates?.current.ticketKeys)
         } catch {
-            let failure = ReloadFailure(error)
-            logger.error("reload refused (by \(actor)), keeping the running configuration: \(failure)")
-            return .failure(failure)
-        }
-        let previous = applied.withLockedValue { $0 }
-        if next.listen != previous.listen || next.workers != previous.workers || next.timeouts != previous.timeouts
-            || next.limits != previous.limits || next.accessLog != previous.accessLog || next.admin != previous.admin
-        {
-            logger.warning(
-                "reload: listen, workers, timeouts, limits, admin and access_log changes take effect after a restart"
-            )
+            return .failure(refused(ReloadFailure(error), by: actor))
         }
         if let store, let certificates {
             certificates.publish(store)
@@ -91,10 +100,37 @@ public final class ConfigurationReloader: Service {
             logger.warning("reload: adding or removing tls takes effect after a restart")
         }
         routes.publish(table)
-        applied.withLockedValue { $0 = next }
-        logger.info("reloaded \(path) (by \(actor)): \(next.tenants.count) tenants")
+        recordApplied(next, tenants: next.tenants.count, by: actor)
         return .success(next.tenants.count)
     }
+
+    private func refused(_ failure: ReloadFailure, by actor: ChangeActor) -> ReloadFailure {
+        logger.error("reload refused (by \(actor)), keeping the running configuration: \(failure)")
+        return failure
+    }
+
+    /// Records the file now applied, warning about what only a restart applies.
+    private func recordApplied(_ next: Configuration, tenants: Int, by actor: ChangeActor) {
+        let previous = applied.withLockedValue { $0 }
+        if next.listen != previous.listen || next.workers != previous.workers || next.timeouts != previous.timeouts
+            || next.limits != previous.limits || next.accessLog != previous.accessLog || next.admin != previous.admin
+            || next.statePath != previous.statePath
+        {
+            logger.warning(
+                "reload: listen, workers, timeouts, limits, admin, state and access_log changes take effect after a restart"
+            )
+        }
+        applied.withLockedValue { $0 = next }
+        logger.info("reloaded \(path) (by \(actor)): \(tenants) tenants")
+    }
+}
+
+/// Builds and publishes what the balancer serves from a newly loaded configuration file together with whatever
+/// else the process serves (the control plane merges in the state store's tenants and certificates).
+public protocol ConfigurationPublisher: Sendable {
+    /// Publishes the routes and certificates of `file` merged with the rest, and records the reload; called inside
+    /// the configuration version's change. Answers the tenants now served and the version committed.
+    func publish(file: Configuration, by actor: ChangeActor) -> Result<(tenants: Int, version: Int64), ReloadFailure>
 }
 
 /// Why a reload was refused: the loader's, the route table's or the certificates' error.
@@ -107,13 +143,20 @@ public struct ReloadFailure: Error, CustomStringConvertible, Sendable, Equatable
         case conflict
         /// A certificate or key does not load (``TLSError``).
         case certificate
+        /// The state store cannot record the change (full disk, I/O error): nothing was applied.
+        case unavailable
     }
 
     public var kind: Kind
     /// The error as the log shows it: file, line, key and reason.
     public var description: String
 
-    init(_ error: any Error) {
+    public init(kind: Kind, description: String) {
+        self.kind = kind
+        self.description = description
+    }
+
+    public init(_ error: any Error) {
         switch error {
         case is ConfigurationError: kind = .configuration
         case is RouteTableError: kind = .conflict

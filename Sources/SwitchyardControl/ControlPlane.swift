@@ -1,0 +1,386 @@
+import Foundation
+import Logging
+import NIOConcurrencyHelpers
+import Switchyard
+import SwitchyardStore
+import SwitchyardTLS
+
+/// The control plane: what the admin API changes, made durable in the state store and then live.
+///
+/// A change runs as one change of the ``ConfigurationVersion`` (one at a time, conditional on `If-Match`): it is
+/// checked against the in-memory ``ControlState``, its routing snapshot is built (so a change that cannot be
+/// served is refused before anything is written), it is written to the store in one transaction with its audit
+/// records, and only then is the new ``RouteTable`` (and ``CertificateStore``) published. The answer goes out after
+/// the publication: every worker loads the table once per request, so the next request on any worker sees it.
+/// The version is the store's revision.
+///
+/// The data path never sees the store: this target depends on both, `Switchyard` on neither.
+public final class ControlPlane: Sendable {
+    /// The configuration version, the store's revision.
+    public let version: ConfigurationVersion
+    /// The path of the configuration file (what reload records).
+    let configurationPath: String
+    let store: SQLiteStateStore?
+    /// Why the store cannot be used, when it cannot: every change is then refused with 503.
+    let storeProblem: String?
+    /// The routing snapshot the workers read.
+    public let routes: RouteSource
+    /// The certificates the TLS listeners serve; `nil` without HTTPS.
+    public let certificates: CertificateSource?
+    let logger: Logger
+    let state: NIOLockedValueBox<ControlState>
+
+    /// Opens the store at `statePath` and builds what to serve from the file and the store.
+    ///
+    /// A store that cannot be opened (permissions, a newer schema, a damaged file) does not stop the balancer: it
+    /// serves the file's tenants, logs why, and refuses changes with 503 until restarted with a usable store. A
+    /// stored tenant that no longer loads (its backend's host name stopped resolving) is left out and logged.
+    ///
+    /// - Throws: what the file's own tenants or certificates fail with (``RouteTableError``, ``TLSError``): the
+    ///   balancer refuses to start on those, as before.
+    public init(file: Configuration, configurationPath: String, statePath: String, logger: Logger) throws {
+        self.configurationPath = configurationPath
+        self.logger = logger
+        var state = ControlState(file: file)
+        var revision: Int64 = 0
+        var store: SQLiteStateStore?
+        var problem: String?
+        do {
+            let opened = try SQLiteStateStore(path: statePath)
+            let snapshot = try opened.snapshot()
+            store = opened
+            revision = snapshot.revision
+            state.drains = snapshot.drains
+            state.certificates = snapshot.certificates
+            for (name, document) in snapshot.tenants {
+                do {
+                    state.tenants[name] = try ManagedTenant(document: document, source: "stored tenant '\(name)'")
+                } catch {
+                    logger.error("state store: tenant '\(name)' does not load and is not served: \(error)")
+                }
+            }
+        } catch {
+            problem = "\(error)"
+            logger.error(
+                "state store \(statePath) cannot be used: \(error); serving the configuration file's tenants only, admin changes are refused until it is fixed and the balancer restarted"
+            )
+        }
+        self.store = store
+        self.storeProblem = problem
+        let snapshot = ControlSnapshot(state)
+        let table = try RouteTable(configuration: snapshot.configuration)
+        self.routes = RouteSource(table)
+        Self.applyDrains(state.drains, to: table)
+        self.certificates = try CertificateStore.load(
+            configuration: snapshot.configuration,
+            uploaded: snapshot.uploadedCertificates(state)
+        ).map(CertificateSource.init)
+        self.state = NIOLockedValueBox(state)
+        self.version = ConfigurationVersion(initial: revision)
+        for (name, shadowing) in snapshot.shadowed {
+            logger.warning("\(Self.describe(shadowing, of: name))")
+        }
+        let managed = state.tenants.count
+        if managed > 0 || revision > 0 {
+            logger.info("state store \(statePath): \(managed) tenants, version \(revision)")
+        }
+    }
+
+    /// Marks each backend drained by the operator or not as the stored drains say.
+    static func applyDrains(_ drains: Set<StoredDrain>, to table: RouteTable) {
+        for tenant in table.tenants {
+            for backend in tenant.backends {
+                backend.status.isDrainedByOperator = drains.contains(
+                    StoredDrain(tenant: tenant.name, backend: backend.description)
+                )
+            }
+        }
+    }
+
+    static func describe(_ shadowing: Shadowing, of name: String) -> String {
+        shadowing.byName
+            ? "tenant '\(name)' of the state store is not served: the configuration file has a tenant of that name, "
+                + "or serves all its domains (\(shadowing.domains.joined(separator: ", ")))"
+            : "tenant '\(name)' of the state store is served without \(shadowing.domains.joined(separator: ", ")): "
+                + "the configuration file's tenants serve them"
+    }
+
+    // MARK: Changes
+
+    /// One write to the store, in the order given.
+    enum Mutation {
+        case putTenant(ManagedTenant)
+        case removeTenant(String)
+        case replaceTenants([String: String])
+        case addDrain(StoredDrain)
+        case removeDrain(StoredDrain)
+        case removeDrains(tenant: String)
+        case putCertificate(StoredCertificate)
+        case removeCertificate(tenant: String)
+        case reload(file: String, tenants: Int)
+
+        func apply(to transaction: inout StoreTransaction) throws(StoreError) {
+            switch self {
+            case .putTenant(let tenant): _ = try transaction.putTenant(tenant.name, document: tenant.document)
+            case .removeTenant(let name): _ = try transaction.removeTenant(name)
+            case .replaceTenants(let documents): try transaction.replaceTenants(with: documents)
+            case .addDrain(let drain): try transaction.addDrain(tenant: drain.tenant, backend: drain.backend)
+            case .removeDrain(let drain): try transaction.removeDrain(tenant: drain.tenant, backend: drain.backend)
+            case .removeDrains(let tenant): try transaction.removeDrains(ofTenant: tenant)
+            case .putCertificate(let certificate): try transaction.putCertificate(certificate)
+            case .removeCertificate(let tenant): try transaction.removeCertificate(ofTenant: tenant)
+            case .reload(let file, let tenants): try transaction.recordReload(of: file, tenants: tenants)
+            }
+        }
+    }
+
+    /// What a change decided: the state after it, the writes that make it durable, and whether the certificates
+    /// served change with it.
+    struct Plan {
+        var next: ControlState
+        var mutations: [Mutation]
+        var certificatesChange = false
+        /// Whether the file's certificates must be read again (a reload).
+        var reloadsFileCertificates = false
+    }
+
+    /// Why a change was refused: the answer to give.
+    struct Refusal: Error {
+        var response: AdminAPI.Response
+
+        init(_ status: Int, _ code: AdminAPI.ErrorCode, _ message: String) {
+            response = AdminAPI.error(status, code, message)
+        }
+
+        init(response: AdminAPI.Response) {
+            self.response = response
+        }
+    }
+
+    /// What a committed change answers with.
+    struct Committed {
+        var commit: StoreCommit
+        var snapshot: ControlSnapshot
+    }
+
+    /// Runs a change: `decide` plans it from the current state (or refuses it), then the plan is built, written
+    /// and published as the type's documentation says, and `answer` makes the response from what was committed.
+    /// `dryRun` stops after the write, which is rolled back: nothing is published.
+    func change(
+        _ request: AdminAPI.Request,
+        actor: ChangeActor,
+        dryRun: Bool = false,
+        decide: (ControlState) throws(Refusal) -> Plan,
+        answer: (Committed) -> AdminAPI.Response
+    ) -> AdminAPI.Response {
+        let precondition: ConfigurationVersion.Precondition?
+        switch AdminAPI.parseIfMatch(request.ifMatch) {
+        case .success(let parsed): precondition = parsed
+        case .failure(let refusal): return refusal.response
+        }
+        let outcome = version.commit(ifMatch: precondition) { current -> (value: AdminAPI.Response, version: Int64) in
+            do throws(Refusal) {
+                let committed = try self.run(decide: decide, actor: actor, dryRun: dryRun)
+                var response = answer(committed)
+                response.version = dryRun ? current : committed.commit.revision
+                return (response, dryRun ? current : committed.commit.revision)
+            } catch {
+                var response = error.response
+                response.version = current
+                return (response, current)
+            }
+        }
+        switch outcome {
+        case .mismatch(let current):
+            return AdminAPI.versionMismatch(current: current, expected: request.ifMatch)
+        case .done(let response, _):
+            return response
+        }
+    }
+
+    /// Plans, builds, writes and publishes one change; called inside the version's change.
+    func run(
+        decide: (ControlState) throws(Refusal) -> Plan,
+        actor: ChangeActor,
+        dryRun: Bool
+    ) throws(Refusal) -> Committed {
+        let current = state.withLockedValue { $0 }
+        let plan = try decide(current)
+        let snapshot = ControlSnapshot(plan.next)
+        let table: RouteTable
+        let certificateStore: CertificateStore?
+        do {
+            table = try RouteTable(configuration: snapshot.configuration, previous: routes.current)
+        } catch {
+            throw Refusal(409, .domainTaken, "\(error); nothing was changed")
+        }
+        do {
+            certificateStore = try self.certificateStore(for: plan, snapshot: snapshot)
+        } catch {
+            throw Refusal(400, .invalidCertificate, "\(error); nothing was changed")
+        }
+        let commit: StoreCommit
+        do {
+            guard let store else {
+                // Without a store only a reload of the file goes on, versioned in memory: the file is still the
+                // operator's to change.
+                guard plan.mutations.allSatisfy({ if case .reload = $0 { true } else { false } }) else {
+                    throw Refusal(
+                        503,
+                        .unavailable,
+                        "the state store cannot be used (\(storeProblem ?? "not opened")); nothing was changed. Fix "
+                            + "it and restart the balancer"
+                    )
+                }
+                let current = version.current
+                commit = StoreCommit(revision: current + 1, previousRevision: current, changes: [], isDryRun: false)
+                return publish(plan, snapshot: snapshot, table: table, certificates: certificateStore, commit, actor)
+            }
+            commit = try store.write(actor: "\(actor)", dryRun: dryRun) { transaction in
+                for mutation in plan.mutations {
+                    try mutation.apply(to: &transaction)
+                }
+            }
+        } catch let refusal as Refusal {
+            throw refusal
+        } catch {
+            logger.error("state store: a change by \(actor) was not written: \(error)")
+            throw Refusal(503, .unavailable, "the state store cannot be written: \(error); nothing was changed")
+        }
+        guard !dryRun, commit.revision != commit.previousRevision else {
+            return Committed(commit: commit, snapshot: snapshot)
+        }
+        return publish(plan, snapshot: snapshot, table: table, certificates: certificateStore, commit, actor)
+    }
+
+    /// Makes a written change live.
+    private func publish(
+        _ plan: Plan,
+        snapshot: ControlSnapshot,
+        table: RouteTable,
+        certificates certificateStore: CertificateStore?,
+        _ commit: StoreCommit,
+        _ actor: ChangeActor
+    ) -> Committed {
+        Self.applyDrains(plan.next.drains, to: table)
+        routes.publish(table)
+        if let certificateStore, let certificates {
+            certificates.publish(certificateStore)
+        }
+        state.withLockedValue { $0 = plan.next }
+        for record in commit.changes {
+            logger.notice("admin: \(record.action.rawValue) \(record.subject) by \(actor) (version \(record.revision))")
+        }
+        return Committed(commit: commit, snapshot: snapshot)
+    }
+
+    /// The certificate store to publish with a plan, `nil` when the certificates served do not change.
+    private func certificateStore(for plan: Plan, snapshot: ControlSnapshot) throws -> CertificateStore? {
+        guard let running = certificates?.current else { return nil }
+        if plan.reloadsFileCertificates {
+            return try CertificateStore.load(
+                configuration: snapshot.configuration,
+                ticketKeys: running.ticketKeys,
+                uploaded: snapshot.uploadedCertificates(plan.next),
+                cache: running.cache
+            )
+        }
+        // A tenant added or removed changes which uploaded certificates are served too.
+        return running.replacingUploaded(snapshot.uploadedCertificates(plan.next))
+    }
+}
+
+extension ControlPlane: ConfigurationPublisher {
+    /// A reload: the new file with the store's tenants, recorded in the store as a change of its own.
+    public func publish(
+        file: Configuration,
+        by actor: ChangeActor
+    ) -> Result<(tenants: Int, version: Int64), ReloadFailure> {
+        do throws(Refusal) {
+            let committed = try run(
+                decide: { current throws(Refusal) in
+                    var next = current
+                    next.file = file
+                    let served = ControlSnapshot(next).configuration.tenants.count
+                    return Plan(
+                        next: next,
+                        mutations: [.reload(file: configurationPath, tenants: served)],
+                        reloadsFileCertificates: true
+                    )
+                },
+                actor: actor,
+                dryRun: false
+            )
+            for (name, shadowing) in committed.snapshot.shadowed {
+                logger.warning("\(Self.describe(shadowing, of: name))")
+            }
+            return .success((committed.snapshot.configuration.tenants.count, committed.commit.revision))
+        } catch {
+            let kind: ReloadFailure.Kind
+            switch error.response.status {
+            case 503: kind = .unavailable
+            case 409: kind = .conflict
+            default: kind = .certificate
+            }
+            let message = error.response.errorMessage ?? "refused"
+            return .failure(ReloadFailure(kind: kind, description: message))
+        }
+    }
+}
+
+extension ControlPlane: AdminResources {
+    public func recordDrain(
+        _ drained: Bool,
+        tenant: String,
+        backend: Backend,
+        by actor: ChangeActor
+    ) -> Result<Int64, AdminAPI.Refusal> {
+        let drain = StoredDrain(tenant: tenant, backend: backend.description)
+        guard let store else {
+            return .failure(
+                AdminAPI.Refusal(
+                    response: AdminAPI.error(
+                        503,
+                        .unavailable,
+                        "the state store cannot be used (\(storeProblem ?? "not opened")); nothing was changed"
+                    )
+                )
+            )
+        }
+        do {
+            let commit = try store.write(actor: "\(actor)") { transaction in
+                if drained {
+                    try transaction.addDrain(tenant: drain.tenant, backend: drain.backend)
+                } else {
+                    try transaction.removeDrain(tenant: drain.tenant, backend: drain.backend)
+                }
+            }
+            state.withLockedValue { state in
+                if drained {
+                    state.drains.insert(drain)
+                } else {
+                    state.drains.remove(drain)
+                }
+            }
+            return .success(commit.revision)
+        } catch {
+            logger.error("state store: a drain by \(actor) was not written: \(error)")
+            return .failure(
+                AdminAPI.Refusal(
+                    response: AdminAPI.error(503, .unavailable, "the state store cannot be written: \(error)")
+                )
+            )
+        }
+    }
+}
+
+extension AdminAPI.Response {
+    /// The `message` of an error answer.
+    var errorMessage: String? {
+        struct Body: Decodable {
+            struct Detail: Decodable { var message: String }
+            var error: Detail
+        }
+        return (try? JSONDecoder().decode(Body.self, from: body))?.error.message
+    }
+}
