@@ -102,6 +102,17 @@ let package = Package(
             ]
         ),
         .testTarget(
+            name: "SwitchyardControlTests",
+            dependencies: [
+                "SwitchyardControl",
+                "Switchyard",
+                "SwitchyardStore",
+                "SwitchyardTLS",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "Logging", package: "swift-log"),
+            ]
+        ),
+        .testTarget(
             name: "SwitchyardIntegrationTests",
             dependencies: [
                 "Switchyard",

@@ -83,7 +83,7 @@ extension ControlPlane {
                 "backends_up": tenant.backends.filter { $0.status.isAvailable(now: .now()) }.count,
             ]
             if managed { item["certificate"] = state.certificates[tenant.name] != nil }
-            if let shadowing = shadowed[tenant.name] { item["shadowed_domains"] = shadowing.domains }
+            if managed, let shadowing = shadowed[tenant.name] { item["shadowed_domains"] = shadowing.domains }
             items.append(item)
         }
         for (name, shadowing) in shadowed.sorted(by: { $0.key < $1.key }) where shadowing.byName {
@@ -114,6 +114,10 @@ extension ControlPlane {
             }
         } else if fileTenant {
             item["file"] = configurationPath
+        }
+        if fileTenant, let hidden = state.tenants[name] {
+            // An API tenant of the same name, not served while the file has one.
+            item["shadowed_api_tenant"] = hidden.object
         }
         return Self.answer(200, item)
     }
@@ -174,7 +178,8 @@ extension ControlPlane {
 
     private func addTenant(_ request: AdminAPI.Request, actor: ChangeActor) -> AdminAPI.Response {
         let tenant: ManagedTenant
-        switch Self.tenant(from: request, source: "request body") {
+        // `?name=NAME` names the tenant of a body that may leave its name out (`tenants add NAME --file F`).
+        switch Self.tenant(from: request, source: "request body", name: Self.query(request.target)["name"]) {
         case .success(let parsed): tenant = parsed
         case .failure(let refusal): return refusal.response
         }
@@ -209,13 +214,7 @@ extension ControlPlane {
             created = state.tenants[name] == nil
             var next = state
             next.tenants[name] = tenant
-            var mutations: [Mutation] = [.putTenant(tenant)]
-            let kept = Set(tenant.backendEntries.map(ManagedTenant.backendName))
-            for drain in state.drains where drain.tenant == name && !kept.contains(drain.backend) {
-                next.drains.remove(drain)
-                mutations.append(.removeDrain(drain))
-            }
-            return Plan(next: next, mutations: mutations, certificatesChange: true)
+            return Plan(next: next, mutations: [.putTenant(tenant)], certificatesChange: true)
         } answer: { committed in
             self.tenantAnswer(created ? 201 : 200, name, committed)
         }
@@ -227,10 +226,9 @@ extension ControlPlane {
             var next = state
             next.tenants[name] = nil
             next.certificates[name] = nil
-            next.drains = next.drains.filter { $0.tenant != name }
             return Plan(
                 next: next,
-                mutations: [.removeTenant(name), .removeCertificate(tenant: name), .removeDrains(tenant: name)],
+                mutations: [.removeTenant(name), .removeCertificate(tenant: name)],
                 certificatesChange: true
             )
         } answer: { committed in
@@ -381,13 +379,7 @@ extension ControlPlane {
             try Self.checkDomains(of: edited.configuration, in: state)
             var next = state
             next.tenants[name] = edited
-            var mutations: [Mutation] = [.putTenant(edited)]
-            let kept = Set(edited.backendEntries.map(ManagedTenant.backendName))
-            for drain in state.drains where drain.tenant == name && !kept.contains(drain.backend) {
-                next.drains.remove(drain)
-                mutations.append(.removeDrain(drain))
-            }
-            return Plan(next: next, mutations: mutations, certificatesChange: true)
+            return Plan(next: next, mutations: [.putTenant(edited)], certificatesChange: true)
         } answer: { committed in
             self.tenantAnswer(200, name, committed)
         }
@@ -524,17 +516,6 @@ extension ControlPlane {
             for name in state.tenants.keys.sorted() where next.tenants[name] == nil {
                 next.certificates[name] = nil
                 mutations.append(.removeCertificate(tenant: name))
-                mutations.append(.removeDrains(tenant: name))
-            }
-            for drain in next.drains {
-                guard let tenant = next.tenants[drain.tenant] else {
-                    if !state.file.tenants.contains(where: { $0.name == drain.tenant }) { next.drains.remove(drain) }
-                    continue
-                }
-                if !tenant.backendEntries.map(ManagedTenant.backendName).contains(drain.backend) {
-                    next.drains.remove(drain)
-                    mutations.append(.removeDrain(drain))
-                }
             }
             return Plan(next: next, mutations: mutations, certificatesChange: true)
         } answer: { committed in

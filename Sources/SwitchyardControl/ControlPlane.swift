@@ -114,7 +114,6 @@ public final class ControlPlane: Sendable {
         case replaceTenants([String: String])
         case addDrain(StoredDrain)
         case removeDrain(StoredDrain)
-        case removeDrains(tenant: String)
         case putCertificate(StoredCertificate)
         case removeCertificate(tenant: String)
         case reload(file: String, tenants: Int)
@@ -126,7 +125,6 @@ public final class ControlPlane: Sendable {
             case .replaceTenants(let documents): try transaction.replaceTenants(with: documents)
             case .addDrain(let drain): try transaction.addDrain(tenant: drain.tenant, backend: drain.backend)
             case .removeDrain(let drain): try transaction.removeDrain(tenant: drain.tenant, backend: drain.backend)
-            case .removeDrains(let tenant): try transaction.removeDrains(ofTenant: tenant)
             case .putCertificate(let certificate): try transaction.putCertificate(certificate)
             case .removeCertificate(let tenant): try transaction.removeCertificate(ofTenant: tenant)
             case .reload(let file, let tenants): try transaction.recordReload(of: file, tenants: tenants)
@@ -205,7 +203,7 @@ public final class ControlPlane: Sendable {
         dryRun: Bool
     ) throws(Refusal) -> Committed {
         let current = state.withLockedValue { $0 }
-        let plan = try decide(current)
+        var plan = try decide(current)
         let snapshot = ControlSnapshot(plan.next)
         let table: RouteTable
         let certificateStore: CertificateStore?
@@ -213,6 +211,17 @@ public final class ControlPlane: Sendable {
             table = try RouteTable(configuration: snapshot.configuration, previous: routes.current)
         } catch {
             throw Refusal(409, .domainTaken, "\(error); nothing was changed")
+        }
+        // A drain ends with its backend (removed from its tenant, its tenant removed, from the API or the file), so
+        // that a backend added again later is not drained by a leftover.
+        let served = Set(
+            table.tenants.lazy.flatMap { tenant in
+                tenant.backends.lazy.map { StoredDrain(tenant: tenant.name, backend: $0.description) }
+            }
+        )
+        for drain in plan.next.drains.sorted() where !served.contains(drain) {
+            plan.next.drains.remove(drain)
+            plan.mutations.append(.removeDrain(drain))
         }
         do {
             certificateStore = try self.certificateStore(for: plan, snapshot: snapshot)

@@ -52,7 +52,17 @@ struct ManagedTenant: Sendable, Equatable {
                         + mapping.keys.sorted().joined(separator: ", ")
                 )
             }
-            items = mapping["tenants"] as? [Any] ?? []
+            // An explicit list only: a body that lost its list (`tenants:` with nothing after it, `{}`) must not
+            // read as "no tenants", which would remove every one.
+            guard let list = mapping["tenants"] as? [Any] else {
+                throw ConfigurationError(
+                    file: source,
+                    line: nil,
+                    key: "tenants",
+                    reason: "must be a list of tenants (an empty list, [], removes every API-managed tenant)"
+                )
+            }
+            items = list
         } else if let list = value as? [Any] {
             items = list
         } else {

@@ -8,8 +8,8 @@ import Switchyard
 struct BackendsCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "backends",
-        abstract: "Drain a tenant's backend, or end its drain.",
-        subcommands: [Drain.self, Undrain.self]
+        abstract: "Add, remove, weigh and drain a tenant's backends.",
+        subcommands: [Add.self, Remove.self, Weight.self, Drain.self, Undrain.self]
     )
 
     /// The backend a command acts on.
@@ -32,8 +32,8 @@ struct BackendsCommand: ParsableCommand {
         static let configuration = CommandConfiguration(
             abstract: "Send the backend no new requests or tunnels; those in progress finish.",
             discussion: """
-                The drain lasts until `switchyard backends undrain`, across reloads, but not across a restart of \
-                the balancer. With --wait, the command returns once nothing is in progress on the backend (exit \
+                The drain lasts until `switchyard backends undrain`, across reloads and restarts (it is kept in \
+                the state store). With --wait, the command returns once nothing is in progress on the backend (exit \
                 status 1 if --timeout passes first).
                 """
         )

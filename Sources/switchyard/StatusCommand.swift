@@ -153,8 +153,14 @@ struct AdminClient {
         try request("POST", target, fields: ifMatch.map { "If-Match: \"\($0)\"\r\n" } ?? "")
     }
 
-    /// Sends one request; returns the body of a 200 answer and throws the API's error message otherwise.
-    private func request(_ method: String, _ target: String, fields: String = "") throws -> Data {
+    /// `method target` with `body` (JSON or YAML) and `If-Match: "N"` when `ifMatch` is given; returns the body of
+    /// a 2xx answer.
+    func send(_ method: String, _ target: String, body: Data = Data(), ifMatch: Int64? = nil) throws -> Data {
+        try request(method, target, fields: ifMatch.map { "If-Match: \"\($0)\"\r\n" } ?? "", body: body)
+    }
+
+    /// Sends one request; returns the body of a 2xx answer and throws the API's error message otherwise.
+    private func request(_ method: String, _ target: String, fields: String = "", body: Data = Data()) throws -> Data {
         var fields = fields
         let descriptor: Int32
         switch endpoint {
@@ -178,15 +184,23 @@ struct AdminClient {
             fields += "Authorization: Bearer \(token)\r\n"
         }
         defer { close(descriptor) }
-        // A balancer that accepts but never answers must not hang the operator's terminal.
-        var timeout = timeval(tv_sec: 10, tv_usec: 0)
+        // A balancer that accepts but never answers must not hang the operator's terminal (an apply of 10,000
+        // tenants takes seconds, not minutes).
+        var timeout = timeval(tv_sec: 60, tv_usec: 0)
         setsockopt(descriptor, SOL_SOCKET, SO_RCVTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))
-        let request = Array(
-            "\(method) \(target) HTTP/1.1\r\nHost: switchyard\r\nContent-Length: 0\r\n\(fields)Connection: close\r\n\r\n"
-                .utf8
-        )
-        guard request.withUnsafeBytes({ write(descriptor, $0.baseAddress, $0.count) }) == request.count else {
-            throw Failure(description: "cannot send to \(name)")
+        let type = body.isEmpty ? "" : "Content-Type: application/json\r\n"
+        let request =
+            Array(
+                "\(method) \(target) HTTP/1.1\r\nHost: switchyard\r\nContent-Length: \(body.count)\r\n\(type)\(fields)Connection: close\r\n\r\n"
+                    .utf8
+            ) + Array(body)
+        var sent = 0
+        while sent < request.count {
+            let count = request.withUnsafeBytes { bytes in
+                bytes.baseAddress.map { write(descriptor, $0 + sent, bytes.count - sent) } ?? -1
+            }
+            guard count > 0 else { throw Failure(description: "cannot send to \(name)") }
+            sent += count
         }
         var response = Data()
         var buffer = [UInt8](repeating: 0, count: 65536)
@@ -200,7 +214,7 @@ struct AdminClient {
         }
         let head = String(decoding: response[..<split.lowerBound], as: UTF8.self)
         let body = response[split.upperBound...]
-        guard head.hasPrefix("HTTP/1.1 200") else {
+        guard head.hasPrefix("HTTP/1.1 2") else {
             let status = head.split(separator: " ").dropFirst().first.flatMap { Int($0) }
             if let answer = try? JSONDecoder().decode(ErrorAnswer.self, from: body) {
                 throw Failure(description: answer.error.message, status: status, code: answer.error.code)

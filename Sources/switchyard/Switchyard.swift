@@ -8,7 +8,8 @@ struct SwitchyardCommand: AsyncParsableCommand {
         abstract: "A shared HTTP/HTTPS load balancer for many tenants.",
         version: SwitchyardVersion.current,
         subcommands: [
-            ServeCommand.self, DemoCommand.self, CheckConfigCommand.self, StatusCommand.self, BackendsCommand.self,
+            ServeCommand.self, DemoCommand.self, CheckConfigCommand.self, StatusCommand.self, TenantsCommand.self,
+            DomainsCommand.self, BackendsCommand.self, CertsCommand.self, ApplyCommand.self, ChangesCommand.self,
             ReloadCommand.self,
         ]
     )

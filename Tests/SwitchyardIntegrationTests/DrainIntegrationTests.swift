@@ -8,7 +8,9 @@ import Testing
 struct DrainIntegrationTests {
     @Test("a drained backend gets no new requests while its slow request finishes; undrain brings it back")
     func drainAndUndrain() async throws {
-        let slowDelay = TimeAmount.seconds(3)
+        // Long enough that the drain and status commands run while it is in progress even on a loaded machine (a
+        // full parallel run once took over 3 s to start them).
+        let slowDelay = TimeAmount.seconds(10)
         let first = try await TestBackend.start(name: "first") { head in
             head.uri == "/slow" ? .delayed(slowDelay, body: "slow-first") : .name
         }
@@ -56,7 +58,7 @@ struct DrainIntegrationTests {
         let wait = try admin(["backends", "drain", "shop", "127.0.0.1:\(first.port)", "--wait", "--timeout", "10s"])
         #expect(wait.status == 0, "\(wait.stderr)")
         #expect(wait.stdout.contains("drained: nothing in progress on 127.0.0.1:\(first.port)"), "\(wait.stdout)")
-        #expect(ContinuousClock.now - started < .seconds(6))
+        #expect(ContinuousClock.now - started < .nanoseconds(slowDelay.nanoseconds) + .seconds(3))
         let slowAnswer = slow.wait()
         #expect(slowAnswer.status == 0)
         #expect(slowAnswer.stdout == "slow-first")

@@ -49,9 +49,9 @@ struct SharedHealthCheckIntegrationTests {
         let waited = (ContinuousClock.now - started).components
         let elapsed = Double(waited.seconds) + Double(waited.attoseconds) / 1e18
         // One probe every 200 ms ± 10 %: about 5 a second (fewer on a busy machine), where one check per tenant
-        // would be 100.
+        // would be 100. Counted against the window as measured: on a loaded machine the 1 s sleep can last 4 s.
         #expect(before >= 1, "no probe within 10 s")
-        #expect(probes <= Int(elapsed / 0.18) + 2 && probes < 20, "\(probes) probes in \(elapsed) s")
+        #expect(probes <= Int(elapsed / 0.18) + 2, "\(probes) probes in \(elapsed) s")
 
         backend.healthAnswer = .status(.serviceUnavailable)
         let deadline = ContinuousClock.now + .seconds(10)

@@ -310,11 +310,13 @@ public struct AdminAPI: Sendable {
                 return (.backend(backend), true)
             }
         case (_, nil, 0):
+            // With resources, DELETE removes the backend (answered by them before this).
+            let allow = resources == nil ? "GET" : "GET, DELETE"
             return Self.error(
                 405,
                 .methodNotAllowed,
-                "\(request.method) is not allowed on a backend; use GET, or POST …/drain or …/undrain",
-                allow: "GET"
+                "\(request.method) is not allowed on a backend; use \(allow), or POST …/drain or …/undrain",
+                allow: allow
             )
         case (_, "drain", 1), (_, "undrain", 1):
             return Self.error(

@@ -9,8 +9,8 @@ import NIOConcurrencyHelpers
 /// (the admin event loop, the SIGHUP task), and compares the writer's version with the current one under the same
 /// lock, so two writers that read version 7 cannot both apply a change "at 7": the second gets a mismatch.
 ///
-/// Without a state store it lives in memory, starting at 1 with each process. With one, it starts at the store's
-/// revision and every change is a store write run through ``commit(ifMatch:_:)``, which takes the version the
+/// Without a state store (tests of the API alone) it lives in memory, from 1 by default. The balancer starts it at
+/// the store's revision (0 for a new store, or when the store cannot be opened) and every change is a store write run through ``commit(ifMatch:_:)``, which takes the version the
 /// write committed, so that the version an answer carries is always the store's revision.
 public final class ConfigurationVersion: Sendable {
     /// The version, changed only under the lock, by the change that advances it.

@@ -102,10 +102,15 @@ final class SwitchyardProcess {
     let logPath: String
     /// The admin socket of this balancer.
     let adminPath: String
+    /// Its state store (`SWITCHYARD_STATE`).
+    let statePath: String
 
-    /// - Parameter descriptorLimit: `SOFT:HARD` open-file limits to run it under (through `prlimit`, which execs
-    ///   it, so ``pid`` is still the balancer's).
-    init(arguments: [String], descriptorLimit: String? = nil) throws {
+    /// - Parameters:
+    ///   - descriptorLimit: `SOFT:HARD` open-file limits to run it under (through `prlimit`, which execs it, so
+    ///     ``pid`` is still the balancer's).
+    ///   - statePath: the state store to use, for a restart that must find what the previous process stored; a
+    ///     new one of its own otherwise, so that tests running at once never share one.
+    init(arguments: [String], descriptorLimit: String? = nil, statePath: String? = nil) throws {
         process = Process()
         if let descriptorLimit {
             process.executableURL = URL(fileURLWithPath: "/usr/bin/prlimit")
@@ -116,8 +121,11 @@ final class SwitchyardProcess {
         }
         // Each balancer gets its own admin socket, so tests running at once do not meet on the default one.
         adminPath = NSTemporaryDirectory() + "switchyard-admin-\(UUID().uuidString.prefix(8)).sock"
+        self.statePath =
+            statePath ?? NSTemporaryDirectory() + "switchyard-state-\(UUID().uuidString.prefix(8))/state.sqlite"
         var environment = ProcessInfo.processInfo.environment
         environment["SWITCHYARD_ADMIN"] = adminPath
+        environment["SWITCHYARD_STATE"] = self.statePath
         process.environment = environment
         logPath = NSTemporaryDirectory() + "switchyard-test-\(UUID().uuidString).log"
         _ = FileManager.default.createFile(atPath: logPath, contents: nil)
@@ -166,9 +174,15 @@ final class SwitchyardProcess {
         return (user + system) / Double(sysconf(Int32(_SC_CLK_TCK)))
     }
 
-    /// Sends SIGTERM and waits for the exit; SIGKILL after `timeout` seconds.
+    /// Sends SIGTERM and waits for the exit; SIGKILL after `timeout` seconds. The state store is removed unless
+    /// `keepingState` (for a restart on it).
     @discardableResult
-    func stop(timeout: Double = 10) -> Int32 {
+    func stop(timeout: Double = 10, keepingState: Bool = false) -> Int32 {
+        defer {
+            if !keepingState {
+                try? FileManager.default.removeItem(atPath: (statePath as NSString).deletingLastPathComponent)
+            }
+        }
         guard process.isRunning else { return process.terminationStatus }
         kill(pid, SIGTERM)
         let deadline = Date().addingTimeInterval(timeout)
@@ -198,14 +212,18 @@ final class ServedBalancer {
     }
 
     /// Starts it and waits until `port` accepts connections.
-    init(_ configuration: String, port: Int) throws {
+    ///
+    /// - Parameters:
+    ///   - statePath: the state store, to start again on what an earlier balancer stored; a new one otherwise.
+    ///   - configurationPath: the file to write the configuration to; a new one otherwise.
+    init(_ configuration: String, port: Int, statePath: String? = nil, configurationPath: String? = nil) throws {
         self.port = port
-        configurationPath = NSTemporaryDirectory() + "switchyard-\(UUID().uuidString).yaml"
-        try configuration.write(toFile: configurationPath, atomically: true, encoding: .utf8)
-        process = try SwitchyardProcess(arguments: ["serve", "--config", configurationPath])
+        self.configurationPath = configurationPath ?? NSTemporaryDirectory() + "switchyard-\(UUID().uuidString).yaml"
+        try configuration.write(toFile: self.configurationPath, atomically: true, encoding: .utf8)
+        process = try SwitchyardProcess(arguments: ["serve", "--config", self.configurationPath], statePath: statePath)
         guard process.waitUntilListening(port: port) else {
             _ = process.stop()
-            try? FileManager.default.removeItem(atPath: configurationPath)
+            try? FileManager.default.removeItem(atPath: self.configurationPath)
             throw NotListening(description: "the balancer did not listen on \(port):\n\(process.log)")
         }
     }
@@ -225,9 +243,20 @@ final class ServedBalancer {
         try ExternalProcess.run(ExternalProcess.switchyardBinary, arguments + ["--admin", process.adminPath])
     }
 
+    /// Stops it (SIGTERM) and removes its files; `keepingState` keeps the state store and the configuration file
+    /// for a balancer started again on them.
     @discardableResult
-    func stop() -> Int32 {
-        defer { try? FileManager.default.removeItem(atPath: configurationPath) }
-        return process.stop()
+    func stop(keepingState: Bool = false) -> Int32 {
+        defer { if !keepingState { try? FileManager.default.removeItem(atPath: configurationPath) } }
+        return process.stop(keepingState: keepingState)
+    }
+}
+
+/// Runs blocking work (waiting for a process or reading its pipe to the end) on a thread of its own: an async test
+/// that blocks one of the concurrency pool's few threads (two on a two-core machine) for seconds starves every other
+/// test's tasks, health checkers included.
+func offThePool<T: Sendable>(_ body: @escaping @Sendable () throws -> T) async throws -> T {
+    try await withCheckedThrowingContinuation { continuation in
+        Thread { continuation.resume(with: Result { try body() }) }.start()
     }
 }
