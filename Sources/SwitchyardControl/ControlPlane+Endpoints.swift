@@ -94,7 +94,7 @@ extension ControlPlane {
 
     private func showTenant(_ name: String) -> AdminAPI.Response {
         let state = self.state.withLockedValue { $0 }
-        let served = routes.current.tenants.first { $0.name == name }
+        let served = routes.current.tenant(named: name)
         let fileTenant = state.file.tenants.contains { $0.name == name }
         guard served != nil || state.tenants[name] != nil else { return Self.noTenant(name) }
         var item: [String: Any] = ["name": name, "source": fileTenant ? "file" : "api"]
@@ -105,7 +105,7 @@ extension ControlPlane {
         }
         if !fileTenant, let managed = state.tenants[name] {
             item["document"] = managed.object
-            if let shadowing = ControlSnapshot(state).shadowed[name] {
+            if let shadowing = state.served(managed.configuration).shadowing {
                 item["shadowed"] = shadowing.byName
                 item["shadowed_domains"] = shadowing.domains
             }
@@ -192,10 +192,10 @@ extension ControlPlane {
                     "tenant '\(tenant.name)' exists already; replace it with PUT /v1/tenants/\(tenant.name)"
                 )
             }
-            try Self.checkDomains(of: tenant.configuration, in: state)
+            try self.checkDomains(of: tenant.configuration)
             var next = state
             next.tenants[tenant.name] = tenant
-            return Plan(next: next, mutations: [.putTenant(tenant)], certificatesChange: true)
+            return Plan(next: next, mutations: [.putTenant(tenant)], changed: [tenant.name])
         } answer: { committed in
             self.tenantAnswer(201, tenant.name, committed)
         }
@@ -210,11 +210,11 @@ extension ControlPlane {
         var created = false
         return change(request, actor: actor) { state throws(Refusal) in
             try Self.checkWritable(name, in: state, file: configurationPath, mayBeNew: true)
-            try Self.checkDomains(of: tenant.configuration, in: state)
+            try self.checkDomains(of: tenant.configuration)
             created = state.tenants[name] == nil
             var next = state
             next.tenants[name] = tenant
-            return Plan(next: next, mutations: [.putTenant(tenant)], certificatesChange: true)
+            return Plan(next: next, mutations: [.putTenant(tenant)], changed: [tenant.name])
         } answer: { committed in
             self.tenantAnswer(created ? 201 : 200, name, committed)
         }
@@ -229,7 +229,7 @@ extension ControlPlane {
             return Plan(
                 next: next,
                 mutations: [.removeTenant(name), .removeCertificate(tenant: name)],
-                certificatesChange: true
+                changed: [name]
             )
         } answer: { committed in
             Self.answer(200, ["removed": name, "version": committed.commit.revision])
@@ -376,10 +376,10 @@ extension ControlPlane {
             try Self.checkWritable(name, in: state, file: configurationPath)
             guard let tenant = state.tenants[name] else { throw Self.noTenantRefusal(name) }
             let edited = try transform(tenant)
-            try Self.checkDomains(of: edited.configuration, in: state)
+            try self.checkDomains(of: edited.configuration)
             var next = state
             next.tenants[name] = edited
-            return Plan(next: next, mutations: [.putTenant(edited)], certificatesChange: true)
+            return Plan(next: next, mutations: [.putTenant(edited)], changed: [name])
         } answer: { committed in
             self.tenantAnswer(200, name, committed)
         }
@@ -443,7 +443,7 @@ extension ControlPlane {
             )
             var next = state
             next.certificates[name] = stored
-            return Plan(next: next, mutations: [.putCertificate(stored)], certificatesChange: true)
+            return Plan(next: next, mutations: [.putCertificate(stored)], changed: [])
         } answer: { committed in
             Self.answer(
                 200,
@@ -470,7 +470,7 @@ extension ControlPlane {
             }
             var next = state
             next.certificates[name] = nil
-            return Plan(next: next, mutations: [.removeCertificate(tenant: name)], certificatesChange: true)
+            return Plan(next: next, mutations: [.removeCertificate(tenant: name)], changed: [])
         } answer: { committed in
             Self.answer(200, ["removed": "certificate of \(name)", "version": committed.commit.revision])
         }
@@ -517,7 +517,7 @@ extension ControlPlane {
                 next.certificates[name] = nil
                 mutations.append(.removeCertificate(tenant: name))
             }
-            return Plan(next: next, mutations: mutations, certificatesChange: true)
+            return Plan(next: next, mutations: mutations, changed: nil)
         } answer: { committed in
             let difference = committed.commit.tenantDifference
             return Self.answer(
@@ -554,24 +554,18 @@ extension ControlPlane {
         }
     }
 
-    /// Refuses a tenant whose domains another tenant (of the file or the API) serves.
-    static func checkDomains(of tenant: TenantConfiguration, in state: ControlState) throws(Refusal) {
-        let wanted = Set(tenant.domains)
-        func check(_ other: TenantConfiguration) throws(Refusal) {
-            guard other.name != tenant.name else { return }
-            for domain in other.domains where wanted.contains(domain) {
+    /// Refuses a tenant whose domains another tenant (of the file or the API) serves: one lookup per domain in
+    /// the routing table, whatever the number of tenants.
+    func checkDomains(of tenant: TenantConfiguration) throws(Refusal) {
+        let table = routes.current
+        for domain in tenant.domains {
+            if let owner = table.tenant(forDomain: domain), owner.name != tenant.name {
                 throw Refusal(
                     409,
                     .domainTaken,
-                    "domain '\(domain)' belongs to tenant '\(other.name)'; a domain may belong to only one tenant"
+                    "domain '\(domain)' belongs to tenant '\(owner.name)'; a domain may belong to only one tenant"
                 )
             }
-        }
-        for other in state.file.tenants {
-            try check(other)
-        }
-        for other in state.tenants.values {
-            try check(other.configuration)
         }
     }
 

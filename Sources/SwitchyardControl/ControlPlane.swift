@@ -70,10 +70,10 @@ public final class ControlPlane: Sendable {
         let snapshot = ControlSnapshot(state)
         let table = try RouteTable(configuration: snapshot.configuration)
         self.routes = RouteSource(table)
-        Self.applyDrains(state.drains, to: table)
+        Self.applyDrains(state.drains, to: table.tenants)
         self.certificates = try CertificateStore.load(
             configuration: snapshot.configuration,
-            uploaded: snapshot.uploadedCertificates(state)
+            uploaded: ControlSnapshot.uploadedCertificates(state, table: table)
         ).map(CertificateSource.init)
         self.state = NIOLockedValueBox(state)
         self.version = ConfigurationVersion(initial: revision)
@@ -86,9 +86,9 @@ public final class ControlPlane: Sendable {
         }
     }
 
-    /// Marks each backend drained by the operator or not as the stored drains say.
-    static func applyDrains(_ drains: Set<StoredDrain>, to table: RouteTable) {
-        for tenant in table.tenants {
+    /// Marks each backend of `tenants` drained by the operator or not as the stored drains say.
+    static func applyDrains(_ drains: Set<StoredDrain>, to tenants: some Sequence<Tenant>) {
+        for tenant in tenants {
             for backend in tenant.backends {
                 backend.status.isDrainedByOperator = drains.contains(
                     StoredDrain(tenant: tenant.name, backend: backend.description)
@@ -137,7 +137,9 @@ public final class ControlPlane: Sendable {
     struct Plan {
         var next: ControlState
         var mutations: [Mutation]
-        var certificatesChange = false
+        /// The managed tenants the change adds, replaces or removes, when it is only those: the routing table is
+        /// then updated for them alone (``RouteTable/replacing(_:with:)``). `nil` rebuilds it whole (apply, reload).
+        var changed: Set<String>?
         /// Whether the file's certificates must be read again (a reload).
         var reloadsFileCertificates = false
     }
@@ -158,7 +160,9 @@ public final class ControlPlane: Sendable {
     /// What a committed change answers with.
     struct Committed {
         var commit: StoreCommit
-        var snapshot: ControlSnapshot
+        var table: RouteTable
+        /// What the file shadows of the managed tenants, for a whole rebuild (`nil` for an incremental one).
+        var shadowed: [String: Shadowing]?
     }
 
     /// Runs a change: `decide` plans it from the current state (or refuses it), then the plan is built, written
@@ -204,27 +208,42 @@ public final class ControlPlane: Sendable {
     ) throws(Refusal) -> Committed {
         let current = state.withLockedValue { $0 }
         var plan = try decide(current)
-        let snapshot = ControlSnapshot(plan.next)
         let table: RouteTable
+        var shadowed: [String: Shadowing]?
         let certificateStore: CertificateStore?
+        // The tenants whose backends the change touches: those it names, or all of them.
+        let touched: [Tenant]
         do {
-            table = try RouteTable(configuration: snapshot.configuration, previous: routes.current)
+            if let changed = plan.changed?.subtracting(plan.next.fileIndex.names) {
+                let served = changed.sorted().compactMap { name in
+                    plan.next.tenants[name].flatMap { plan.next.served($0.configuration).tenant }
+                }
+                table = try routes.current.replacing(changed, with: served)
+                touched = changed.compactMap { table.tenant(named: $0) }
+            } else {
+                let snapshot = ControlSnapshot(plan.next)
+                shadowed = snapshot.shadowed
+                table = try RouteTable(configuration: snapshot.configuration, previous: routes.current)
+                touched = table.tenants
+            }
         } catch {
             throw Refusal(409, .domainTaken, "\(error); nothing was changed")
         }
         // A drain ends with its backend (removed from its tenant, its tenant removed, from the API or the file), so
         // that a backend added again later is not drained by a leftover.
         let served = Set(
-            table.tenants.lazy.flatMap { tenant in
+            touched.lazy.flatMap { tenant in
                 tenant.backends.lazy.map { StoredDrain(tenant: tenant.name, backend: $0.description) }
             }
         )
-        for drain in plan.next.drains.sorted() where !served.contains(drain) {
+        let names = plan.changed
+        for drain in plan.next.drains.sorted()
+        where (names?.contains(drain.tenant) ?? true) && !served.contains(drain) {
             plan.next.drains.remove(drain)
             plan.mutations.append(.removeDrain(drain))
         }
         do {
-            certificateStore = try self.certificateStore(for: plan, snapshot: snapshot)
+            certificateStore = try self.certificateStore(for: plan, table: table)
         } catch {
             throw Refusal(400, .invalidCertificate, "\(error); nothing was changed")
         }
@@ -243,7 +262,7 @@ public final class ControlPlane: Sendable {
                 }
                 let current = version.current
                 commit = StoreCommit(revision: current + 1, previousRevision: current, changes: [], isDryRun: false)
-                return publish(plan, snapshot: snapshot, table: table, certificates: certificateStore, commit, actor)
+                return publish(plan, table: table, touched: touched, certificates: certificateStore, commit, actor)
             }
             commit = try store.write(actor: "\(actor)", dryRun: dryRun) { transaction in
                 for mutation in plan.mutations {
@@ -257,22 +276,27 @@ public final class ControlPlane: Sendable {
             throw Refusal(503, .unavailable, "the state store cannot be written: \(error); nothing was changed")
         }
         guard !dryRun, commit.revision != commit.previousRevision else {
-            return Committed(commit: commit, snapshot: snapshot)
+            return Committed(commit: commit, table: table, shadowed: shadowed)
         }
-        return publish(plan, snapshot: snapshot, table: table, certificates: certificateStore, commit, actor)
+        var committed = publish(plan, table: table, touched: touched, certificates: certificateStore, commit, actor)
+        committed.shadowed = shadowed
+        return committed
     }
 
     /// Makes a written change live.
     private func publish(
         _ plan: Plan,
-        snapshot: ControlSnapshot,
         table: RouteTable,
+        touched: [Tenant],
         certificates certificateStore: CertificateStore?,
         _ commit: StoreCommit,
         _ actor: ChangeActor
     ) -> Committed {
-        Self.applyDrains(plan.next.drains, to: table)
-        routes.publish(table)
+        Self.applyDrains(plan.next.drains, to: touched)
+        // A change of certificates alone leaves the routes as they are (and the health checker idle).
+        if plan.changed?.isEmpty != true {
+            routes.publish(table, changed: plan.changed == nil ? nil : touched)
+        }
         if let certificateStore, let certificates {
             certificates.publish(certificateStore)
         }
@@ -280,22 +304,23 @@ public final class ControlPlane: Sendable {
         for record in commit.changes {
             logger.notice("admin: \(record.action.rawValue) \(record.subject) by \(actor) (version \(record.revision))")
         }
-        return Committed(commit: commit, snapshot: snapshot)
+        return Committed(commit: commit, table: table, shadowed: nil)
     }
 
-    /// The certificate store to publish with a plan, `nil` when the certificates served do not change.
-    private func certificateStore(for plan: Plan, snapshot: ControlSnapshot) throws -> CertificateStore? {
+    /// The certificate store to publish with a plan: the file's certificates read again for a reload, the
+    /// uploaded ones (which a tenant added or removed changes too) made again from `table` always.
+    private func certificateStore(for plan: Plan, table: RouteTable) throws -> CertificateStore? {
         guard let running = certificates?.current else { return nil }
+        let uploaded = ControlSnapshot.uploadedCertificates(plan.next, table: table)
         if plan.reloadsFileCertificates {
             return try CertificateStore.load(
-                configuration: snapshot.configuration,
+                configuration: plan.next.file,
                 ticketKeys: running.ticketKeys,
-                uploaded: snapshot.uploadedCertificates(plan.next),
+                uploaded: uploaded,
                 cache: running.cache
             )
         }
-        // A tenant added or removed changes which uploaded certificates are served too.
-        return running.replacingUploaded(snapshot.uploadedCertificates(plan.next))
+        return running.replacingUploaded(uploaded)
     }
 }
 
@@ -314,16 +339,17 @@ extension ControlPlane: ConfigurationPublisher {
                     return Plan(
                         next: next,
                         mutations: [.reload(file: configurationPath, tenants: served)],
+                        changed: nil,
                         reloadsFileCertificates: true
                     )
                 },
                 actor: actor,
                 dryRun: false
             )
-            for (name, shadowing) in committed.snapshot.shadowed {
+            for (name, shadowing) in committed.shadowed ?? [:] {
                 logger.warning("\(Self.describe(shadowing, of: name))")
             }
-            return .success((committed.snapshot.configuration.tenants.count, committed.commit.revision))
+            return .success((committed.table.tenants.count, committed.commit.revision))
         } catch {
             let kind: ReloadFailure.Kind
             switch error.response.status {

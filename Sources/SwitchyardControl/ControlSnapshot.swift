@@ -7,10 +7,45 @@ import SwitchyardTLS
 /// change is checked against and what the routing snapshot is built from, so that a change at 10,000 tenants parses
 /// one document, not all of them.
 struct ControlState: Sendable {
-    var file: Configuration
+    var file: Configuration {
+        didSet { fileIndex = FileIndex(file) }
+    }
     var tenants: [String: ManagedTenant] = [:]
     var drains: Set<StoredDrain> = []
     var certificates: [String: StoredCertificate] = [:]
+    /// The file's tenant names and domains, for deciding what of a managed tenant is served without walking the
+    /// file's tenants each time.
+    private(set) var fileIndex: FileIndex
+
+    init(file: Configuration) {
+        self.file = file
+        self.fileIndex = FileIndex(file)
+    }
+
+    struct FileIndex: Sendable {
+        var names: Set<String> = []
+        var domains: Set<String> = []
+
+        init(_ file: Configuration) {
+            for tenant in file.tenants {
+                names.insert(tenant.name)
+                domains.formUnion(tenant.domains)
+            }
+        }
+    }
+
+    /// What of managed tenant `tenant` is served: `nil` when a file tenant has its name or all its domains; and
+    /// what the file shadows of it.
+    func served(_ tenant: TenantConfiguration) -> (tenant: TenantConfiguration?, shadowing: Shadowing?) {
+        if fileIndex.names.contains(tenant.name) {
+            return (nil, Shadowing(byName: true, domains: tenant.domains))
+        }
+        let taken = tenant.domains.filter { fileIndex.domains.contains($0) }
+        guard !taken.isEmpty else { return (tenant, nil) }
+        var served = tenant
+        served.domains.removeAll { fileIndex.domains.contains($0) }
+        return (served.domains.isEmpty ? nil : served, Shadowing(byName: served.domains.isEmpty, domains: taken))
+    }
 }
 
 /// A managed tenant that is not served whole because the configuration file claims what it claims ("the file
@@ -33,26 +68,17 @@ struct ControlSnapshot {
     init(_ state: ControlState) {
         var configuration = state.file
         var shadowed: [String: Shadowing] = [:]
-        let fileNames = Set(state.file.tenants.map(\.name))
-        var claimed: Set<String> = []
-        for tenant in state.file.tenants {
-            claimed.formUnion(tenant.domains)
-        }
+        var claimed = state.fileIndex.domains
         configuration.tenants.reserveCapacity(state.file.tenants.count + state.tenants.count)
         for name in state.tenants.keys.sorted() {
             guard let managed = state.tenants[name] else { continue }
-            if fileNames.contains(name) {
-                shadowed[name] = Shadowing(byName: true, domains: managed.configuration.domains)
-                continue
-            }
-            var tenant = managed.configuration
-            let taken = tenant.domains.filter { claimed.contains($0) }
-            if !taken.isEmpty {
-                let takenSet = Set(taken)
-                tenant.domains.removeAll { takenSet.contains($0) }
-                shadowed[name] = Shadowing(byName: tenant.domains.isEmpty, domains: taken)
-                if tenant.domains.isEmpty { continue }
-            }
+            let (served, shadowing) = state.served(managed.configuration)
+            shadowed[name] = shadowing
+            // Two managed tenants never share a domain (each change checks), but a file tenant that shadowed one
+            // by name could have hidden a domain another then took: the first by name keeps it.
+            guard var tenant = served else { continue }
+            tenant.domains.removeAll { claimed.contains($0) }
+            guard !tenant.domains.isEmpty else { continue }
             claimed.formUnion(tenant.domains)
             configuration.tenants.append(tenant)
         }
@@ -60,11 +86,12 @@ struct ControlSnapshot {
         self.shadowed = shadowed
     }
 
-    /// The uploaded certificates of the tenants served, each selected for the served domains it covers.
-    func uploadedCertificates(_ state: ControlState) -> [UploadedCertificate] {
+    /// The uploaded certificates of the managed tenants `table` serves, each selected for the served domains it
+    /// covers.
+    static func uploadedCertificates(_ state: ControlState, table: RouteTable) -> [UploadedCertificate] {
         var uploaded: [UploadedCertificate] = []
-        for tenant in configuration.tenants.dropFirst(state.file.tenants.count) {
-            guard let certificate = state.certificates[tenant.name] else { continue }
+        for name in state.certificates.keys.sorted() where !state.fileIndex.names.contains(name) {
+            guard let certificate = state.certificates[name], let tenant = table.tenant(named: name) else { continue }
             let names = tenant.domains.filter { Self.covers(certificate.names, domain: $0) }
             guard !names.isEmpty else { continue }
             uploaded.append(

@@ -284,3 +284,82 @@ struct BackendEndpointTests {
         #expect(c.backends[0].endpoint === a.backends[0].endpoint)
     }
 }
+
+/// ``RouteTable/replacing(_:with:)``: the incremental update a change of one tenant makes at 10,000 tenants.
+@Suite("RouteTable.replacing")
+struct RouteTableReplacingTests {
+    static let first = try! SocketAddress(ipAddress: "10.0.0.5", port: 8080)
+    static let second = try! SocketAddress(ipAddress: "10.0.0.6", port: 8080)
+
+    static func table() throws -> RouteTable {
+        try RouteTable(
+            configuration: Configuration(tenants: [
+                TenantConfiguration(name: "a", domains: ["a.test", "*.a.test"], backends: [first]),
+                TenantConfiguration(name: "b", domains: ["b.test"], backends: [first, second]),
+            ])
+        )
+    }
+
+    @Test("the replaced tenant routes its new domains, keeps its kept backends' objects; others are untouched")
+    func replacesOne() throws {
+        let table = try Self.table()
+        let oldB = try #require(table.tenant(named: "b"))
+        let a = try #require(table.tenant(named: "a"))
+        let changed = try table.replacing(
+            ["b"],
+            with: [TenantConfiguration(name: "b", domains: ["b.test", "www.b.test"], backends: [Self.second])]
+        )
+        let newB = try #require(changed.tenant(named: "b"))
+        #expect(newB !== oldB)
+        #expect(newB.backends[0] === oldB.backends[1])
+        #expect(changed.tenant(named: "a") === a)
+        #expect(changed.tenant(forNormalizedHost: "www.b.test") === newB)
+        #expect(changed.tenant(forDomain: "*.a.test") === a)
+        #expect(changed.tenants.map(\.name) == ["a", "b"])
+        // The original table is a value: unchanged.
+        #expect(table.tenant(forNormalizedHost: "www.b.test") == nil)
+        #expect(table.tenant(named: "b") === oldB)
+    }
+
+    @Test("a tenant removed takes its domains with it; an address still listed keeps its endpoint")
+    func removes() throws {
+        let table = try Self.table()
+        let endpoint = try #require(table.tenant(named: "a")?.backends[0].endpoint)
+        let removed = try table.replacing(["a"], with: [])
+        #expect(removed.tenant(forNormalizedHost: "a.test") == nil)
+        #expect(removed.tenant(forNormalizedHost: "x.a.test") == nil)
+        #expect(removed.tenants.map(\.name) == ["b"])
+        let added = try removed.replacing(
+            ["c"],
+            with: [TenantConfiguration(name: "c", domains: ["c.test"], backends: [Self.first])]
+        )
+        #expect(added.tenant(named: "c")?.backends[0].endpoint === endpoint)
+    }
+
+    @Test("an address no tenant lists any more is let go; one listed again later gets a new endpoint")
+    func releasesEndpoints() throws {
+        let table = try Self.table()
+        let endpoint = try #require(table.tenant(named: "b")?.backends[1].endpoint)
+        let without = try table.replacing(
+            ["b"],
+            with: [TenantConfiguration(name: "b", domains: ["b.test"], backends: [Self.first])]
+        )
+        let again = try without.replacing(
+            ["d"],
+            with: [TenantConfiguration(name: "d", domains: ["d.test"], backends: [Self.second])]
+        )
+        #expect(again.tenant(named: "d")?.backends[0].endpoint !== endpoint)
+    }
+
+    @Test("a domain another tenant has is refused, naming both, and the table is unchanged")
+    func refusesConflict() throws {
+        let table = try Self.table()
+        #expect(throws: RouteTableError(domain: "a.test", firstTenant: "a", secondTenant: "c")) {
+            _ = try table.replacing(
+                ["c"],
+                with: [TenantConfiguration(name: "c", domains: ["a.test"], backends: [Self.first])]
+            )
+        }
+        #expect(table.tenant(forNormalizedHost: "a.test")?.name == "a")
+    }
+}

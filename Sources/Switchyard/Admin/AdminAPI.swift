@@ -341,7 +341,7 @@ public struct AdminAPI: Sendable {
     }
 
     private func findBackend(tenant name: String, address: String) -> Result<(Tenant, Backend), Refusal> {
-        guard let tenant = routes.current.tenants.first(where: { $0.name == name }) else {
+        guard let tenant = routes.current.tenant(named: name) else {
             return .failure(
                 Refusal(
                     response: Self.error(404, .notFound, "no tenant '\(name)'; `switchyard status` lists the tenants")

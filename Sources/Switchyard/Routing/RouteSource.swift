@@ -37,8 +37,16 @@ public final class RouteSource: Sendable {
     }
 
     /// Replaces the table; requests already routed are not affected.
-    public func publish(_ table: RouteTable) {
-        table.applyDrainMarks()
+    ///
+    /// - Parameter changed: when the table was made from the current one by ``RouteTable/replacing(_:with:)``, the
+    ///   tenants it replaced: only their backends' `drain` marks are applied (every other backend is the one of the
+    ///   current table, marked already), which at 10,000 tenants saves walking all of them.
+    public func publish(_ table: RouteTable, changed: [Tenant]? = nil) {
+        if let changed {
+            RouteTable.applyDrainMarks(of: changed)
+        } else {
+            table.applyDrainMarks()
+        }
         let generation = publications.wrappingIncrementThenLoad(ordering: .relaxed)
         snapshot.store(Snapshot(table, generation: generation), ordering: .releasing)
     }

@@ -7,42 +7,84 @@ import NIOCore
 /// wildcard suffix beats a shorter one, as in nginx's `server_name`. A wildcard matches one or more labels
 /// (`a.b.shop.test` matches `*.shop.test`) but not the bare suffix (`shop.test`).
 public struct RouteTable: Sendable {
-    private let exact: [String: Tenant]
+    private var exact: [String: Tenant]
     /// Keyed by the suffix after `*.`, e.g. `shop.test` for `*.shop.test`.
-    private let wildcard: [String: Tenant]
-    /// Every tenant, in declaration order.
-    public let tenants: [Tenant]
+    private var wildcard: [String: Tenant]
+    /// Every tenant, in declaration order (a tenant replaced by ``replacing(_:with:)`` goes to the end).
+    public private(set) var tenants: [Tenant]
+    /// Every tenant by name.
+    private var byName: [String: Tenant]
+    /// One endpoint per backend address, with how many tenants' backends use it, so that idle connections are
+    /// shared by every tenant that lists the address and an address no tenant lists any more is let go.
+    private var endpoints: [SocketAddress: (endpoint: BackendEndpoint, users: Int)]
 
     /// An empty table: every host is unknown.
     public init() {
         self.exact = [:]
         self.wildcard = [:]
         self.tenants = []
+        self.byName = [:]
+        self.endpoints = [:]
     }
 
     /// Builds the table; domains must already be normalised (see ``HostName``).
     ///
     /// - Throws: ``RouteTableError`` when a domain is claimed by two tenants.
     public init(tenants: [Tenant]) throws(RouteTableError) {
-        var exact: [String: Tenant] = [:]
-        var wildcard: [String: Tenant] = [:]
+        self.init()
+        self.tenants.reserveCapacity(tenants.count)
         for tenant in tenants {
-            for domain in tenant.domains {
-                let isWildcard = domain.hasPrefix("*.")
-                let key = isWildcard ? String(domain.dropFirst(2)) : domain
-                if let owner = isWildcard ? wildcard[key] : exact[key] {
-                    throw RouteTableError(domain: domain, firstTenant: owner.name, secondTenant: tenant.name)
-                }
-                if isWildcard {
-                    wildcard[key] = tenant
-                } else {
-                    exact[key] = tenant
-                }
+            try insert(tenant)
+        }
+    }
+
+    /// Adds a tenant's domains, name and endpoints.
+    private mutating func insert(_ tenant: Tenant) throws(RouteTableError) {
+        for domain in tenant.domains {
+            let isWildcard = domain.hasPrefix("*.")
+            let key = isWildcard ? String(domain.dropFirst(2)) : domain
+            if let owner = isWildcard ? wildcard[key] : exact[key] {
+                throw RouteTableError(domain: domain, firstTenant: owner.name, secondTenant: tenant.name)
+            }
+            if isWildcard {
+                wildcard[key] = tenant
+            } else {
+                exact[key] = tenant
             }
         }
-        self.exact = exact
-        self.wildcard = wildcard
-        self.tenants = tenants
+        byName[tenant.name] = tenant
+        tenants.append(tenant)
+        for backend in tenant.backends {
+            endpoints[backend.address, default: (backend.endpoint, 0)].users += 1
+        }
+    }
+
+    /// Takes a tenant's domains, name and endpoints out; `tenants` is left to the caller.
+    private mutating func forget(_ tenant: Tenant) {
+        for domain in tenant.domains {
+            if domain.hasPrefix("*.") {
+                let key = String(domain.dropFirst(2))
+                if wildcard[key] === tenant { wildcard[key] = nil }
+            } else if exact[domain] === tenant {
+                exact[domain] = nil
+            }
+        }
+        if byName[tenant.name] === tenant { byName[tenant.name] = nil }
+        for backend in tenant.backends {
+            guard let entry = endpoints[backend.address] else { continue }
+            endpoints[backend.address] = entry.users > 1 ? (entry.endpoint, entry.users - 1) : nil
+        }
+    }
+
+    /// The tenant named `name`.
+    public func tenant(named name: String) -> Tenant? {
+        byName[name]
+    }
+
+    /// The tenant that has `domain` (normalised, a wildcard written `*.shop.test`) among its own domains: who a
+    /// tenant claiming it would collide with.
+    public func tenant(forDomain domain: String) -> Tenant? {
+        domain.hasPrefix("*.") ? wildcard[String(domain.dropFirst(2))] : exact[domain]
     }
 
     /// The tenant serving `host`, which must be normalised.
@@ -66,6 +108,11 @@ public struct RouteTable: Sendable {
     /// not when it is built, so that a reload refused after building changes nothing; a backend kept from the
     /// previous table follows the new file (a reload that removes the mark puts it back in rotation).
     func applyDrainMarks() {
+        Self.applyDrainMarks(of: tenants)
+    }
+
+    /// ``applyDrainMarks()`` for some tenants only.
+    static func applyDrainMarks(of tenants: [Tenant]) {
         for tenant in tenants {
             for (backend, drained) in zip(tenant.backends, tenant.drained) {
                 backend.status.isDrainedInConfiguration = drained
@@ -98,27 +145,63 @@ extension RouteTable {
     ///   count (when its cap is unchanged), so tunnels opened before a reload still count against the cap.
 
     public init(configuration: Configuration, previous: RouteTable? = nil) throws(RouteTableError) {
+        let kept = Kept(previous: previous, names: nil)
+        var endpoints = previous?.endpoints.mapValues(\.endpoint) ?? [:]
+        let tenants = configuration.tenants.map { kept.tenant(for: $0, endpoints: &endpoints) }
+        try self.init(tenants: tenants)
+    }
+
+    /// This table with the tenants named `names` replaced by those of `configurations` (each name in `names` that
+    /// `configurations` leaves out is removed): the incremental form of ``init(configuration:previous:)`` for a
+    /// change of a few tenants, which at 10,000 tenants costs a few of them instead of all. Every other tenant is
+    /// the same object as here; a replaced one keeps its backends' state and its tunnel count as a reload would.
+    ///
+    /// - Throws: ``RouteTableError`` when a new domain is claimed by another tenant; this table is unchanged.
+    public func replacing(
+        _ names: Set<String>,
+        with configurations: [TenantConfiguration]
+    ) throws(RouteTableError) -> RouteTable {
+        var table = self
+        let kept = Kept(previous: self, names: names)
+        for name in names {
+            if let old = byName[name] { table.forget(old) }
+        }
+        table.tenants.removeAll { names.contains($0.name) }
+        var endpoints = table.endpoints.mapValues(\.endpoint)
+        for tenant in kept.previousEndpoints {
+            if endpoints[tenant.key] == nil { endpoints[tenant.key] = tenant.value }
+        }
+        for configuration in configurations {
+            try table.insert(kept.tenant(for: configuration, endpoints: &endpoints))
+        }
+        return table
+    }
+
+    /// What a rebuilt tenant takes over from the table it replaces: its tunnel gauge (while its cap is
+    /// unchanged) and each backend it still lists, with its health, pooled connections and checks.
+    private struct Kept {
         var gauges: [String: TunnelGauge] = [:]
-        // A backend that stays in its tenant keeps its object, so its health, its pooled connections and its
-        // health checks carry on across the reload.
         var backends: [String: [SocketAddress: Backend]] = [:]
-        // One endpoint per address, across tenants and reloads, so that idle connections are shared by every tenant
-        // that lists the address and survive the reload.
-        var endpoints: [SocketAddress: BackendEndpoint] = [:]
-        for tenant in previous?.tenants ?? [] {
-            gauges[tenant.name] = tenant.tunnels
-            for backend in tenant.backends {
-                backends[tenant.name, default: [:]][backend.address] = backend
-                endpoints[backend.address] = backend.endpoint
+        /// The endpoints of the tenants being replaced, so that an address they keep keeps its endpoint.
+        var previousEndpoints: [SocketAddress: BackendEndpoint] = [:]
+
+        /// - Parameter names: only these tenants of `previous` (all when `nil`).
+        init(previous: RouteTable?, names: Set<String>?) {
+            guard let previous else { return }
+            let tenants = names.map { $0.compactMap { previous.byName[$0] } } ?? previous.tenants
+            for tenant in tenants {
+                gauges[tenant.name] = tenant.tunnels
+                for backend in tenant.backends {
+                    backends[tenant.name, default: [:]][backend.address] = backend
+                    previousEndpoints[backend.address] = backend.endpoint
+                }
             }
         }
-        func endpoint(for address: SocketAddress) -> BackendEndpoint {
-            if let shared = endpoints[address] { return shared }
-            let created = BackendEndpoint(address: address)
-            endpoints[address] = created
-            return created
-        }
-        let tenants = configuration.tenants.map { tenant in
+
+        func tenant(
+            for tenant: TenantConfiguration,
+            endpoints: inout [SocketAddress: BackendEndpoint]
+        ) -> Tenant {
             var gauge = gauges[tenant.name] ?? TunnelGauge(limit: tenant.maxTunnels)
             if gauge.limit != tenant.maxTunnels {
                 gauge = TunnelGauge(limit: tenant.maxTunnels)
@@ -131,7 +214,9 @@ extension RouteTable {
                     if let kept = backends[tenant.name]?[address], kept.description == name ?? Backend.format(address) {
                         return kept
                     }
-                    return Backend(address: address, description: name, endpoint: endpoint(for: address))
+                    let endpoint = endpoints[address] ?? BackendEndpoint(address: address)
+                    endpoints[address] = endpoint
+                    return Backend(address: address, description: name, endpoint: endpoint)
                 },
                 health: tenant.health ?? HealthCheckConfiguration(),
                 balance: tenant.balance,
@@ -144,6 +229,5 @@ extension RouteTable {
                 upgradeProtocols: tenant.upgradeProtocols
             )
         }
-        try self.init(tenants: tenants)
     }
 }
