@@ -213,8 +213,9 @@ public final class ControlPlane: Sendable {
         let certificateStore: CertificateStore?
         // The tenants whose backends the change touches: those it names, or all of them.
         let touched: [Tenant]
+        let replaced = plan.changed?.subtracting(plan.next.fileIndex.names)
         do {
-            if let changed = plan.changed?.subtracting(plan.next.fileIndex.names) {
+            if let changed = replaced {
                 let served = changed.sorted().compactMap { name in
                     plan.next.tenants[name].flatMap { plan.next.served($0.configuration).tenant }
                 }
@@ -262,7 +263,15 @@ public final class ControlPlane: Sendable {
                 }
                 let current = version.current
                 commit = StoreCommit(revision: current + 1, previousRevision: current, changes: [], isDryRun: false)
-                return publish(plan, table: table, touched: touched, certificates: certificateStore, commit, actor)
+                return publish(
+                    plan,
+                    table: table,
+                    replaced: replaced,
+                    touched: touched,
+                    certificates: certificateStore,
+                    commit,
+                    actor
+                )
             }
             commit = try store.write(actor: "\(actor)", dryRun: dryRun) { transaction in
                 for mutation in plan.mutations {
@@ -278,7 +287,15 @@ public final class ControlPlane: Sendable {
         guard !dryRun, commit.revision != commit.previousRevision else {
             return Committed(commit: commit, table: table, shadowed: shadowed)
         }
-        var committed = publish(plan, table: table, touched: touched, certificates: certificateStore, commit, actor)
+        var committed = publish(
+            plan,
+            table: table,
+            replaced: replaced,
+            touched: touched,
+            certificates: certificateStore,
+            commit,
+            actor
+        )
         committed.shadowed = shadowed
         return committed
     }
@@ -287,6 +304,7 @@ public final class ControlPlane: Sendable {
     private func publish(
         _ plan: Plan,
         table: RouteTable,
+        replaced: Set<String>?,
         touched: [Tenant],
         certificates certificateStore: CertificateStore?,
         _ commit: StoreCommit,
@@ -295,7 +313,7 @@ public final class ControlPlane: Sendable {
         Self.applyDrains(plan.next.drains, to: touched)
         // A change of certificates alone leaves the routes as they are (and the health checker idle).
         if plan.changed?.isEmpty != true {
-            routes.publish(table, changed: plan.changed == nil ? nil : touched)
+            routes.publish(table, replacing: replaced)
         }
         if let certificateStore, let certificates {
             certificates.publish(certificateStore)

@@ -5,7 +5,10 @@ import Testing
 /// The control plane end to end: the real `switchyard` binary, changed through its admin socket by the real CLI
 /// (and by concurrent raw clients), routed by real curl and openssl clients, stopped and killed and started again on
 /// its state store.
-@Suite("Control plane through the admin API and CLI")
+///
+/// Serialized: its tests wait on child processes, which blocks one of the concurrency pool's few threads each; run
+/// side by side they would starve the other suites' tasks (health checkers, idle timers).
+@Suite("Control plane through the admin API and CLI", .serialized)
 struct ControlPlaneIntegrationTests {
     /// A configuration with one file tenant, `filet`, on `backend`.
     static func configuration(port: Int, backend: Int, extra: String = "") -> String {
@@ -334,22 +337,40 @@ struct ControlPlaneIntegrationTests {
         print(" ".join(f"{status} {n}" for status, n in sorted(seen.items())))
         """#
 
-    @Test("a WebSocket tunnel of one tenant keeps echoing while other tenants are added and removed")
+    @Test(
+        "a WebSocket tunnel of one tenant keeps echoing while other tenants are added and removed; a removed tenant's tunnel closes timeouts.drain later"
+    )
     func tunnelSurvivesChanges() async throws {
         let echo = try await WebSocketEchoBackend.start()
         let port = try ExternalProcess.freePort()
-        let balancer = try ServedBalancer(Self.configuration(port: port, backend: echo.port), port: port)
+        let balancer = try ServedBalancer(
+            Self.configuration(port: port, backend: echo.port, extra: "timeouts: { drain: 1s }"),
+            port: port
+        )
         defer { balancer.stop() }
+        #expect(
+            try balancer.admin([
+                "tenants", "add", "gone", "--domain", "gone.test", "--backend", "127.0.0.1:\(echo.port)",
+            ])
+            .status == 0
+        )
         let script = NSTemporaryDirectory() + "switchyard-ws-\(UUID().uuidString).py"
         defer { try? FileManager.default.removeItem(atPath: script) }
         try Self.echoScript.write(toFile: script, atomically: true, encoding: .utf8)
-        let client = Process()
-        client.executableURL = URL(fileURLWithPath: "/usr/bin/env")
-        client.arguments = ["python3", script, String(port), "file.test", "4"]
-        let output = Pipe()
-        client.standardOutput = output
-        try client.run()
+        func startClient(_ host: String, seconds: Int) throws -> (Process, Pipe) {
+            let client = Process()
+            client.executableURL = URL(fileURLWithPath: "/usr/bin/env")
+            client.arguments = ["python3", script, String(port), host, String(seconds)]
+            let output = Pipe()
+            client.standardOutput = output
+            try client.run()
+            return (client, output)
+        }
+        let (client, output) = try startClient("file.test", seconds: 4)
+        let (doomed, doomedOutput) = try startClient("gone.test", seconds: 8)
         try await Task.sleep(for: .milliseconds(500))
+        let removed = ContinuousClock.now
+        #expect(try balancer.admin(["tenants", "remove", "gone"]).status == 0)
         let socket = balancer.process.adminPath
         @Sendable func admin(_ arguments: [String]) throws -> ExternalProcess.Output {
             try ExternalProcess.run(ExternalProcess.switchyardBinary, arguments + ["--admin", socket])
@@ -374,6 +395,18 @@ struct ControlPlaneIntegrationTests {
         let result = try JSONSerialization.jsonObject(with: data) as? [String: Any]
         #expect(result?["ok"] as? Bool == true, "\(String(decoding: data, as: UTF8.self))")
         #expect((result?["echoed"] as? Int ?? 0) >= 40)
+
+        // The removed tenant's tunnel went on for timeouts.drain (1 s), then was closed.
+        let doomedData = try await offThePool {
+            let data = doomedOutput.fileHandleForReading.readDataToEndOfFile()
+            doomed.waitUntilExit()
+            return data
+        }
+        let closedAfter = ContinuousClock.now - removed
+        let doomedResult = try JSONSerialization.jsonObject(with: doomedData) as? [String: Any]
+        #expect(doomedResult?["ok"] as? Bool == false, "\(String(decoding: doomedData, as: UTF8.self))")
+        #expect((doomedResult?["echoed"] as? Int ?? 0) >= 10)
+        #expect(closedAfter < .seconds(6), "\(closedAfter)")
         await echo.stop()
     }
 

@@ -351,6 +351,24 @@ struct RouteTableReplacingTests {
         #expect(again.tenant(named: "d")?.backends[0].endpoint !== endpoint)
     }
 
+    @Test("publishing retires the backends the new table no longer has, whole or replacing some tenants")
+    func retiresRemovedBackends() throws {
+        let table = try Self.table()
+        let source = RouteSource(table)
+        let a = try #require(table.tenant(named: "a"))
+        let b = try #require(table.tenant(named: "b"))
+        let edited = try table.replacing(
+            ["b"],
+            with: [TenantConfiguration(name: "b", domains: ["b.test"], backends: [Self.second])]
+        )
+        source.publish(edited, replacing: ["b"])
+        #expect(b.backends[0].retirement.isRetired)
+        #expect(!b.backends[1].retirement.isRetired)
+        #expect(!a.backends[0].retirement.isRetired)
+        source.publish(try RouteTable(configuration: Configuration(tenants: [])))
+        #expect(a.backends[0].retirement.isRetired && b.backends[1].retirement.isRetired)
+    }
+
     @Test("a domain another tenant has is refused, naming both, and the table is unchanged")
     func refusesConflict() throws {
         let table = try Self.table()

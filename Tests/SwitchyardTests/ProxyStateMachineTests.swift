@@ -835,6 +835,19 @@ struct ProxyStateMachineTests {
         #expect(h.state == .closed)
     }
 
+    @Test("a tunnel whose backend left the configuration is closed timeouts.drain later, not before")
+    func retiredBackendTunnel() throws {
+        var h = try Harness()
+        try openTunnel(&h)
+        #expect(h.advance(.seconds(60)) == [])
+        h.backend().retirement.retire(now: h.now)
+        // The grace is the harness's default settings' (30 s): traffic does not extend it.
+        #expect(h.advance(.seconds(29)) == [])
+        #expect(h.client("ping") == ["upstream ping"])
+        #expect(h.advance(.seconds(1)) == ["release closed", "close"])
+        #expect(h.state == .closed)
+    }
+
     @Test("a 101 to a request that did not ask to upgrade is a broken answer: 502, counted against the backend")
     func unexpectedSwitchingProtocols() throws {
         var h = try Harness()

@@ -79,7 +79,8 @@ final class ClientConnectionHandler: ChannelDuplexHandler, RemovableChannelHandl
             forwardsUnderscoreFields: configuration.underscoresInHeaders,
             client: HeadWriter.ClientInfo(address: address, scheme: scheme),
             accessLog: worker.accessLogger != nil,
-            httpsPort: worker.httpsPort
+            httpsPort: worker.httpsPort,
+            retiredTunnelGrace: configuration.timeouts.drain
         )
         machine = ProxyStateMachine(settings: settings, routes: worker.routes, now: .now())
         worker.register(self)

@@ -31,6 +31,8 @@ struct ProxyStateMachine {
         var httpsPort: Int? = nil
         /// How many backends a request may try when connecting fails before any byte was sent.
         var maximumAttempts: Int = 2
+        /// How long a tunnel outlives its backend's removal from the configuration (`timeouts.drain`).
+        var retiredTunnelGrace: TimeAmount = .seconds(30)
     }
 
     /// Work for the handler, performed in the order queued.
@@ -106,6 +108,9 @@ struct ProxyStateMachine {
         var isUpgrade: Bool
         /// The backend the request's sticky-session cookie names, if any.
         var stickyBackend: Backend?
+        /// The backend of an upgrade request, kept so that its tunnel ends once the backend is retired (only for
+        /// upgrades: a plain request never needs it, and holding it would cost a reference per request).
+        var upgradedBackend: Backend?
         /// The `Set-Cookie` line added to the response when the request was not served by the backend its cookie
         /// named (no cookie, or that backend is unavailable).
         var setCookie: String?
@@ -163,6 +168,8 @@ struct ProxyStateMachine {
     private var tunnelSlot: TunnelGauge?
     /// Idle timeout of the current tunnel (the tenant's, else the server's).
     private var tunnelIdleTimeout: TimeAmount
+    /// The backend a tunnel goes to: once it leaves the configuration, the tunnel has `retiredTunnelGrace` left.
+    private var tunnelBackend: Backend?
     /// The buffer the last forwarded head was written into, reused for the next one: by then the channel has
     /// written it and the exchange let go of it, so clearing it costs nothing where a new buffer cost an allocation
     /// per request. Dropped when the connection becomes a tunnel, which sends no more heads.
@@ -339,6 +346,7 @@ struct ProxyStateMachine {
         guard state == .connecting, var exchange else { return }
         state = .exchanging
         exchange.backend = backend.description
+        if exchange.isUpgrade { exchange.upgradedBackend = backend }
         exchange.setCookie = nil
         if let tenant = exchange.tenant, let sticky = tenant.sticky, backend !== exchange.stickyBackend,
             let index = tenant.backends.firstIndex(where: { $0 === backend })
@@ -507,7 +515,9 @@ struct ProxyStateMachine {
                 abandonExchange(answering: .gatewayTimeout, now: now)
             }
         case .tunnel:
-            if let deadline = clientDeadline, now >= deadline {
+            let retired =
+                tunnelBackend?.retirement.isRetired(longerThan: settings.retiredTunnelGrace, now: now) ?? false
+            if retired || clientDeadline.map({ now >= $0 }) == true {
                 queue(.releaseUpstream(reusable: false))
                 close()
             }
@@ -1001,6 +1011,7 @@ struct ProxyStateMachine {
         headBuffer = nil
         tunnelIdleTimeout = exchange?.tenant?.tunnelIdle ?? settings.tunnelIdleTimeout
         clientDeadline = now + tunnelIdleTimeout
+        tunnelBackend = exchange?.upgradedBackend
         exchange = nil
         processInbound(now: now)
     }

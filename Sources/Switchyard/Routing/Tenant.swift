@@ -126,6 +126,8 @@ public final class Backend: Sendable, CustomStringConvertible {
     /// What this backend shares with every other tenant's backend at the same address: the idle keep-alive
     /// connections to it (see ``BackendEndpoint``).
     public let endpoint: BackendEndpoint
+    /// Set once the backend left its tenant: its tunnels are then closed after `timeouts.drain`.
+    public let retirement = Retirement()
 
     /// - Parameter endpoint: the address's shared endpoint; a new one when `nil` (the route table passes the one
     ///   every backend at this address uses).
