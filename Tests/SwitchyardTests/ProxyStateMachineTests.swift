@@ -835,17 +835,32 @@ struct ProxyStateMachineTests {
         #expect(h.state == .closed)
     }
 
-    @Test("a tunnel whose backend left the configuration is closed timeouts.drain later, not before")
+    @Test("a tunnel whose backend was retired long enough is closed; a request in flight on it is not")
     func retiredBackendTunnel() throws {
         var h = try Harness()
-        try openTunnel(&h)
-        #expect(h.advance(.seconds(60)) == [])
-        h.backend().retirement.retire(now: h.now)
-        // The grace is the harness's default settings' (30 s): traffic does not extend it.
-        #expect(h.advance(.seconds(29)) == [])
-        #expect(h.client("ping") == ["upstream ping"])
-        #expect(h.advance(.seconds(1)) == ["release closed", "close"])
-        #expect(h.state == .closed)
+        #expect(h.client("GET / HTTP/1.1\r\nHost: shop.test\r\n\r\n") == ["acquire shop"])
+        _ = h.attach()
+        h.machine.tunnelBackendRetired()
+        #expect(h.drain() == [])
+        #expect(h.state == .exchanging)
+        _ = h.upstream("HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+
+        var tunnel = try Harness()
+        try openTunnel(&tunnel)
+        tunnel.machine.tunnelBackendRetired()
+        #expect(tunnel.drain() == ["release closed", "close"])
+        #expect(tunnel.state == .closed)
+    }
+
+    @Test("a retirement counts from when it was first marked")
+    func retirementGrace() {
+        let retirement = Retirement()
+        let start = NIODeadline.uptimeNanoseconds(5_000_000_000)
+        #expect(!retirement.isRetired(longerThan: .zero, now: start))
+        retirement.retire(now: start)
+        retirement.retire(now: start + .seconds(10))
+        #expect(!retirement.isRetired(longerThan: .seconds(30), now: start + .seconds(29)))
+        #expect(retirement.isRetired(longerThan: .seconds(30), now: start + .seconds(30)))
     }
 
     @Test("a 101 to a request that did not ask to upgrade is a broken answer: 502, counted against the backend")

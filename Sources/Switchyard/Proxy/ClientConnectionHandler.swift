@@ -184,6 +184,11 @@ final class ClientConnectionHandler: ChannelDuplexHandler, RemovableChannelHandl
     // MARK: Worker events
 
     func checkTimeouts(now: NIODeadline) {
+        if let grace = machine?.retiredTunnelGrace, machine?.state == .tunnel,
+            upstream?.backend.retirement.isRetired(longerThan: grace, now: now) == true
+        {
+            machine?.tunnelBackendRetired()
+        }
         machine?.checkTimeouts(now: now)
         performActions()
     }

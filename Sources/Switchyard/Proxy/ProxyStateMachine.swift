@@ -108,9 +108,6 @@ struct ProxyStateMachine {
         var isUpgrade: Bool
         /// The backend the request's sticky-session cookie names, if any.
         var stickyBackend: Backend?
-        /// The backend of an upgrade request, kept so that its tunnel ends once the backend is retired (only for
-        /// upgrades: a plain request never needs it, and holding it would cost a reference per request).
-        var upgradedBackend: Backend?
         /// The `Set-Cookie` line added to the response when the request was not served by the backend its cookie
         /// named (no cookie, or that backend is unavailable).
         var setCookie: String?
@@ -168,8 +165,6 @@ struct ProxyStateMachine {
     private var tunnelSlot: TunnelGauge?
     /// Idle timeout of the current tunnel (the tenant's, else the server's).
     private var tunnelIdleTimeout: TimeAmount
-    /// The backend a tunnel goes to: once it leaves the configuration, the tunnel has `retiredTunnelGrace` left.
-    private var tunnelBackend: Backend?
     /// The buffer the last forwarded head was written into, reused for the next one: by then the channel has
     /// written it and the exchange let go of it, so clearing it costs nothing where a new buffer cost an allocation
     /// per request. Dropped when the connection becomes a tunnel, which sends no more heads.
@@ -346,7 +341,6 @@ struct ProxyStateMachine {
         guard state == .connecting, var exchange else { return }
         state = .exchanging
         exchange.backend = backend.description
-        if exchange.isUpgrade { exchange.upgradedBackend = backend }
         exchange.setCookie = nil
         if let tenant = exchange.tenant, let sticky = tenant.sticky, backend !== exchange.stickyBackend,
             let index = tenant.backends.firstIndex(where: { $0 === backend })
@@ -479,6 +473,18 @@ struct ProxyStateMachine {
         upstreamDeadline = clientWritable ? now + settings.upstreamResponseTimeout : nil
     }
 
+    /// The tunnel's backend left the configuration `retiredTunnelGrace` ago or more (the transport, which holds
+    /// the backend connection, checks at each sweep): the tunnel is closed, as a drain's deadline closes
+    /// connections. Anything but a tunnel is left alone: a request in flight on a removed backend finishes.
+    mutating func tunnelBackendRetired() {
+        guard state == .tunnel else { return }
+        queue(.releaseUpstream(reusable: false))
+        close()
+    }
+
+    /// How long a tunnel outlives its backend's removal.
+    var retiredTunnelGrace: TimeAmount { settings.retiredTunnelGrace }
+
     /// Applies whichever deadline has passed.
     mutating func checkTimeouts(now: NIODeadline) {
         if state != .closed, let since = clientStalledSince, now - since >= settings.clientSendTimeout {
@@ -515,9 +521,7 @@ struct ProxyStateMachine {
                 abandonExchange(answering: .gatewayTimeout, now: now)
             }
         case .tunnel:
-            let retired =
-                tunnelBackend?.retirement.isRetired(longerThan: settings.retiredTunnelGrace, now: now) ?? false
-            if retired || clientDeadline.map({ now >= $0 }) == true {
+            if let deadline = clientDeadline, now >= deadline {
                 queue(.releaseUpstream(reusable: false))
                 close()
             }
@@ -1011,7 +1015,6 @@ struct ProxyStateMachine {
         headBuffer = nil
         tunnelIdleTimeout = exchange?.tenant?.tunnelIdle ?? settings.tunnelIdleTimeout
         clientDeadline = now + tunnelIdleTimeout
-        tunnelBackend = exchange?.upgradedBackend
         exchange = nil
         processInbound(now: now)
     }

@@ -7,91 +7,128 @@ import NIOCore
 /// wildcard suffix beats a shorter one, as in nginx's `server_name`. A wildcard matches one or more labels
 /// (`a.b.shop.test` matches `*.shop.test`) but not the bare suffix (`shop.test`).
 public struct RouteTable: Sendable {
-    private var exact: [String: Tenant]
-    /// Keyed by the suffix after `*.`, e.g. `shop.test` for `*.shop.test`.
-    private var wildcard: [String: Tenant]
+    /// Everything, behind one reference: every request loads the table from ``RouteSource``, and a copy of the
+    /// struct then costs one retain and one release, whatever the number of maps inside.
+    private let storage: Storage
+
+    private final class Storage: Sendable {
+        let exact: [String: Tenant]
+        /// Keyed by the suffix after `*.`, e.g. `shop.test` for `*.shop.test`.
+        let wildcard: [String: Tenant]
+        let tenants: [Tenant]
+        let byName: [String: Tenant]
+        let endpoints: [SocketAddress: (endpoint: BackendEndpoint, users: Int)]
+
+        init(_ builder: Builder) {
+            exact = builder.exact
+            wildcard = builder.wildcard
+            tenants = builder.tenants
+            byName = builder.byName
+            endpoints = builder.endpoints
+        }
+    }
+
+    /// The maps while a table is made.
+    private struct Builder {
+        var exact: [String: Tenant] = [:]
+        var wildcard: [String: Tenant] = [:]
+        var tenants: [Tenant] = []
+        var byName: [String: Tenant] = [:]
+        /// One endpoint per backend address, with how many tenants' backends use it, so that idle connections are
+        /// shared by every tenant that lists the address and an address no tenant lists any more is let go.
+        var endpoints: [SocketAddress: (endpoint: BackendEndpoint, users: Int)] = [:]
+
+        init() {}
+
+        init(_ storage: Storage) {
+            exact = storage.exact
+            wildcard = storage.wildcard
+            tenants = storage.tenants
+            byName = storage.byName
+            endpoints = storage.endpoints
+        }
+
+        /// Adds a tenant's domains, name and endpoints.
+        mutating func insert(_ tenant: Tenant) throws(RouteTableError) {
+            for domain in tenant.domains {
+                let isWildcard = domain.hasPrefix("*.")
+                let key = isWildcard ? String(domain.dropFirst(2)) : domain
+                if let owner = isWildcard ? wildcard[key] : exact[key] {
+                    throw RouteTableError(domain: domain, firstTenant: owner.name, secondTenant: tenant.name)
+                }
+                if isWildcard {
+                    wildcard[key] = tenant
+                } else {
+                    exact[key] = tenant
+                }
+            }
+            byName[tenant.name] = tenant
+            tenants.append(tenant)
+            for backend in tenant.backends {
+                endpoints[backend.address, default: (backend.endpoint, 0)].users += 1
+            }
+        }
+
+        /// Takes a tenant's domains, name and endpoints out; `tenants` is left to the caller.
+        mutating func forget(_ tenant: Tenant) {
+            for domain in tenant.domains {
+                if domain.hasPrefix("*.") {
+                    let key = String(domain.dropFirst(2))
+                    if wildcard[key] === tenant { wildcard[key] = nil }
+                } else if exact[domain] === tenant {
+                    exact[domain] = nil
+                }
+            }
+            if byName[tenant.name] === tenant { byName[tenant.name] = nil }
+            for backend in tenant.backends {
+                guard let entry = endpoints[backend.address] else { continue }
+                endpoints[backend.address] = entry.users > 1 ? (entry.endpoint, entry.users - 1) : nil
+            }
+        }
+    }
+
     /// Every tenant, in declaration order (a tenant replaced by ``replacing(_:with:)`` goes to the end).
-    public private(set) var tenants: [Tenant]
-    /// Every tenant by name.
-    private var byName: [String: Tenant]
-    /// One endpoint per backend address, with how many tenants' backends use it, so that idle connections are
-    /// shared by every tenant that lists the address and an address no tenant lists any more is let go.
-    private var endpoints: [SocketAddress: (endpoint: BackendEndpoint, users: Int)]
+    public var tenants: [Tenant] { storage.tenants }
 
     /// An empty table: every host is unknown.
     public init() {
-        self.exact = [:]
-        self.wildcard = [:]
-        self.tenants = []
-        self.byName = [:]
-        self.endpoints = [:]
+        storage = Storage(Builder())
     }
 
     /// Builds the table; domains must already be normalised (see ``HostName``).
     ///
     /// - Throws: ``RouteTableError`` when a domain is claimed by two tenants.
     public init(tenants: [Tenant]) throws(RouteTableError) {
-        self.init()
-        self.tenants.reserveCapacity(tenants.count)
+        var builder = Builder()
+        builder.tenants.reserveCapacity(tenants.count)
         for tenant in tenants {
-            try insert(tenant)
+            try builder.insert(tenant)
         }
+        storage = Storage(builder)
     }
 
-    /// Adds a tenant's domains, name and endpoints.
-    private mutating func insert(_ tenant: Tenant) throws(RouteTableError) {
-        for domain in tenant.domains {
-            let isWildcard = domain.hasPrefix("*.")
-            let key = isWildcard ? String(domain.dropFirst(2)) : domain
-            if let owner = isWildcard ? wildcard[key] : exact[key] {
-                throw RouteTableError(domain: domain, firstTenant: owner.name, secondTenant: tenant.name)
-            }
-            if isWildcard {
-                wildcard[key] = tenant
-            } else {
-                exact[key] = tenant
-            }
-        }
-        byName[tenant.name] = tenant
-        tenants.append(tenant)
-        for backend in tenant.backends {
-            endpoints[backend.address, default: (backend.endpoint, 0)].users += 1
-        }
-    }
-
-    /// Takes a tenant's domains, name and endpoints out; `tenants` is left to the caller.
-    private mutating func forget(_ tenant: Tenant) {
-        for domain in tenant.domains {
-            if domain.hasPrefix("*.") {
-                let key = String(domain.dropFirst(2))
-                if wildcard[key] === tenant { wildcard[key] = nil }
-            } else if exact[domain] === tenant {
-                exact[domain] = nil
-            }
-        }
-        if byName[tenant.name] === tenant { byName[tenant.name] = nil }
-        for backend in tenant.backends {
-            guard let entry = endpoints[backend.address] else { continue }
-            endpoints[backend.address] = entry.users > 1 ? (entry.endpoint, entry.users - 1) : nil
-        }
+    private init(_ builder: Builder) {
+        storage = Storage(builder)
     }
 
     /// The tenant named `name`.
     public func tenant(named name: String) -> Tenant? {
-        byName[name]
+        storage.byName[name]
     }
 
     /// The tenant that has `domain` (normalised, a wildcard written `*.shop.test`) among its own domains: who a
     /// tenant claiming it would collide with.
     public func tenant(forDomain domain: String) -> Tenant? {
-        domain.hasPrefix("*.") ? wildcard[String(domain.dropFirst(2))] : exact[domain]
+        domain.hasPrefix("*.") ? storage.wildcard[String(domain.dropFirst(2))] : storage.exact[domain]
     }
 
     /// The tenant serving `host`, which must be normalised.
     public func tenant(forNormalizedHost host: String) -> Tenant? {
-        if let tenant = exact[host] {
+        let storage = self.storage
+        if let tenant = storage.exact[host] {
             return tenant
         }
+        let wildcard = storage.wildcard
         guard !wildcard.isEmpty else { return nil }
         var utf8 = host.utf8[...]
         while let dot = utf8.firstIndex(of: UInt8(ascii: ".")) {
@@ -146,7 +183,7 @@ extension RouteTable {
 
     public init(configuration: Configuration, previous: RouteTable? = nil) throws(RouteTableError) {
         let kept = Kept(previous: previous, names: nil)
-        var endpoints = previous?.endpoints.mapValues(\.endpoint) ?? [:]
+        var endpoints = previous?.storage.endpoints.mapValues(\.endpoint) ?? [:]
         let tenants = configuration.tenants.map { kept.tenant(for: $0, endpoints: &endpoints) }
         try self.init(tenants: tenants)
     }
@@ -161,10 +198,10 @@ extension RouteTable {
         _ names: Set<String>,
         with configurations: [TenantConfiguration]
     ) throws(RouteTableError) -> RouteTable {
-        var table = self
+        var table = Builder(storage)
         let kept = Kept(previous: self, names: names)
         for name in names {
-            if let old = byName[name] { table.forget(old) }
+            if let old = storage.byName[name] { table.forget(old) }
         }
         table.tenants.removeAll { names.contains($0.name) }
         var endpoints = table.endpoints.mapValues(\.endpoint)
@@ -174,7 +211,7 @@ extension RouteTable {
         for configuration in configurations {
             try table.insert(kept.tenant(for: configuration, endpoints: &endpoints))
         }
-        return table
+        return RouteTable(table)
     }
 
     /// What a rebuilt tenant takes over from the table it replaces: its tunnel gauge (while its cap is
@@ -188,7 +225,7 @@ extension RouteTable {
         /// - Parameter names: only these tenants of `previous` (all when `nil`).
         init(previous: RouteTable?, names: Set<String>?) {
             guard let previous else { return }
-            let tenants = names.map { $0.compactMap { previous.byName[$0] } } ?? previous.tenants
+            let tenants = names.map { $0.compactMap { previous.tenant(named: $0) } } ?? previous.tenants
             for tenant in tenants {
                 gauges[tenant.name] = tenant.tunnels
                 for backend in tenant.backends {
