@@ -14,6 +14,8 @@ import SwitchyardTLS
 /// - `GET|PUT|DELETE /v1/tenants/NAME/certificate` (`{"certificate": PEM, "key": PEM}`), `GET /v1/certificates`
 /// - `POST /v1/apply[?dry_run=true]` (a list of tenants), `GET /v1/changes[?since=V&limit=N]`
 extension ControlPlane {
+    /// Answers the endpoints above; `nil` for a path none of them has (``AdminAPI`` then answers 404, or serves
+    /// it itself: status, reading, draining and undraining a backend, reload).
     public func respond(to request: AdminAPI.Request, path: [String], actor: ChangeActor) -> AdminAPI.Response? {
         let method = request.method
         switch (path.first, path.count) {
@@ -158,6 +160,8 @@ extension ControlPlane {
             let items: [[String: Any]] = records.map { record in
                 var item: [String: Any] = [
                     "version": record.revision,
+                    // Every write advances the version by exactly one: this is what it was before.
+                    "previous_version": record.revision - 1,
                     "sequence": record.sequence,
                     "time": record.time.formatted(.iso8601),
                     "actor": record.actor,

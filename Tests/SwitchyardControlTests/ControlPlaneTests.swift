@@ -72,6 +72,12 @@ struct ControlPlaneTests {
             let records = try SQLiteStateStore(path: path).changes(since: 0)
             #expect(records.map(\.action) == [.tenantAdd])
             #expect(records.first?.actor == "uid 1000")
+            let listed = Self.call(plane, Self.request("GET", "/v1/changes?since=0"))
+            let changes = try JSONSerialization.jsonObject(with: listed.body) as? [String: Any]
+            let first = (changes?["changes"] as? [[String: Any]])?.first
+            #expect(first?["version"] as? Int == 1 && first?["previous_version"] as? Int == 0)
+            #expect(first?["action"] as? String == "tenant.add" && first?["subject"] as? String == "shop")
+            #expect(Self.call(plane, Self.request("GET", "/v1/changes?since=x")).status == 400)
 
             let restarted = try Self.plane(path)
             #expect(restarted.version.current == 1)

@@ -72,6 +72,7 @@ public struct AdminAPI: Sendable {
         /// A 401's `WWW-Authenticate` challenge.
         public var authenticate: String? = nil
 
+        /// An answer with `body` (JSON) and no extra fields; ``AdminAPI/respond(to:access:)`` adds the version.
         public init(status: Int, body: Data) {
             self.status = status
             self.body = body
@@ -333,6 +334,7 @@ public struct AdminAPI: Sendable {
 
     /// An error answer as a value, so that lookups and checks can return it through `Result`.
     public struct Refusal: Error {
+        /// The answer to give.
         public var response: Response
 
         public init(response: Response) {

@@ -151,11 +151,13 @@ public struct ReloadFailure: Error, CustomStringConvertible, Sendable, Equatable
     /// The error as the log shows it: file, line, key and reason.
     public var description: String
 
+    /// A failure reported by a ``ConfigurationPublisher`` in its own words.
     public init(kind: Kind, description: String) {
         self.kind = kind
         self.description = description
     }
 
+    /// The failure of a loader, route table or certificate error, classified by its type.
     public init(_ error: any Error) {
         switch error {
         case is ConfigurationError: kind = .configuration
