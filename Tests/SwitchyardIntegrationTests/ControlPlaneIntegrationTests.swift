@@ -48,7 +48,14 @@ struct ControlPlaneIntegrationTests {
         let admin = balancer.admin
 
         #expect(try Self.get(balancer, host: "shop.test").code == "404")
-        let add = try admin(["tenants", "add", "shop", "--domain", "shop.test", "--backend", "127.0.0.1:\(a.port)"])
+        let shopFile = NSTemporaryDirectory() + "switchyard-shop-\(UUID().uuidString).yaml"
+        defer { try? FileManager.default.removeItem(atPath: shopFile) }
+        try """
+        domains: [shop.test]
+        backends: ["127.0.0.1:\(a.port)"]
+        health: { path: /healthz, interval: 10s, timeout: 1s }
+        """.write(toFile: shopFile, atomically: true, encoding: .utf8)
+        let add = try admin(["tenants", "add", "shop", "--file", shopFile])
         #expect(add.status == 0, "\(add.stderr)")
         #expect(add.stdout.contains("shop  (api)  version 1"), "\(add.stdout)")
         // Live without a reload: the answer came after the table was published.
@@ -61,6 +68,12 @@ struct ControlPlaneIntegrationTests {
 
         let addBackend = try admin(["backends", "add", "shop", "127.0.0.1:\(b.port)", "--weight", "2"])
         #expect(addBackend.status == 0, "\(addBackend.stderr)")
+        // Its health checks start at once (the tenant's check is an HTTP one: the probe is a request).
+        let added = ContinuousClock.now
+        while !b.requests.contains(where: { $0.head.uri == "/healthz" }), ContinuousClock.now - added < .seconds(5) {
+            usleep(20_000)
+        }
+        #expect(ContinuousClock.now - added < .seconds(1), "no health check of the added backend within 1 s")
         var seen: Set<String> = []
         for _ in 0..<12 { seen.insert(try Self.get(balancer, host: "shop.test").body) }
         #expect(seen == ["a", "b"])

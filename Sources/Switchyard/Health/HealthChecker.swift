@@ -30,18 +30,25 @@ public final class HealthChecker: Service {
         self.skipped = SkippedChecks(logger: logger)
     }
 
+    /// How often the checker looks for a newly published table.
+    static let tick = Duration.milliseconds(100)
+    /// Most new checks a change may add and still have them probed at once.
+    static let immediateChecks = 64
+
     public func run() async throws {
         let checks = await cancelWhenGracefulShutdown {
             var checks: [HealthCheckKey: NIOLoopBoundBox<BackendCheck>] = [:]
             var reconciled: Int?
             while !Task.isCancelled {
-                // Walking 10,000 tenants every second for nothing costs: only a newly published table is reconciled.
+                // Looked at ten times a second, so that an added backend is checked at once (and a removed one no
+                // more); only a newly published table is reconciled, since walking 10,000 tenants for nothing
+                // costs, and a burst of changes within the tick costs one reconcile.
                 let (table, generation) = self.routes.currentWithGeneration
                 if generation != reconciled {
-                    checks = await self.reconcile(checks, with: table)
+                    checks = await self.reconcile(checks, with: table, isFirst: reconciled == nil)
                     reconciled = generation
                 }
-                try? await Task.sleep(for: .seconds(1))
+                try? await Task.sleep(for: Self.tick)
             }
             return checks
         }
@@ -67,12 +74,19 @@ public final class HealthChecker: Service {
 
     /// Starts the checks the route table needs and has none, gives the running ones their current backends, and
     /// stops those no longer needed.
+    ///
+    /// A new check's first probe comes at once when a change adds a few (a backend added live is checked right
+    /// away), at a random point of its interval at start and when a change adds many (an `apply` of thousands of
+    /// tenants), so that they are not all probed in the same instant.
     private func reconcile(
         _ checks: [HealthCheckKey: NIOLoopBoundBox<BackendCheck>],
-        with table: RouteTable
+        with table: RouteTable,
+        isFirst: Bool
     ) async -> [HealthCheckKey: NIOLoopBoundBox<BackendCheck>] {
         var next: [HealthCheckKey: NIOLoopBoundBox<BackendCheck>] = [:]
-        for (key, subscribers) in Self.plan(table) {
+        let plan = Self.plan(table)
+        let spread = isFirst || plan.keys.lazy.filter { checks[$0] == nil }.count > Self.immediateChecks
+        for (key, subscribers) in plan {
             if let existing = checks[key] {
                 next[key] = existing
                 existing.eventLoop.execute { existing.value.update(subscribers) }
@@ -88,7 +102,7 @@ public final class HealthChecker: Service {
                 skipped: skipped
             )
             let box = NIOLoopBoundBox.makeBoxSendingValue(check, eventLoop: loop)
-            loop.execute { box.value.start() }
+            loop.execute { box.value.start(spread: spread) }
             next[key] = box
         }
         for (key, check) in checks where next[key] == nil {
@@ -171,9 +185,10 @@ final class BackendCheck {
         )
     }
 
-    func start() {
+    /// Starts probing: at once, or with `spread` at a random point of the interval.
+    func start(spread: Bool = true) {
         let interval = settings.interval.nanoseconds
-        schedule(after: .nanoseconds(Int64.random(in: 0..<max(1, interval))))
+        schedule(after: .nanoseconds(spread ? Int64.random(in: 0..<max(1, interval)) : 0))
     }
 
     func stop() {
