@@ -147,14 +147,15 @@ final class ClientConnectionHandler: ChannelDuplexHandler, RemovableChannelHandl
     }
 
     private var canReadClient: Bool {
-        guard let machine, machine.wantsClientBytes else { return false }
+        // Asked through the optional: `guard let machine` would copy the whole machine on every read cycle.
+        guard machine?.wantsClientBytes == true else { return false }
         return upstream?.isWritable ?? true
     }
 
     // MARK: Backend connection events
 
     var wantsUpstreamRead: Bool {
-        guard let machine, machine.wantsUpstreamBytes else { return false }
+        guard machine?.wantsUpstreamBytes == true else { return false }
         return context?.channel.isWritable ?? false
     }
 

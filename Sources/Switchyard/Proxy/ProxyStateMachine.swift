@@ -92,6 +92,11 @@ struct ProxyStateMachine {
         case awaitingHead
         case body(BodyFraming)
         case complete
+
+        var isComplete: Bool {
+            if case .complete = self { return true }
+            return false
+        }
     }
 
     /// One request and its response.
@@ -224,7 +229,8 @@ struct ProxyStateMachine {
         case .idle, .readingHead, .tunnel:
             return true
         case .exchanging, .connecting:
-            if state == .exchanging, let exchange, !exchange.requestBody.isComplete { return true }
+            // Read through the optional, not bound: binding copies the whole exchange (a dozen references).
+            if state == .exchanging, exchange?.requestBody.isComplete == false { return true }
             return (inbound?.readableBytes ?? 0) < settings.maximumHeadBytes
         case .closed:
             return false
@@ -268,7 +274,7 @@ struct ProxyStateMachine {
         case .idle, .readingHead:
             close()
         case .connecting, .exchanging:
-            if let exchange, !exchange.requestBody.isComplete {
+            if exchange?.requestBody.isComplete == false {
                 // The request can never be completed: abandon it.
                 abort()
             }
@@ -338,7 +344,8 @@ struct ProxyStateMachine {
 
     /// A backend connection is ready for the current request.
     mutating func upstreamAttached(backend: Backend, reused: Bool, now: NIODeadline) {
-        guard state == .connecting, var exchange else { return }
+        // Moved out and back in, never copied (see receiveResponse).
+        guard state == .connecting, var exchange = self.exchange.take() else { return }
         state = .exchanging
         exchange.backend = backend.description
         exchange.setCookie = nil
@@ -364,9 +371,10 @@ struct ProxyStateMachine {
         if !exchange.replayable {
             exchange.upstreamHead = nil
         }
+        let bodyComplete = exchange.requestBody.isComplete
         self.exchange = exchange
         armUpstreamDeadline(now: now)
-        if !exchange.requestBody.isComplete {
+        if !bodyComplete {
             clientDeadline = now + settings.clientBodyTimeout
         }
         processInbound(now: now)
@@ -553,7 +561,7 @@ struct ProxyStateMachine {
                 }
                 guard startRequest(now: now) else { return }
             case .exchanging:
-                guard let exchange, !exchange.requestBody.isComplete else { return }
+                guard exchange?.requestBody.isComplete == false else { return }
                 forwardRequestBody(now: now)
             case .tunnel:
                 queue(.writeUpstream(buffer))
@@ -746,18 +754,18 @@ struct ProxyStateMachine {
         exchange.upstreamHead = upstreamHead
         // An unusually large head's buffer is not kept for the life of the connection.
         headBuffer = upstreamHead.capacity <= 4096 ? upstreamHead : nil
+        let fresh = exchange.isUpgrade
+        let preferred = exchange.stickyBackend
         self.exchange = exchange
         state = .connecting
         clientDeadline = nil
-        queue(
-            .acquireUpstream(tenant, fresh: exchange.isUpgrade, preferred: exchange.stickyBackend, avoidingLast: false)
-        )
+        queue(.acquireUpstream(tenant, fresh: fresh, preferred: preferred, avoidingLast: false))
         return false
     }
 
     /// Forwards request body bytes from `inbound` to the backend.
     private mutating func forwardRequestBody(now: NIODeadline) {
-        guard var buffer = inbound, var exchange else { return }
+        guard var buffer = inbound, var exchange = self.exchange.take() else { return }
         let progress = buffer.withUnsafeReadableBytes { exchange.requestBody.consume($0) }
         // The backend's time to answer counts from the last request byte it was sent.
         armUpstreamDeadline(now: now)
@@ -774,18 +782,20 @@ struct ProxyStateMachine {
             clientDeadline = nil
         case .invalid:
             // Part of the request already went out; the backend sees it cut short.
+            let responseStarted = exchange.responseStarted
             self.exchange = exchange
             inbound = nil
             queue(.releaseUpstream(reusable: false))
-            if exchange.responseStarted {
+            if responseStarted {
                 close()
             } else {
                 refuse(.badRequest)
             }
             return
         }
+        let finished = exchange.requestBody.isComplete && exchange.response.isComplete
         self.exchange = exchange
-        if exchange.requestBody.isComplete, case .complete = exchange.response {
+        if finished {
             finishExchange(now: now)
         }
     }
@@ -793,7 +803,9 @@ struct ProxyStateMachine {
     // MARK: Responses
 
     private mutating func receiveResponse(_ buffer: ByteBuffer, now: NIODeadline) {
-        guard var exchange else { return }
+        // Moved out, not copied, and put back on every way out: a copy would cost a retain and a release of each of
+        // its dozen references, and make its buffers shared, so writing to them would copy their bytes.
+        guard var exchange = self.exchange.take() else { return }
         var buffer = buffer
         while buffer.readableBytes > 0 {
             switch exchange.response {
@@ -897,8 +909,9 @@ struct ProxyStateMachine {
                 }
             }
         }
+        let finished = exchange.response.isComplete
         self.exchange = exchange
-        if case .complete = exchange.response {
+        if finished {
             finishExchange(now: now)
         }
     }
@@ -985,7 +998,8 @@ struct ProxyStateMachine {
 
     /// The response is complete: release the backend, log, and go on with the next request or close.
     private mutating func finishExchange(now: NIODeadline) {
-        guard let exchange, case .complete = exchange.response else { return }
+        // Moved out rather than copied: the exchange ends here whichever way it goes.
+        guard case .complete? = exchange?.response, let exchange = self.exchange.take() else { return }
         guard exchange.requestBody.isComplete else {
             // The backend answered before the request body was all sent (an early error, say): the rest of the
             // body cannot be told from a next request, so both connections go.
@@ -997,7 +1011,6 @@ struct ProxyStateMachine {
         queue(.releaseUpstream(reusable: exchange.upstreamKeepAlive))
         log(exchange, now: now)
         releaseTunnelSlot()
-        self.exchange = nil
         if exchange.keepAlive && !clientInputClosed && !shuttingDown {
             state = .idle
             clientDeadline = now + settings.keepAliveTimeout
