@@ -91,7 +91,7 @@ struct HealthIntegrationTests {
                 try await phoenix.start()
                 #expect(phoenix.port == port)
                 // Requests keep coming meanwhile: every one succeeds, and once the backend is up again the next one
-                // goes to it (the round-robin position was left on it), save one racing the transition.
+                // goes to it (the round-robin position was left on it), save one per worker racing the transition.
                 var failures: [String] = []
                 var elsewhereAfterUp = 0
                 let deadline = restarted + .seconds(10)
@@ -106,7 +106,9 @@ struct HealthIntegrationTests {
                 }
                 #expect(failures.isEmpty, "\(failures)")
                 let served = try #require(phoenix.clientRequestTimes.first)
-                #expect(elsewhereAfterUp <= 1)
+                // One request may race the transition on each of the harness's two workers: each has its own
+                // round-robin position (a loaded run once saw two).
+                #expect(elsewhereAfterUp <= 2)
                 #expect(backend.status.isActivelyUp)
                 let line = try #require(proxy.logs.lines(containing: "down → up after 2 successes").first)
                 #expect(line.message == "backend 127.0.0.1:\(port) of shop: down → up after 2 successes")
