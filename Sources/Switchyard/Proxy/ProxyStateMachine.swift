@@ -133,6 +133,36 @@ struct ProxyStateMachine {
         var status = 0
         var bytesToClient = 0
         var started: NIODeadline
+
+        /// What a backend connection attached to the exchange sends first.
+        struct Attachment {
+            /// The request head, to write first.
+            var head: ByteBuffer?
+            /// Body bytes that came with the head.
+            var earlyBody: ByteBuffer?
+            var bodyComplete: Bool
+        }
+
+        /// A backend connection is attached: records which, pins a sticky client to it (a `Set-Cookie` for the
+        /// answer), and hands over what to send. The head is kept for a retry only when the request is replayable.
+        mutating func attach(_ backend: Backend, reused: Bool, secure: Bool) -> Attachment {
+            self.backend = backend.description
+            setCookie = nil
+            if let tenant, let sticky = tenant.sticky, backend !== stickyBackend,
+                let index = tenant.backends.firstIndex(where: { $0 === backend })
+            {
+                // Pin the client to the backend that serves it (first request, or its node is gone).
+                setCookie = sticky.setCookieLine(forBackendAt: index, secure: secure)
+            }
+            upstreamReused = reused
+            partialResponseHead = nil
+            let attachment = Attachment(head: upstreamHead, earlyBody: earlyBody, bodyComplete: requestBody.isComplete)
+            earlyBody = nil
+            if !replayable {
+                upstreamHead = nil
+            }
+            return attachment
+        }
     }
 
     private(set) var state: State = .idle
@@ -344,37 +374,21 @@ struct ProxyStateMachine {
 
     /// A backend connection is ready for the current request.
     mutating func upstreamAttached(backend: Backend, reused: Bool, now: NIODeadline) {
-        // Moved out and back in, never copied (see receiveResponse).
-        guard state == .connecting, var exchange = self.exchange.take() else { return }
+        guard state == .connecting, exchange != nil else { return }
         state = .exchanging
-        exchange.backend = backend.description
-        exchange.setCookie = nil
-        if let tenant = exchange.tenant, let sticky = tenant.sticky, backend !== exchange.stickyBackend,
-            let index = tenant.backends.firstIndex(where: { $0 === backend })
-        {
-            // Pin the client to the backend that serves it (first request, or its node is gone).
-            exchange.setCookie = sticky.setCookieLine(
-                forBackendAt: index,
-                secure: settings.client.scheme.description == "https"
-            )
-        }
-        exchange.upstreamReused = reused
-        exchange.partialResponseHead = nil
+        // Mutated in place through the optional: a local copy put back afterwards would cost a retain and a release
+        // of each of the exchange's references.
+        let secure = settings.client.scheme.description == "https"
+        guard let writes = exchange?.attach(backend, reused: reused, secure: secure) else { return }
         responseParser.reset()
-        if let head = exchange.upstreamHead {
+        if let head = writes.head {
             queue(.writeUpstream(head))
         }
-        if let body = exchange.earlyBody {
+        if let body = writes.earlyBody {
             queue(.writeUpstream(body))
-            exchange.earlyBody = nil
         }
-        if !exchange.replayable {
-            exchange.upstreamHead = nil
-        }
-        let bodyComplete = exchange.requestBody.isComplete
-        self.exchange = exchange
         armUpstreamDeadline(now: now)
-        if !bodyComplete {
+        if !writes.bodyComplete {
             clientDeadline = now + settings.clientBodyTimeout
         }
         processInbound(now: now)
