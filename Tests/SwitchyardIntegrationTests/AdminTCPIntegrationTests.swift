@@ -171,7 +171,10 @@ struct AdminTCPIntegrationTests {
             let socket = NSTemporaryDirectory() + "switchyard-refused-\(UUID().uuidString.prefix(8)).sock"
             let output = try ExternalProcess.run(
                 "/usr/bin/env",
-                ["SWITCHYARD_ADMIN=\(socket)", ExternalProcess.switchyardBinary, "serve", "--config", path],
+                [
+                    "SWITCHYARD_ADMIN=\(socket)", "SWITCHYARD_STATE=\(socket).state", ExternalProcess.switchyardBinary,
+                    "serve", "--config", path,
+                ],
                 timeout: 20
             )
             #expect(output.status == 2, "\(admin): \(output.stdout)")

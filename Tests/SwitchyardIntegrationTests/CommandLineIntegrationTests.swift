@@ -158,8 +158,8 @@ struct StatusIntegrationTests {
         let second = try ExternalProcess.run(
             "/usr/bin/env",
             [
-                "SWITCHYARD_ADMIN=\(balancer.process.adminPath)", ExternalProcess.switchyardBinary, "serve", "--config",
-                balancer.configurationPath,
+                "SWITCHYARD_ADMIN=\(balancer.process.adminPath)", "SWITCHYARD_STATE=\(balancer.process.statePath)",
+                ExternalProcess.switchyardBinary, "serve", "--config", balancer.configurationPath,
             ],
             timeout: 20
         )
@@ -175,7 +175,8 @@ struct StatusIntegrationTests {
             "/usr/bin/env",
             [
                 "SWITCHYARD_ADMIN=\(NSTemporaryDirectory())switchyard-third-\(UUID().uuidString.prefix(8)).sock",
-                ExternalProcess.switchyardBinary, "serve", "--config", balancer.configurationPath,
+                "SWITCHYARD_STATE=\(balancer.process.statePath)", ExternalProcess.switchyardBinary, "serve", "--config",
+                balancer.configurationPath,
             ],
             timeout: 20
         )
