@@ -23,6 +23,8 @@ public final class ControlPlane: Sendable {
     let store: SQLiteStateStore?
     /// Why the store cannot be used, when it cannot: every change is then refused with 503.
     let storeProblem: String?
+    /// Where the store is.
+    let statePath: String
     /// The routing snapshot the workers read.
     public let routes: RouteSource
     /// The certificates the TLS listeners serve; `nil` without HTTPS.
@@ -40,6 +42,7 @@ public final class ControlPlane: Sendable {
     ///   balancer refuses to start on those, as before.
     public init(file: Configuration, configurationPath: String, statePath: String, logger: Logger) throws {
         self.configurationPath = configurationPath
+        self.statePath = statePath
         self.logger = logger
         var state = ControlState(file: file)
         var revision: Int64 = 0
@@ -382,6 +385,10 @@ extension ControlPlane: ConfigurationPublisher {
 }
 
 extension ControlPlane: AdminResources {
+    public var storeStatus: StatusReport.Store {
+        StatusReport.Store(path: statePath, problem: storeProblem)
+    }
+
     public func recordDrain(
         _ drained: Bool,
         tenant: String,

@@ -79,6 +79,12 @@ struct ControlPlaneTests {
             #expect(first?["action"] as? String == "tenant.add" && first?["subject"] as? String == "shop")
             #expect(Self.call(plane, Self.request("GET", "/v1/changes?since=x")).status == 400)
 
+            let status = try JSONDecoder().decode(
+                StatusReport.self,
+                from: Self.call(plane, Self.request("GET", "/v1/status")).body
+            )
+            #expect(status.store == StatusReport.Store(path: path, problem: nil))
+
             let restarted = try Self.plane(path)
             #expect(restarted.version.current == 1)
             #expect(restarted.routes.current.tenant(forNormalizedHost: "shop.test")?.name == "shop")
@@ -340,6 +346,14 @@ struct ControlPlaneTests {
             #expect(plane.routes.current.tenant(forNormalizedHost: "file.test")?.name == "filet")
             let refused = Self.call(plane, Self.request("POST", "/v1/tenants", Self.shop))
             #expect(refused.status == 503)
+            // Status says so, for the operator.
+            let status = try JSONDecoder().decode(
+                StatusReport.self,
+                from: Self.call(plane, Self.request("GET", "/v1/status")).body
+            )
+            #expect(status.store?.path == path)
+            #expect(status.store?.problem != nil)
+            #expect(status.text.contains("state store \(path) CANNOT BE USED, changes are refused: "))
             #expect(refused.errorCode == "unavailable")
             // The file can still be reloaded.
             #expect((try? plane.publish(file: Self.file(), by: .signal).get()) != nil)

@@ -237,7 +237,8 @@ public struct AdminAPI: Sendable {
             guard method == "GET" else {
                 return Self.error(405, .methodNotAllowed, "\(method) /v1/status is not allowed; use GET", allow: "GET")
             }
-            let report = StatusReport(routes: routes.current, connections: connections(), version: version.current)
+            var report = StatusReport(routes: routes.current, connections: connections(), version: version.current)
+            report.store = resources?.storeStatus
             return Self.json(200, report)
         case ("reload", 1):
             guard method == "POST" else {
@@ -571,6 +572,9 @@ public struct AdminAPI: Sendable {
 /// and the change log, all of which need the state store. The control plane implements it; ``AdminAPI`` asks it for
 /// every path it does not serve itself.
 public protocol AdminResources: Sendable {
+    /// The state store's path and whether it can be used, for the status report.
+    var storeStatus: StatusReport.Store { get }
+
     /// The answer to `request`, whose path after `/v1/` is `path` (decoded segments); `nil` when no endpoint has
     /// that path.
     func respond(to request: AdminAPI.Request, path: [String], actor: ChangeActor) -> AdminAPI.Response?

@@ -72,8 +72,22 @@ public struct StatusReport: Codable, Sendable, Equatable {
         public var maxTunnels: Int
     }
 
+    /// The state store: where it is, and why it cannot be used when it cannot (changes are then refused).
+    public struct Store: Codable, Sendable, Equatable {
+        public var path: String
+        /// `nil` when the store works.
+        public var problem: String?
+
+        public init(path: String, problem: String?) {
+            self.path = path
+            self.problem = problem
+        }
+    }
+
     /// The configuration version the report is of (``ConfigurationVersion``), also the answer's `ETag`.
     public var version: Int64?
+    /// The state store; `nil` in a process without one.
+    public var store: Store?
     /// Client connections open now, across workers.
     public var connections: Int
     public var tenants: [Tenant]
@@ -102,6 +116,12 @@ public struct StatusReport: Codable, Sendable, Equatable {
     /// A table for people.
     public var text: String {
         var lines = ["connections: \(connections)" + (version.map { "  version \($0)" } ?? "")]
+        if let store {
+            lines.append(
+                store.problem.map { "state store \(store.path) CANNOT BE USED, changes are refused: \($0)" }
+                    ?? "state store \(store.path)"
+            )
+        }
         for tenant in tenants {
             lines.append(
                 "\(tenant.name)  \(tenant.domains.joined(separator: ", "))  tunnels \(tenant.tunnels)/\(tenant.maxTunnels)"
