@@ -7,46 +7,28 @@ import NIOCore
 /// wildcard suffix beats a shorter one, as in nginx's `server_name`. A wildcard matches one or more labels
 /// (`a.b.shop.test` matches `*.shop.test`) but not the bare suffix (`shop.test`).
 public struct RouteTable: Sendable {
-    /// Everything, behind one reference: every request loads the table from ``RouteSource``, and a copy of the
+    /// The maps, behind one reference: every request loads the table from ``RouteSource``, and a copy of the
     /// struct then costs one retain and one release, whatever the number of maps inside.
     private let storage: Storage
 
     private final class Storage: Sendable {
-        let exact: [String: Tenant]
-        /// Keyed by the suffix after `*.`, e.g. `shop.test` for `*.shop.test`.
-        let wildcard: [String: Tenant]
-        let tenants: [Tenant]
-        let byName: [String: Tenant]
-        let endpoints: [SocketAddress: (endpoint: BackendEndpoint, users: Int)]
+        let maps: Maps
 
-        init(_ builder: Builder) {
-            exact = builder.exact
-            wildcard = builder.wildcard
-            tenants = builder.tenants
-            byName = builder.byName
-            endpoints = builder.endpoints
+        init(_ maps: Maps) {
+            self.maps = maps
         }
     }
 
-    /// The maps while a table is made.
-    private struct Builder {
+    /// What a table knows; mutated only while a table is made.
+    private struct Maps: Sendable {
         var exact: [String: Tenant] = [:]
+        /// Keyed by the suffix after `*.`, e.g. `shop.test` for `*.shop.test`.
         var wildcard: [String: Tenant] = [:]
         var tenants: [Tenant] = []
         var byName: [String: Tenant] = [:]
         /// One endpoint per backend address, with how many tenants' backends use it, so that idle connections are
         /// shared by every tenant that lists the address and an address no tenant lists any more is let go.
         var endpoints: [SocketAddress: (endpoint: BackendEndpoint, users: Int)] = [:]
-
-        init() {}
-
-        init(_ storage: Storage) {
-            exact = storage.exact
-            wildcard = storage.wildcard
-            tenants = storage.tenants
-            byName = storage.byName
-            endpoints = storage.endpoints
-        }
 
         /// Adds a tenant's domains, name and endpoints.
         mutating func insert(_ tenant: Tenant) throws(RouteTableError) {
@@ -88,47 +70,47 @@ public struct RouteTable: Sendable {
     }
 
     /// Every tenant, in declaration order (a tenant replaced by ``replacing(_:with:)`` goes to the end).
-    public var tenants: [Tenant] { storage.tenants }
+    public var tenants: [Tenant] { storage.maps.tenants }
 
     /// An empty table: every host is unknown.
     public init() {
-        storage = Storage(Builder())
+        storage = Storage(Maps())
     }
 
     /// Builds the table; domains must already be normalised (see ``HostName``).
     ///
     /// - Throws: ``RouteTableError`` when a domain is claimed by two tenants.
     public init(tenants: [Tenant]) throws(RouteTableError) {
-        var builder = Builder()
-        builder.tenants.reserveCapacity(tenants.count)
+        var maps = Maps()
+        maps.tenants.reserveCapacity(tenants.count)
         for tenant in tenants {
-            try builder.insert(tenant)
+            try maps.insert(tenant)
         }
-        storage = Storage(builder)
+        storage = Storage(maps)
     }
 
-    private init(_ builder: Builder) {
-        storage = Storage(builder)
+    private init(_ maps: Maps) {
+        storage = Storage(maps)
     }
 
     /// The tenant named `name`.
     public func tenant(named name: String) -> Tenant? {
-        storage.byName[name]
+        storage.maps.byName[name]
     }
 
     /// The tenant that has `domain` (normalised, a wildcard written `*.shop.test`) among its own domains: who a
     /// tenant claiming it would collide with.
     public func tenant(forDomain domain: String) -> Tenant? {
-        domain.hasPrefix("*.") ? storage.wildcard[String(domain.dropFirst(2))] : storage.exact[domain]
+        domain.hasPrefix("*.") ? storage.maps.wildcard[String(domain.dropFirst(2))] : storage.maps.exact[domain]
     }
 
     /// The tenant serving `host`, which must be normalised.
     public func tenant(forNormalizedHost host: String) -> Tenant? {
-        let storage = self.storage
-        if let tenant = storage.exact[host] {
+        // Through `storage.maps`, not a local copy of `maps`: that would retain each of its maps per request.
+        if let tenant = storage.maps.exact[host] {
             return tenant
         }
-        let wildcard = storage.wildcard
+        let wildcard = storage.maps.wildcard
         guard !wildcard.isEmpty else { return nil }
         var utf8 = host.utf8[...]
         while let dot = utf8.firstIndex(of: UInt8(ascii: ".")) {
@@ -183,7 +165,7 @@ extension RouteTable {
 
     public init(configuration: Configuration, previous: RouteTable? = nil) throws(RouteTableError) {
         let kept = Kept(previous: previous, names: nil)
-        var endpoints = previous?.storage.endpoints.mapValues(\.endpoint) ?? [:]
+        var endpoints = previous?.storage.maps.endpoints.mapValues(\.endpoint) ?? [:]
         let tenants = configuration.tenants.map { kept.tenant(for: $0, endpoints: &endpoints) }
         try self.init(tenants: tenants)
     }
@@ -198,10 +180,10 @@ extension RouteTable {
         _ names: Set<String>,
         with configurations: [TenantConfiguration]
     ) throws(RouteTableError) -> RouteTable {
-        var table = Builder(storage)
+        var table = storage.maps
         let kept = Kept(previous: self, names: names)
         for name in names {
-            if let old = storage.byName[name] { table.forget(old) }
+            if let old = table.byName[name] { table.forget(old) }
         }
         table.tenants.removeAll { names.contains($0.name) }
         var endpoints = table.endpoints.mapValues(\.endpoint)
