@@ -21,10 +21,7 @@ struct BackendsCommand: ParsableCommand {
         var backend: String
 
         var path: String {
-            let allowed = CharacterSet.urlPathAllowed.subtracting(CharacterSet(charactersIn: "/"))
-            let tenant = self.tenant.addingPercentEncoding(withAllowedCharacters: allowed) ?? self.tenant
-            let backend = self.backend.addingPercentEncoding(withAllowedCharacters: allowed) ?? self.backend
-            return "/v1/tenants/\(tenant)/backends/\(backend)"
+            "/v1/tenants/\(AdminCall.segment(tenant))/backends/\(AdminCall.segment(backend))"
         }
     }
 
@@ -67,7 +64,7 @@ struct BackendsCommand: ParsableCommand {
             let deadline = ContinuousClock.now + .nanoseconds(limit.nanoseconds)
             while backend.connections > 0 {
                 guard ContinuousClock.now < deadline else {
-                    BackendsCommand.printError(
+                    AdminCall.printError(
                         "\(backend.connections) still in progress after \(timeout ?? "5m"); the backend stays draining"
                     )
                     throw ExitCode(1)
@@ -110,17 +107,15 @@ struct BackendsCommand: ParsableCommand {
             body = try request()
         } catch {
             guard reporting else { throw error }
-            printError("\(error)")
+            AdminCall.printError("\(error)")
             throw ExitCode(1)
         }
         guard let backend = try? JSONDecoder().decode(StatusReport.Backend.self, from: body) else {
-            printError("the admin API's answer is not a backend's status: \(String(decoding: body, as: UTF8.self))")
+            AdminCall.printError(
+                "the admin API's answer is not a backend's status: \(String(decoding: body, as: UTF8.self))"
+            )
             throw ExitCode(1)
         }
         return backend
-    }
-
-    static func printError(_ message: String) {
-        FileHandle.standardError.write(Data("switchyard: \(message)\n".utf8))
     }
 }

@@ -5,13 +5,20 @@ import Foundation
 import Glibc
 #endif
 
-/// What every command that changes or reads the control plane shares: the admin endpoint, `--json` and, for
-/// writes, `--if-match`.
+/// What every command that changes or reads the control plane shares: the admin endpoint and `--json`.
 struct ManagementOptions: ParsableArguments {
     @OptionGroup var admin: AdminOptions
 
     @Flag(help: "Print the admin API's JSON instead of a table.")
     var json = false
+}
+
+/// What every command that changes the control plane shares: ``ManagementOptions`` and `--if-match`.
+struct ChangeOptions: ParsableArguments {
+    @OptionGroup var management: ManagementOptions
+
+    @Option(help: "Only change if the configuration is still at this version (`status` shows it).")
+    var ifMatch: Int64?
 }
 
 /// Calling the admin API for a command: errors become one line on standard error and exit status 1.
@@ -40,9 +47,44 @@ enum AdminCall {
         return (object, answer)
     }
 
+    /// Calls the API and prints its answer: the JSON as it came with `--json`, else what `describe` makes of it.
+    static func show(
+        _ options: ManagementOptions,
+        _ method: String,
+        _ target: String,
+        body: Any? = nil,
+        rawBody: Data? = nil,
+        ifMatch: Int64? = nil,
+        _ describe: ([String: Any]) -> String
+    ) throws {
+        let (object, raw) = try perform(options, method, target, body: body, rawBody: rawBody, ifMatch: ifMatch)
+        if options.json {
+            printJSON(raw)
+        } else {
+            print(describe(object))
+        }
+    }
+
+    /// ``show(_:_:_:body:rawBody:ifMatch:_:)`` for a change, conditional on the command's `--if-match`.
+    static func change(
+        _ options: ChangeOptions,
+        _ method: String,
+        _ target: String,
+        body: Any? = nil,
+        rawBody: Data? = nil,
+        _ describe: ([String: Any]) -> String
+    ) throws {
+        try show(options.management, method, target, body: body, rawBody: rawBody, ifMatch: options.ifMatch, describe)
+    }
+
+    /// Prints `message` as the command's one line on standard error.
+    static func printError(_ message: String) {
+        FileHandle.standardError.write(Data("switchyard: \(message)\n".utf8))
+    }
+
     /// Prints `message` as the command's one line on standard error and exits with status 1.
     static func fail(_ message: String) -> Never {
-        FileHandle.standardError.write(Data("switchyard: \(message)\n".utf8))
+        printError(message)
         exit(1)
     }
 
@@ -52,6 +94,7 @@ enum AdminCall {
         return text.addingPercentEncoding(withAllowedCharacters: allowed) ?? text
     }
 
+    /// The API's JSON as it came, for `--json`.
     static func printJSON(_ data: Data) {
         FileHandle.standardOutput.write(data)
         print()
@@ -126,8 +169,10 @@ struct TenantsCommand: ParsableCommand {
         @OptionGroup var options: ManagementOptions
 
         func run() throws {
-            let (object, raw) = try AdminCall.perform(options, "GET", "/v1/tenants")
-            if options.json { return AdminCall.printJSON(raw) }
+            try AdminCall.show(options, "GET", "/v1/tenants", Self.table)
+        }
+
+        static func table(_ object: [String: Any]) -> String {
             let tenants = object["tenants"] as? [[String: Any]] ?? []
             var rows = [["NAME", "SOURCE", "DOMAINS", "BACKENDS", "CERTIFICATE"]]
             for tenant in tenants {
@@ -145,7 +190,7 @@ struct TenantsCommand: ParsableCommand {
                     (tenant["certificate"] as? Bool).map { $0 ? "own" : "default" } ?? "file",
                 ])
             }
-            print(AdminCall.table(rows))
+            return AdminCall.table(rows)
         }
     }
 
@@ -158,9 +203,7 @@ struct TenantsCommand: ParsableCommand {
         @OptionGroup var options: ManagementOptions
 
         func run() throws {
-            let (object, raw) = try AdminCall.perform(options, "GET", "/v1/tenants/\(AdminCall.segment(name))")
-            if options.json { return AdminCall.printJSON(raw) }
-            print(TenantsCommand.describe(object))
+            try AdminCall.show(options, "GET", "/v1/tenants/\(AdminCall.segment(name))", TenantsCommand.describe)
         }
     }
 
@@ -181,8 +224,7 @@ struct TenantsCommand: ParsableCommand {
         @Flag(help: "Redirect plain HTTP to HTTPS.") var httpsRedirect = false
         @Option(help: "A YAML or JSON file with the tenant's keys.") var file: String?
         @Flag(help: "Replace the tenant if it exists.") var replace = false
-        @Option(help: "Only change if the configuration is still at this version.") var ifMatch: Int64?
-        @OptionGroup var options: ManagementOptions
+        @OptionGroup var options: ChangeOptions
 
         func validate() throws {
             if file == nil, domains.isEmpty || backends.isEmpty {
@@ -194,40 +236,31 @@ struct TenantsCommand: ParsableCommand {
         }
 
         func run() throws {
-            var document: [String: Any] = [:]
+            let path = "/v1/tenants/\(AdminCall.segment(name))"
             if let file {
                 guard let text = try? String(contentsOfFile: file, encoding: .utf8) else {
                     AdminCall.fail("cannot read \(file)")
                 }
                 // The API reads YAML and JSON alike; the name comes from the command line (the file's, if it has
                 // one, must be the same).
-                let (object, raw) = try AdminCall.perform(
+                return try AdminCall.change(
                     options,
                     replace ? "PUT" : "POST",
-                    replace ? "/v1/tenants/\(AdminCall.segment(name))" : "/v1/tenants?name=\(AdminCall.segment(name))",
+                    replace ? path : "/v1/tenants?name=\(AdminCall.segment(name))",
                     rawBody: Data(text.utf8),
-                    ifMatch: ifMatch
+                    TenantsCommand.describe
                 )
-                if options.json { return AdminCall.printJSON(raw) }
-                return print(TenantsCommand.describe(object))
             }
-            document["name"] = name
-            document["domains"] = domains
-            document["backends"] = backends
+            var document: [String: Any] = ["name": name, "domains": domains, "backends": backends]
             if let balance { document["balance"] = balance }
             if httpsRedirect { document["https_redirect"] = true }
-            let (object, raw) =
-                replace
-                ? try AdminCall.perform(
-                    options,
-                    "PUT",
-                    "/v1/tenants/\(AdminCall.segment(name))",
-                    body: document,
-                    ifMatch: ifMatch
-                )
-                : try AdminCall.perform(options, "POST", "/v1/tenants", body: document, ifMatch: ifMatch)
-            if options.json { return AdminCall.printJSON(raw) }
-            print(TenantsCommand.describe(object))
+            try AdminCall.change(
+                options,
+                replace ? "PUT" : "POST",
+                replace ? path : "/v1/tenants",
+                body: document,
+                TenantsCommand.describe
+            )
         }
     }
 
@@ -237,18 +270,12 @@ struct TenantsCommand: ParsableCommand {
         )
 
         @Argument(help: "The tenant's name.") var name: String
-        @Option(help: "Only change if the configuration is still at this version.") var ifMatch: Int64?
-        @OptionGroup var options: ManagementOptions
+        @OptionGroup var options: ChangeOptions
 
         func run() throws {
-            let (object, raw) = try AdminCall.perform(
-                options,
-                "DELETE",
-                "/v1/tenants/\(AdminCall.segment(name))",
-                ifMatch: ifMatch
-            )
-            if options.json { return AdminCall.printJSON(raw) }
-            print("removed tenant \(name) (version \(object["version"] as? Int ?? 0))")
+            try AdminCall.change(options, "DELETE", "/v1/tenants/\(AdminCall.segment(name))") { object in
+                "removed tenant \(name) (version \(object["version"] as? Int ?? 0))"
+            }
         }
     }
 
@@ -295,19 +322,16 @@ struct DomainsCommand: ParsableCommand {
         static let configuration = CommandConfiguration(abstract: "Add a domain to a tenant.")
         @Argument(help: "The tenant's name.") var name: String
         @Argument(help: "The domain (a name, or a wildcard *.example.test).") var domain: String
-        @Option(help: "Only change if the configuration is still at this version.") var ifMatch: Int64?
-        @OptionGroup var options: ManagementOptions
+        @OptionGroup var options: ChangeOptions
 
         func run() throws {
-            let (object, raw) = try AdminCall.perform(
+            try AdminCall.change(
                 options,
                 "POST",
                 "/v1/tenants/\(AdminCall.segment(name))/domains",
                 body: ["domain": domain],
-                ifMatch: ifMatch
+                TenantsCommand.describe
             )
-            if options.json { return AdminCall.printJSON(raw) }
-            print(TenantsCommand.describe(object))
         }
     }
 
@@ -315,18 +339,15 @@ struct DomainsCommand: ParsableCommand {
         static let configuration = CommandConfiguration(abstract: "Remove a domain from a tenant.")
         @Argument(help: "The tenant's name.") var name: String
         @Argument(help: "The domain.") var domain: String
-        @Option(help: "Only change if the configuration is still at this version.") var ifMatch: Int64?
-        @OptionGroup var options: ManagementOptions
+        @OptionGroup var options: ChangeOptions
 
         func run() throws {
-            let (object, raw) = try AdminCall.perform(
+            try AdminCall.change(
                 options,
                 "DELETE",
                 "/v1/tenants/\(AdminCall.segment(name))/domains/\(AdminCall.segment(domain))",
-                ifMatch: ifMatch
+                TenantsCommand.describe
             )
-            if options.json { return AdminCall.printJSON(raw) }
-            print(TenantsCommand.describe(object))
         }
     }
 }
@@ -338,21 +359,18 @@ extension BackendsCommand {
         static let configuration = CommandConfiguration(abstract: "Add a backend to a tenant; checked at once.")
         @OptionGroup var target: Target
         @Option(help: "Its weight, 1 to 1000 (default 1).") var weight: Int?
-        @Option(help: "Only change if the configuration is still at this version.") var ifMatch: Int64?
-        @OptionGroup var options: ManagementOptions
+        @OptionGroup var options: ChangeOptions
 
         func run() throws {
             var body: [String: Any] = ["backend": target.backend]
             if let weight { body["weight"] = weight }
-            let (object, raw) = try AdminCall.perform(
+            try AdminCall.change(
                 options,
                 "POST",
                 "/v1/tenants/\(AdminCall.segment(target.tenant))/backends",
                 body: body,
-                ifMatch: ifMatch
+                TenantsCommand.describe
             )
-            if options.json { return AdminCall.printJSON(raw) }
-            print(TenantsCommand.describe(object))
         }
     }
 
@@ -361,13 +379,10 @@ extension BackendsCommand {
             abstract: "Remove a backend from a tenant; its requests in progress finish."
         )
         @OptionGroup var target: Target
-        @Option(help: "Only change if the configuration is still at this version.") var ifMatch: Int64?
-        @OptionGroup var options: ManagementOptions
+        @OptionGroup var options: ChangeOptions
 
         func run() throws {
-            let (object, raw) = try AdminCall.perform(options, "DELETE", target.path, ifMatch: ifMatch)
-            if options.json { return AdminCall.printJSON(raw) }
-            print(TenantsCommand.describe(object))
+            try AdminCall.change(options, "DELETE", target.path, TenantsCommand.describe)
         }
     }
 
@@ -375,19 +390,16 @@ extension BackendsCommand {
         static let configuration = CommandConfiguration(abstract: "Set a backend's weight.")
         @OptionGroup var target: Target
         @Argument(help: "The weight, 1 to 1000.") var weight: Int
-        @Option(help: "Only change if the configuration is still at this version.") var ifMatch: Int64?
-        @OptionGroup var options: ManagementOptions
+        @OptionGroup var options: ChangeOptions
 
         func run() throws {
-            let (object, raw) = try AdminCall.perform(
+            try AdminCall.change(
                 options,
                 "PUT",
                 target.path + "/weight",
                 body: ["weight": weight],
-                ifMatch: ifMatch
+                TenantsCommand.describe
             )
-            if options.json { return AdminCall.printJSON(raw) }
-            print(TenantsCommand.describe(object))
         }
     }
 }
@@ -408,8 +420,7 @@ struct CertsCommand: ParsableCommand {
         @Argument(help: "The tenant's name.") var name: String
         @Option(help: "The PEM chain, leaf first.") var cert: String
         @Option(help: "The PEM private key.") var key: String
-        @Option(help: "Only change if the configuration is still at this version.") var ifMatch: Int64?
-        @OptionGroup var options: ManagementOptions
+        @OptionGroup var options: ChangeOptions
 
         func run() throws {
             guard let chain = try? String(contentsOfFile: cert, encoding: .utf8) else {
@@ -418,20 +429,17 @@ struct CertsCommand: ParsableCommand {
             guard let keyText = try? String(contentsOfFile: key, encoding: .utf8) else {
                 AdminCall.fail("cannot read \(key)")
             }
-            let (object, raw) = try AdminCall.perform(
+            try AdminCall.change(
                 options,
                 "PUT",
                 "/v1/tenants/\(AdminCall.segment(name))/certificate",
-                body: ["certificate": chain, "key": keyText],
-                ifMatch: ifMatch
-            )
-            if options.json { return AdminCall.printJSON(raw) }
-            print(
-                "certificate of \(name): \((object["names"] as? [String] ?? []).joined(separator: ", ")), not after "
-                    + "\(object["not_after"] as? String ?? "?") (version \(object["version"] as? Int ?? 0))"
-            )
-            for warning in object["warnings"] as? [String] ?? [] {
-                FileHandle.standardError.write(Data("switchyard: warning: \(warning)\n".utf8))
+                body: ["certificate": chain, "key": keyText]
+            ) { object in
+                for warning in object["warnings"] as? [String] ?? [] {
+                    AdminCall.printError("warning: \(warning)")
+                }
+                return "certificate of \(name): \((object["names"] as? [String] ?? []).joined(separator: ", ")), "
+                    + "not after \(object["not_after"] as? String ?? "?") (version \(object["version"] as? Int ?? 0))"
             }
         }
     }
@@ -439,18 +447,12 @@ struct CertsCommand: ParsableCommand {
     struct Remove: ParsableCommand {
         static let configuration = CommandConfiguration(abstract: "Remove a tenant's certificate.")
         @Argument(help: "The tenant's name.") var name: String
-        @Option(help: "Only change if the configuration is still at this version.") var ifMatch: Int64?
-        @OptionGroup var options: ManagementOptions
+        @OptionGroup var options: ChangeOptions
 
         func run() throws {
-            let (object, raw) = try AdminCall.perform(
-                options,
-                "DELETE",
-                "/v1/tenants/\(AdminCall.segment(name))/certificate",
-                ifMatch: ifMatch
-            )
-            if options.json { return AdminCall.printJSON(raw) }
-            print("removed the certificate of \(name) (version \(object["version"] as? Int ?? 0))")
+            try AdminCall.change(options, "DELETE", "/v1/tenants/\(AdminCall.segment(name))/certificate") { object in
+                "removed the certificate of \(name) (version \(object["version"] as? Int ?? 0))"
+            }
         }
     }
 
@@ -459,8 +461,10 @@ struct CertsCommand: ParsableCommand {
         @OptionGroup var options: ManagementOptions
 
         func run() throws {
-            let (object, raw) = try AdminCall.perform(options, "GET", "/v1/certificates")
-            if options.json { return AdminCall.printJSON(raw) }
+            try AdminCall.show(options, "GET", "/v1/certificates", Self.table)
+        }
+
+        static func table(_ object: [String: Any]) -> String {
             var rows = [["TENANT", "SUBJECT", "NAMES", "NOT AFTER", "FINGERPRINT (SHA-256)"]]
             for certificate in object["certificates"] as? [[String: Any]] ?? [] {
                 rows.append([
@@ -471,7 +475,7 @@ struct CertsCommand: ParsableCommand {
                     certificate["fingerprint"] as? String ?? "",
                 ])
             }
-            print(AdminCall.table(rows))
+            return AdminCall.table(rows)
         }
     }
 }
@@ -491,30 +495,29 @@ struct ApplyCommand: ParsableCommand {
 
     @Argument(help: "The YAML or JSON file of tenants.") var file: String
     @Flag(help: "Answer the difference without applying it.") var dryRun = false
-    @Option(help: "Only apply if the configuration is still at this version.") var ifMatch: Int64?
-    @OptionGroup var options: ManagementOptions
+    @OptionGroup var options: ChangeOptions
 
     func run() throws {
         guard let text = FileManager.default.contents(atPath: file) else { AdminCall.fail("cannot read \(file)") }
-        let (object, raw) = try AdminCall.perform(
-            options,
-            "POST",
-            "/v1/apply" + (dryRun ? "?dry_run=true" : ""),
-            rawBody: text,
-            ifMatch: ifMatch
-        )
-        if options.json { return AdminCall.printJSON(raw) }
+        try AdminCall.change(options, "POST", "/v1/apply" + (dryRun ? "?dry_run=true" : ""), rawBody: text) { object in
+            describe(object)
+        }
+    }
+
+    /// The difference for people: counts, then each name (at most 50 of each).
+    func describe(_ object: [String: Any]) -> String {
         let added = object["added"] as? [String] ?? []
         let changed = object["changed"] as? [String] ?? []
         let removed = object["removed"] as? [String] ?? []
-        print(
+        var lines = [
             "\(dryRun ? "would apply" : "applied") \(object["tenants"] as? Int ?? 0) tenants: \(added.count) added, "
                 + "\(changed.count) changed, \(removed.count) removed (version \(object["version"] as? Int ?? 0))"
-        )
+        ]
         for (sign, names) in [("+", added), ("~", changed), ("-", removed)] {
-            for name in names.prefix(50) { print("  \(sign) \(name)") }
-            if names.count > 50 { print("  \(sign) … \(names.count - 50) more (--json lists them all)") }
+            lines += names.prefix(50).map { "  \(sign) \($0)" }
+            if names.count > 50 { lines.append("  \(sign) … \(names.count - 50) more (--json lists them all)") }
         }
+        return lines.joined(separator: "\n")
     }
 }
 
@@ -529,8 +532,10 @@ struct ChangesCommand: ParsableCommand {
     @OptionGroup var options: ManagementOptions
 
     func run() throws {
-        let (object, raw) = try AdminCall.perform(options, "GET", "/v1/changes?since=\(since)&limit=\(limit)")
-        if options.json { return AdminCall.printJSON(raw) }
+        try AdminCall.show(options, "GET", "/v1/changes?since=\(since)&limit=\(limit)", Self.table)
+    }
+
+    static func table(_ object: [String: Any]) -> String {
         var rows = [["VERSION", "TIME", "ACTOR", "ACTION", "SUBJECT"]]
         for change in object["changes"] as? [[String: Any]] ?? [] {
             rows.append([
@@ -541,6 +546,6 @@ struct ChangesCommand: ParsableCommand {
                 change["subject"] as? String ?? "",
             ])
         }
-        print(AdminCall.table(rows))
+        return AdminCall.table(rows)
     }
 }

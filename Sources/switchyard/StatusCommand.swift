@@ -142,26 +142,21 @@ struct AdminClient {
         var error: Detail
     }
 
-    /// `GET target`; returns the body of a 200 answer.
+    /// `GET target`; returns the body of a 2xx answer.
     func get(_ target: String) throws -> Data {
-        try request("GET", target)
+        try send("GET", target)
     }
 
-    /// `POST target` without a body, with `If-Match: "N"` when `ifMatch` is given; returns the body of a 200
+    /// `POST target` without a body, with `If-Match: "N"` when `ifMatch` is given; returns the body of a 2xx
     /// answer.
     func post(_ target: String, ifMatch: Int64? = nil) throws -> Data {
-        try request("POST", target, fields: ifMatch.map { "If-Match: \"\($0)\"\r\n" } ?? "")
+        try send("POST", target, ifMatch: ifMatch)
     }
 
-    /// `method target` with `body` (JSON or YAML) and `If-Match: "N"` when `ifMatch` is given; returns the body of
-    /// a 2xx answer.
+    /// Sends `method target` with `body` (JSON or YAML) and `If-Match: "N"` when `ifMatch` is given; returns the
+    /// body of a 2xx answer and throws the API's error message otherwise.
     func send(_ method: String, _ target: String, body: Data = Data(), ifMatch: Int64? = nil) throws -> Data {
-        try request(method, target, fields: ifMatch.map { "If-Match: \"\($0)\"\r\n" } ?? "", body: body)
-    }
-
-    /// Sends one request; returns the body of a 2xx answer and throws the API's error message otherwise.
-    private func request(_ method: String, _ target: String, fields: String = "", body: Data = Data()) throws -> Data {
-        var fields = fields
+        var fields = ifMatch.map { "If-Match: \"\($0)\"\r\n" } ?? ""
         let descriptor: Int32
         switch endpoint {
         case .socket(let path):
