@@ -73,10 +73,11 @@ extension ControlPlane {
     private func listTenants() -> AdminAPI.Response {
         let state = self.state.withLockedValue { $0 }
         let table = routes.current
-        let shadowed = ControlSnapshot(state).shadowed
+        // What the file shadows, tenant by tenant: the merged snapshot of every tenant is not needed for it.
+        let shadowed = state.tenants.compactMapValues { state.served($0.configuration).shadowing }
         var items: [[String: Any]] = []
         for tenant in table.tenants {
-            let managed = state.tenants[tenant.name] != nil && !state.file.tenants.contains { $0.name == tenant.name }
+            let managed = state.tenants[tenant.name] != nil && !state.fileIndex.names.contains(tenant.name)
             var item: [String: Any] = [
                 "name": tenant.name,
                 "source": managed ? "api" : "file",
@@ -95,10 +96,16 @@ extension ControlPlane {
     }
 
     private func showTenant(_ name: String) -> AdminAPI.Response {
+        guard let item = tenantObject(name) else { return Self.noTenant(name) }
+        return Self.answer(200, item)
+    }
+
+    /// What `GET /v1/tenants/NAME` answers, `nil` when there is no such tenant.
+    private func tenantObject(_ name: String) -> [String: Any]? {
         let state = self.state.withLockedValue { $0 }
         let served = routes.current.tenant(named: name)
-        let fileTenant = state.file.tenants.contains { $0.name == name }
-        guard served != nil || state.tenants[name] != nil else { return Self.noTenant(name) }
+        let fileTenant = state.fileIndex.names.contains(name)
+        guard served != nil || state.tenants[name] != nil else { return nil }
         var item: [String: Any] = ["name": name, "source": fileTenant ? "file" : "api"]
         if let served {
             item["domains"] = served.domains
@@ -121,7 +128,7 @@ extension ControlPlane {
             // An API tenant of the same name, not served while the file has one.
             item["shadowed_api_tenant"] = hidden.object
         }
-        return Self.answer(200, item)
+        return item
     }
 
     private func showCertificate(_ tenant: String) -> AdminAPI.Response {
@@ -139,7 +146,7 @@ extension ControlPlane {
     }
 
     private func changes(_ request: AdminAPI.Request) -> AdminAPI.Response {
-        guard let store else { return Self.storeUnavailable(storeProblem) }
+        guard let store else { return storeUnusable.response }
         let query = Self.query(request.target)
         var since: Int64 = 0
         var limit = 1000
@@ -174,7 +181,7 @@ extension ControlPlane {
             }
             return Self.answer(200, ["changes": items])
         } catch {
-            return Self.storeUnavailable("\(error)")
+            return AdminAPI.error(503, .unavailable, "the state store cannot be read: \(error)")
         }
     }
 
@@ -249,10 +256,9 @@ extension ControlPlane {
         case .failure(let refusal): return refusal.response
         }
         return edit(request, tenant: name, actor: actor) { tenant throws(Refusal) in
-            let edited = try Self.edited(tenant) { object in
+            try Self.edited(tenant) { object in
                 object["domains"] = ((object["domains"] as? [Any]) ?? []) + [domain]
             }
-            return edited
         }
     }
 
@@ -374,7 +380,7 @@ extension ControlPlane {
         _ request: AdminAPI.Request,
         tenant name: String,
         actor: ChangeActor,
-        _ transform: @escaping (ManagedTenant) throws(Refusal) -> ManagedTenant
+        _ transform: (ManagedTenant) throws(Refusal) -> ManagedTenant
     ) -> AdminAPI.Response {
         change(request, actor: actor) { state throws(Refusal) in
             try Self.checkWritable(name, in: state, file: configurationPath)
@@ -422,7 +428,7 @@ extension ControlPlane {
             try Self.checkWritable(name, in: state, file: configurationPath)
             guard let tenant = state.tenants[name] else { throw Self.noTenantRefusal(name) }
             let domains = tenant.configuration.domains
-            let uncovered = domains.filter { !ControlSnapshot.covers(details.names, domain: $0) }
+            let uncovered = domains.filter { !details.covers(host: $0) }
             guard uncovered.count < domains.count else {
                 throw Refusal(
                     400,
@@ -545,7 +551,7 @@ extension ControlPlane {
         file: String,
         mayBeNew: Bool = false
     ) throws(Refusal) {
-        if state.file.tenants.contains(where: { $0.name == name }) {
+        if state.fileIndex.names.contains(name) {
             throw Refusal(
                 409,
                 .fileTenant,
@@ -604,10 +610,6 @@ extension ControlPlane {
         AdminAPI.error(404, .notFound, "no tenant '\(name)'; `switchyard tenants list` lists the tenants")
     }
 
-    static func storeUnavailable(_ problem: String?) -> AdminAPI.Response {
-        AdminAPI.error(503, .unavailable, "the state store cannot be used: \(problem ?? "not opened")")
-    }
-
     static func notAllowed(_ method: String, _ path: String, allow: String) -> AdminAPI.Response {
         AdminAPI.error(405, .methodNotAllowed, "\(method) \(path) is not allowed; use \(allow)", allow: allow)
     }
@@ -626,12 +628,10 @@ extension ControlPlane {
                 if let given = object["name"], given as? String != name {
                     return .failure(
                         AdminAPI.Refusal(
-                            response: AdminAPI.error(
-                                400,
-                                .invalidTenant,
-                                "the body names tenant '\(given)', the path '\(name)'; rename by adding the new name "
-                                    + "and removing the old"
-                            )
+                            400,
+                            .invalidTenant,
+                            "the body names tenant '\(given)', the path '\(name)'; rename by adding the new name "
+                                + "and removing the old"
                         )
                     )
                 }
@@ -640,7 +640,7 @@ extension ControlPlane {
             return .success(try ManagedTenant(object: object, source: source))
         } catch {
             return .failure(
-                AdminAPI.Refusal(response: AdminAPI.error(400, .invalidTenant, "\(error); nothing was changed"))
+                AdminAPI.Refusal(400, .invalidTenant, "\(error); nothing was changed")
             )
         }
     }
@@ -650,7 +650,7 @@ extension ControlPlane {
             let object = value as? [String: Any]
         else {
             return .failure(
-                AdminAPI.Refusal(response: AdminAPI.error(400, .invalidRequest, "the body must be a JSON object"))
+                AdminAPI.Refusal(400, .invalidRequest, "the body must be a JSON object")
             )
         }
         return .success(object)
@@ -667,7 +667,7 @@ extension ControlPlane {
         case .success(let object):
             guard let value = object[key] as? String, !value.isEmpty else {
                 return .failure(
-                    AdminAPI.Refusal(response: AdminAPI.error(400, .invalidRequest, "expected \(expected)"))
+                    AdminAPI.Refusal(400, .invalidRequest, "expected \(expected)")
                 )
             }
             return .success(value)
@@ -688,14 +688,11 @@ extension ControlPlane {
         return items
     }
 
+    /// The tenant as `GET` shows it after a change, with the version the change committed.
     private func tenantAnswer(_ status: Int, _ name: String, _ committed: Committed) -> AdminAPI.Response {
-        var answer = showTenant(name)
-        answer.status = status
-        if var object = (try? JSONSerialization.jsonObject(with: answer.body)) as? [String: Any] {
-            object["version"] = committed.commit.revision
-            answer = Self.answer(status, object)
-        }
-        return answer
+        guard var object = tenantObject(name) else { return Self.noTenant(name) }
+        object["version"] = committed.commit.revision
+        return Self.answer(status, object)
     }
 
     static func summary(_ certificate: StoredCertificate) -> [String: Any] {

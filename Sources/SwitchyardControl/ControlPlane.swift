@@ -147,17 +147,23 @@ public final class ControlPlane: Sendable {
         var reloadsFileCertificates = false
     }
 
-    /// Why a change was refused: the answer to give.
-    struct Refusal: Error {
-        var response: AdminAPI.Response
+    /// Why a change was refused: the answer to give (the admin API's own type).
+    typealias Refusal = AdminAPI.Refusal
 
-        init(_ status: Int, _ code: AdminAPI.ErrorCode, _ message: String) {
-            response = AdminAPI.error(status, code, message)
-        }
+    /// The answer to a change while the store cannot be used at all (it did not open at start).
+    var storeUnusable: Refusal {
+        Refusal(
+            503,
+            .unavailable,
+            "the state store cannot be used (\(storeProblem ?? "not opened")); nothing was changed. Fix it and restart "
+                + "the balancer"
+        )
+    }
 
-        init(response: AdminAPI.Response) {
-            self.response = response
-        }
+    /// The answer to a change the store failed to write (full disk, I/O error); nothing of it was committed.
+    func storeFailed(_ error: any Error, by actor: ChangeActor) -> Refusal {
+        logger.error("state store: a change by \(actor) was not written: \(error)")
+        return Refusal(503, .unavailable, "the state store cannot be written: \(error); nothing was changed")
     }
 
     /// What a committed change answers with.
@@ -252,55 +258,38 @@ public final class ControlPlane: Sendable {
             throw Refusal(400, .invalidCertificate, "\(error); nothing was changed")
         }
         let commit: StoreCommit
-        do {
-            guard let store else {
-                // Without a store only a reload of the file goes on, versioned in memory: the file is still the
-                // operator's to change.
-                guard plan.mutations.allSatisfy({ if case .reload = $0 { true } else { false } }) else {
-                    throw Refusal(
-                        503,
-                        .unavailable,
-                        "the state store cannot be used (\(storeProblem ?? "not opened")); nothing was changed. Fix "
-                            + "it and restart the balancer"
-                    )
+        if let store {
+            do {
+                commit = try store.write(actor: "\(actor)", dryRun: dryRun) { transaction in
+                    for mutation in plan.mutations {
+                        try mutation.apply(to: &transaction)
+                    }
                 }
-                let current = version.current
-                commit = StoreCommit(revision: current + 1, previousRevision: current, changes: [], isDryRun: false)
-                return publish(
-                    plan,
-                    table: table,
-                    replaced: replaced,
-                    touched: touched,
-                    certificates: certificateStore,
-                    commit,
-                    actor
-                )
+            } catch {
+                throw storeFailed(error, by: actor)
             }
-            commit = try store.write(actor: "\(actor)", dryRun: dryRun) { transaction in
-                for mutation in plan.mutations {
-                    try mutation.apply(to: &transaction)
-                }
+        } else {
+            // Without a store only a reload of the file goes on, versioned in memory: the file is still the
+            // operator's to change.
+            guard !dryRun, plan.mutations.allSatisfy({ if case .reload = $0 { true } else { false } }) else {
+                throw storeUnusable
             }
-        } catch let refusal as Refusal {
-            throw refusal
-        } catch {
-            logger.error("state store: a change by \(actor) was not written: \(error)")
-            throw Refusal(503, .unavailable, "the state store cannot be written: \(error); nothing was changed")
+            let current = version.current
+            commit = StoreCommit(revision: current + 1, previousRevision: current, changes: [], isDryRun: false)
         }
         guard !dryRun, commit.revision != commit.previousRevision else {
             return Committed(commit: commit, table: table, shadowed: shadowed)
         }
-        var committed = publish(
+        return publish(
             plan,
             table: table,
             replaced: replaced,
             touched: touched,
+            shadowed: shadowed,
             certificates: certificateStore,
             commit,
             actor
         )
-        committed.shadowed = shadowed
-        return committed
     }
 
     /// Makes a written change live.
@@ -309,6 +298,7 @@ public final class ControlPlane: Sendable {
         table: RouteTable,
         replaced: Set<String>?,
         touched: [Tenant],
+        shadowed: [String: Shadowing]?,
         certificates certificateStore: CertificateStore?,
         _ commit: StoreCommit,
         _ actor: ChangeActor
@@ -325,7 +315,7 @@ public final class ControlPlane: Sendable {
         for record in commit.changes {
             logger.notice("admin: \(record.action.rawValue) \(record.subject) by \(actor) (version \(record.revision))")
         }
-        return Committed(commit: commit, table: table, shadowed: nil)
+        return Committed(commit: commit, table: table, shadowed: shadowed)
     }
 
     /// The certificate store to publish with a plan: the file's certificates read again for a reload, the
@@ -396,17 +386,7 @@ extension ControlPlane: AdminResources {
         by actor: ChangeActor
     ) -> Result<Int64, AdminAPI.Refusal> {
         let drain = StoredDrain(tenant: tenant, backend: backend.description)
-        guard let store else {
-            return .failure(
-                AdminAPI.Refusal(
-                    response: AdminAPI.error(
-                        503,
-                        .unavailable,
-                        "the state store cannot be used (\(storeProblem ?? "not opened")); nothing was changed"
-                    )
-                )
-            )
-        }
+        guard let store else { return .failure(storeUnusable) }
         do {
             let commit = try store.write(actor: "\(actor)") { transaction in
                 if drained {
@@ -424,23 +404,7 @@ extension ControlPlane: AdminResources {
             }
             return .success(commit.revision)
         } catch {
-            logger.error("state store: a drain by \(actor) was not written: \(error)")
-            return .failure(
-                AdminAPI.Refusal(
-                    response: AdminAPI.error(503, .unavailable, "the state store cannot be written: \(error)")
-                )
-            )
+            return .failure(storeFailed(error, by: actor))
         }
-    }
-}
-
-extension AdminAPI.Response {
-    /// The `message` of an error answer.
-    var errorMessage: String? {
-        struct Body: Decodable {
-            struct Detail: Decodable { var message: String }
-            var error: Detail
-        }
-        return (try? JSONDecoder().decode(Body.self, from: body))?.error.message
     }
 }

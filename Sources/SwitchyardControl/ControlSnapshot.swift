@@ -92,7 +92,7 @@ struct ControlSnapshot {
         var uploaded: [UploadedCertificate] = []
         for name in state.certificates.keys.sorted() where !state.fileIndex.names.contains(name) {
             guard let certificate = state.certificates[name], let tenant = table.tenant(named: name) else { continue }
-            let names = tenant.domains.filter { Self.covers(certificate.names, domain: $0) }
+            let names = tenant.domains.filter { TLSContext.covers(host: $0, names: certificate.names) }
             guard !names.isEmpty else { continue }
             uploaded.append(
                 UploadedCertificate(
@@ -105,19 +105,5 @@ struct ControlSnapshot {
             )
         }
         return uploaded
-    }
-
-    /// Whether a certificate with `names` covers a tenant's `domain`: an exact name, a wildcard name covering an
-    /// exact domain one label down, or the same wildcard.
-    static func covers(_ names: [String], domain: String) -> Bool {
-        for name in names {
-            if name == domain { return true }
-            if name.hasPrefix("*."), !domain.hasPrefix("*."), let dot = domain.firstIndex(of: "."),
-                domain[domain.index(after: dot)...] == name.dropFirst(2)
-            {
-                return true
-            }
-        }
-        return false
     }
 }

@@ -24,12 +24,6 @@ final class ManagedTenant: Sendable {
         self.document = document
     }
 
-    /// Parses a tenant sent as YAML or JSON text (a request body), making its canonical document.
-    convenience init(text: String, source: String) throws(ConfigurationError) {
-        let object = try Self.object(text: text, source: source)
-        try self.init(object: object, source: source)
-    }
-
     /// Builds the tenant of a JSON object (keys of the configuration file).
     convenience init(object: [String: Any], source: String) throws(ConfigurationError) {
         try self.init(document: try Self.canonical(object, source: source), source: source)

@@ -103,7 +103,9 @@ public final class TLSContext: @unchecked Sendable {
         Self.covers(host: host, names: names)
     }
 
-    static func covers(host: String, names: [String]) -> Bool {
+    /// Whether DNS names `names` cover `host` as ``covers(host:)`` says; a wildcard `host` (a tenant's
+    /// `*.shop.test`) is covered by the same wildcard.
+    public static func covers(host: String, names: [String]) -> Bool {
         for name in names {
             if name == host { return true }
             if name.hasPrefix("*."), let dot = host.firstIndex(of: "."),

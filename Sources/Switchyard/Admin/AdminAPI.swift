@@ -92,6 +92,11 @@ public struct AdminAPI: Sendable {
             guard let answer = try? JSONDecoder().decode(ErrorBody.self, from: body) else { return nil }
             return answer.error.code
         }
+
+        /// The message of an error answer, `nil` for a success.
+        public var errorMessage: String? {
+            (try? JSONDecoder().decode(ErrorBody.self, from: body))?.error.message
+        }
     }
 
     /// The `code` of an error answer: stable names scripts may test (the message may change).
@@ -340,6 +345,11 @@ public struct AdminAPI: Sendable {
 
         public init(response: Response) {
             self.response = response
+        }
+
+        /// The error answer `{"error": {"code": …, "message": …}}` with `status`.
+        public init(_ status: Int, _ code: ErrorCode, _ message: String) {
+            self.response = AdminAPI.error(status, code, message)
         }
     }
 

@@ -45,12 +45,7 @@ public enum ConfigurationLoader {
     /// An empty document, or one with only comments, gives the defaults: no tenants and plain HTTP on
     /// `0.0.0.0:8080`. A leading byte order mark, as some editors write, is ignored.
     public static func parse(yaml: String, file: String) throws(ConfigurationError) -> Configuration {
-        let root: Node?
-        do {
-            root = try Yams.compose(yaml: yaml.hasPrefix("\u{FEFF}") ? String(yaml.dropFirst()) : yaml)
-        } catch {
-            throw Self.syntaxError(error, file: file)
-        }
+        let root = try Self.compose(yaml: yaml, file: file)
         let document = ConfigurationNode(
             node: root ?? Node([(Node, Node)]()),
             path: "",
@@ -60,32 +55,11 @@ public enum ConfigurationLoader {
         return try Self.configuration(from: document)
     }
 
-    /// Parses the tenants of an `apply` file or body: a list of tenants in the configuration's own keys, or a
-    /// mapping whose `tenants` key holds one (so that a copy of a configuration file's `tenants:` section works
-    /// either way). YAML and JSON are both accepted. Tenants managed through the admin API cannot name certificate
-    /// files (their certificates are uploaded, `switchyard certs add`), so `certificate` and `key` are refused.
+    /// Parses one tenant managed through the admin API (a document the control plane stores), YAML or JSON.
+    /// Tenants managed through the API cannot name certificate files (their certificates are uploaded,
+    /// `switchyard certs add`), so `certificate` and `key` are refused.
     ///
-    /// - Parameter file: what errors call the document (the file's path, or `request body`).
-    public static func parseManagedTenants(
-        yaml: String,
-        file: String
-    ) throws(ConfigurationError)
-        -> [TenantConfiguration]
-    {
-        let document = try Self.document(yaml: yaml, file: file)
-        let list: ConfigurationNode
-        if case .mapping = document.node {
-            let top = try document.mapping(acceptedKeys: ["tenants"])
-            guard let tenants = top["tenants"] else { return [] }
-            list = tenants
-        } else {
-            list = document
-        }
-        return try Self.tenants(list, allowsFiles: false)
-    }
-
-    /// Parses one tenant managed through the admin API (a `tenants add` or replace body), as
-    /// ``parseManagedTenants(yaml:file:)`` parses each of a list.
+    /// - Parameter file: what errors call the document (`request body`, `stored tenant 'shop'`).
     public static func parseManagedTenant(
         yaml: String,
         file: String
@@ -95,15 +69,18 @@ public enum ConfigurationLoader {
         try Self.tenant(Self.document(yaml: yaml, file: file), allowsFiles: false).0
     }
 
-    private static func document(yaml: String, file: String) throws(ConfigurationError) -> ConfigurationNode {
-        let root: Node?
+    /// The YAML node tree of `yaml`, `nil` for an empty document; a leading byte order mark is ignored.
+    private static func compose(yaml: String, file: String) throws(ConfigurationError) -> Node? {
         do {
-            root = try Yams.compose(yaml: yaml.hasPrefix("\u{FEFF}") ? String(yaml.dropFirst()) : yaml)
+            return try Yams.compose(yaml: yaml.hasPrefix("\u{FEFF}") ? String(yaml.dropFirst()) : yaml)
         } catch {
             throw Self.syntaxError(error, file: file)
         }
-        guard let root else {
-            throw ConfigurationError(file: file, line: nil, key: "", reason: "is empty; expected tenants")
+    }
+
+    private static func document(yaml: String, file: String) throws(ConfigurationError) -> ConfigurationNode {
+        guard let root = try Self.compose(yaml: yaml, file: file) else {
+            throw ConfigurationError(file: file, line: nil, key: "", reason: "is empty; expected a tenant")
         }
         return ConfigurationNode(node: root, path: "", line: root.mark?.line, file: file)
     }
@@ -437,16 +414,13 @@ public enum ConfigurationLoader {
 
     // MARK: - tenants
 
-    private static func tenants(
-        _ node: ConfigurationNode,
-        allowsFiles: Bool = true
-    ) throws(ConfigurationError) -> [TenantConfiguration] {
+    private static func tenants(_ node: ConfigurationNode) throws(ConfigurationError) -> [TenantConfiguration] {
         var tenants: [TenantConfiguration] = []
         var tenantPaths: [String: String] = [:]
         // Normalised domain -> index of the tenant owning it.
         var domainOwners: [String: Int] = [:]
         for tenantNode in try node.list(description: "a list of tenants") {
-            let (tenant, nameNode, domainNodes) = try Self.tenant(tenantNode, allowsFiles: allowsFiles)
+            let (tenant, nameNode, domainNodes) = try Self.tenant(tenantNode)
             if let earlier = tenantPaths[tenant.name] {
                 throw nameNode.error("tenant '\(tenant.name)' is already declared at \(earlier); names must be unique")
             }
