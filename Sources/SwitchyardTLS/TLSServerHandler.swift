@@ -11,6 +11,26 @@ public struct TLSHandshakeCompleted: Sendable {
     public let certificate: TLSContext
     /// The negotiated protocol version, e.g. `TLSv1.3`.
     public let version: String
+    /// Whether the handshake resumed a session (a ticket) instead of a full key exchange.
+    public let resumed: Bool
+}
+
+/// The user event a ``TLSServerHandler`` fires before it closes a connection whose handshake failed, so that the
+/// layers above can count it.
+public struct TLSHandshakeFailed: Sendable, Equatable {
+    /// Why the handshake failed, in a few stable words (a metric's label).
+    public enum Reason: Sendable, Equatable {
+        /// No handshake within `timeouts.tls_handshake`.
+        case timeout
+        /// The client spoke plain HTTP to the TLS port.
+        case plaintextHTTP
+        /// OpenSSL refused the handshake: no shared protocol or cipher, a malformed message…
+        case handshakeError
+        /// The client closed the connection during the handshake.
+        case clientClosed
+    }
+
+    public let reason: Reason
 }
 
 /// Terminates TLS with OpenSSL on a NIO channel: ciphertext in from the network, plaintext up the pipeline;
@@ -62,6 +82,9 @@ public final class TLSServerHandler: ChannelDuplexHandler, RemovableChannelHandl
         let loopBoundContext = NIOLoopBound(context, eventLoop: context.eventLoop)
         handshakeTimer = context.eventLoop.assumeIsolated().scheduleTask(in: handshakeTimeout) { [self] in
             guard self.state == .handshaking else { return }
+            // Closed here, so that the close that follows is not counted again as the client's.
+            self.state = .closed
+            loopBoundContext.value.fireUserInboundEventTriggered(TLSHandshakeFailed(reason: .timeout))
             self.logger.debug(
                 "TLS handshake timed out",
                 metadata: ["peer": "\(loopBoundContext.value.channel.remoteAddress?.description ?? "?")"]
@@ -79,6 +102,9 @@ public final class TLSServerHandler: ChannelDuplexHandler, RemovableChannelHandl
 
     public func channelInactive(context: ChannelHandlerContext) {
         handshakeTimer?.cancel()
+        if state == .handshaking, receivedAnything {
+            context.fireUserInboundEventTriggered(TLSHandshakeFailed(reason: .clientClosed))
+        }
         state = .closed
         context.fireChannelInactive()
     }
@@ -123,7 +149,8 @@ public final class TLSServerHandler: ChannelDuplexHandler, RemovableChannelHandl
                 TLSHandshakeCompleted(
                     serverName: connection.serverName,
                     certificate: connection.context,
-                    version: version
+                    version: version,
+                    resumed: SSL_session_reused(connection.ssl) == 1
                 )
             )
             return true
@@ -144,6 +171,7 @@ public final class TLSServerHandler: ChannelDuplexHandler, RemovableChannelHandl
                     "sni": "\(connection.serverName.map(LogEscaping.escaped) ?? "-")",
                 ]
             )
+            context.fireUserInboundEventTriggered(TLSHandshakeFailed(reason: .handshakeError))
             fail(context: context)
             return false
         }
@@ -215,6 +243,7 @@ public final class TLSServerHandler: ChannelDuplexHandler, RemovableChannelHandl
 
     private func refusePlaintext(_ first: UInt8, context: ChannelHandlerContext) {
         state = .closing
+        context.fireUserInboundEventTriggered(TLSHandshakeFailed(reason: .plaintextHTTP))
         let looksLikeHTTP = first >= UInt8(ascii: "A") && first <= UInt8(ascii: "Z")
         guard looksLikeHTTP else {
             context.close(promise: nil)

@@ -110,11 +110,17 @@ enum Balancer {
         let threads = configuration.workers ?? System.coreCount
         checkDescriptorLimit(configuration: configuration, workers: threads, logger: logger)
         let group = MultiThreadedEventLoopGroup(numberOfThreads: threads)
+        let metrics = SwitchyardMetrics(
+            loops: threads,
+            histogramTenants: configuration.metrics.tenantHistograms,
+            build: SwitchyardVersion.current
+        )
         let server = ProxyServer(
             configuration: configuration,
             group: group,
             routes: routes,
             certificates: certificates,
+            metrics: metrics,
             logger: logger
         )
         // The server binds inside the service group, so SIGTERM is handled from the moment the ports accept.
@@ -133,7 +139,8 @@ enum Balancer {
             publisher: controlPlane
         )
         let ticketRotation: [any Service] = certificates.map { [$0.current.ticketKeys] } ?? []
-        let healthChecker = HealthChecker(routes: routes, group: group, logger: logger)
+        let healthChecker = HealthChecker(routes: routes, group: group, logger: logger, metrics: metrics)
+        let metricsPage = MetricsPage(metrics: metrics, routes: routes, version: version) { server.openConnections }
         // SWITCHYARD_ADMIN names the socket for the operator commands; the server honours it too, so both agree.
         let adminPath = ProcessInfo.processInfo.environment["SWITCHYARD_ADMIN"].flatMap { $0.isEmpty ? nil : $0 }
         let api = AdminAPI(
@@ -141,7 +148,8 @@ enum Balancer {
             logger: logger,
             version: version,
             reloader: reloader,
-            resources: controlPlane
+            resources: controlPlane,
+            metrics: metricsPage
         ) {
             server.openConnections
         }
@@ -157,8 +165,23 @@ enum Balancer {
             )
         )
         let memoryReleaser = MemoryReleaser(logger: logger) { server.openConnections }
+        let metricsListener: [any Service] =
+            configuration.metrics.listen.map { address in
+                [
+                    MetricsServer(
+                        address: address,
+                        page: metricsPage,
+                        logger: logger,
+                        limits: AdminServer.Limits(
+                            maximumConnections: configuration.admin.maximumConnections,
+                            idleTimeout: configuration.admin.idleTimeout
+                        )
+                    )
+                ]
+            } ?? []
         let services: [any Service] =
-            [accessLogSink, reloader, healthChecker, admin, memoryReleaser] + ticketRotation + extraServices + [server]
+            [accessLogSink, reloader, healthChecker, admin, memoryReleaser] + metricsListener + ticketRotation
+            + extraServices + [server]
         let serviceGroup = ServiceGroup(
             configuration: .init(
                 services: services.map { .init(service: $0) },

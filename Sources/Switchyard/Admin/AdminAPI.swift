@@ -11,6 +11,7 @@ import NIOCore
 /// - `POST /v1/tenants/NAME/backends/HOST:PORT/drain`: the backend gets no new requests or tunnels; those in
 ///   progress finish. `POST …/undrain` ends that. Backends are named by the address `status` shows.
 /// - `POST /v1/reload`: re-reads the configuration file as SIGHUP does.
+/// - `GET /metrics`: the Prometheus metrics (``MetricsPage``), when the API was given them.
 ///
 /// Every answer but a 401 carries the configuration version as `ETag: "N"` (``ConfigurationVersion``); answers to
 /// writes carry it in their JSON too (`"version": N`). A write with `If-Match` runs only at that version, else 412.
@@ -71,6 +72,8 @@ public struct AdminAPI: Sendable {
         public var version: Int64? = nil
         /// A 401's `WWW-Authenticate` challenge.
         public var authenticate: String? = nil
+        /// The body's media type: JSON but for the metrics page and the status page.
+        public var contentType = "application/json"
 
         /// An answer with `body` (JSON) and no extra fields; ``AdminAPI/respond(to:access:)`` adds the version.
         public init(status: Int, body: Data) {
@@ -154,11 +157,13 @@ public struct AdminAPI: Sendable {
     public let version: ConfigurationVersion
     private let reloader: ConfigurationReloader?
     private let resources: (any AdminResources)?
+    private let metrics: MetricsPage?
 
     /// - Parameters:
     ///   - version: the configuration version; the same object as `reloader`'s, so that reloads advance it too.
     ///   - reloader: what `POST /v1/reload` runs; without one, that endpoint answers 503.
     ///   - resources: what answers the endpoints of tenants, certificates, apply and changes, and records drains.
+    ///   - metrics: what `GET /metrics` answers; without it, that path is 404.
     ///   - connections: the client connections open now, for the status report.
     public init(
         routes: RouteSource,
@@ -166,8 +171,10 @@ public struct AdminAPI: Sendable {
         version: ConfigurationVersion = ConfigurationVersion(),
         reloader: ConfigurationReloader? = nil,
         resources: (any AdminResources)? = nil,
+        metrics: MetricsPage? = nil,
         connections: @escaping @Sendable () -> Int
     ) {
+        self.metrics = metrics
         self.resources = resources
         self.routes = routes
         self.logger = logger
@@ -225,6 +232,12 @@ public struct AdminAPI: Sendable {
         let path = request.target.split(separator: "?", maxSplits: 1).first.map(String.init) ?? request.target
         let segments = path.split(separator: "/", omittingEmptySubsequences: true).map {
             String($0).removingPercentEncoding ?? String($0)
+        }
+        if segments == ["metrics"], let metrics {
+            guard method == "GET" else {
+                return Self.error(405, .methodNotAllowed, "\(method) /metrics is not allowed; use GET", allow: "GET")
+            }
+            return metrics.response(to: request.target)
         }
         guard segments.first == "v1" else {
             if let first = segments.first, ["status", "tenants", "reload"].contains(first) {

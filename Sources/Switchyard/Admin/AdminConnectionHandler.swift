@@ -1,6 +1,29 @@
 import NIOCore
 import NIOHTTP1
 
+/// What answers the requests of an ``AdminConnectionHandler``.
+protocol HTTPResponder: Sendable {
+    /// The answer to one complete request.
+    func respond(to request: AdminAPI.Request) -> AdminAPI.Response
+    /// The answer to a request whose body is over the limit.
+    func bodyTooLarge() -> AdminAPI.Response
+}
+
+/// The admin API as a client of one listener reaches it: as the unix socket's peer, or with the TCP listener's
+/// tokens.
+struct AdminAPIResponder: HTTPResponder {
+    let api: AdminAPI
+    let access: AdminAPI.Access
+
+    func respond(to request: AdminAPI.Request) -> AdminAPI.Response {
+        api.respond(to: request, access: access)
+    }
+
+    func bodyTooLarge() -> AdminAPI.Response {
+        api.bodyTooLarge()
+    }
+}
+
 /// One admin connection, after NIOHTTP1's response encoder and request decoder (without its pipelining and
 /// error handlers): it answers the requests with ``AdminAPI`` in order, and bounds what a client can make it hold.
 ///
@@ -13,7 +36,8 @@ import NIOHTTP1
 ///   requests before it, and the connection is closed once that is written.
 /// - A request body is collected up to ``AdminAPI/maximumBodyBytes``; a larger one (by its `Content-Length`, or as
 ///   it comes) is answered 413 with `Connection: close` in the same way, without reading the rest.
-/// - Requests are answered as coming through `access`: the unix socket's peer, or the TCP listener's tokens.
+/// - Requests are answered by an ``HTTPResponder``: the admin API as coming through the unix socket's peer or the TCP
+///   listener's tokens, or the read-only pages of `metrics.listen`.
 final class AdminConnectionHandler: ChannelDuplexHandler {
     typealias InboundIn = HTTPServerRequestPart
     typealias OutboundIn = HTTPServerResponsePart
@@ -26,8 +50,7 @@ final class AdminConnectionHandler: ChannelDuplexHandler {
         case bodyTooLarge
     }
 
-    private let api: AdminAPI
-    private let access: AdminAPI.Access
+    private let responder: any HTTPResponder
     private let idleTimeout: TimeAmount
     private let maximumBodyBytes: Int
     /// The limit of the request being read: ``maximumBodyBytes``, or more for an apply.
@@ -52,13 +75,11 @@ final class AdminConnectionHandler: ChannelDuplexHandler {
     private var idleTimer: Scheduled<Void>?
 
     init(
-        api: AdminAPI,
-        access: AdminAPI.Access,
+        responder: any HTTPResponder,
         idleTimeout: TimeAmount,
         maximumBodyBytes: Int = AdminAPI.maximumBodyBytes
     ) {
-        self.api = api
-        self.access = access
+        self.responder = responder
         self.idleTimeout = idleTimeout
         self.maximumBodyBytes = maximumBodyBytes
         self.bodyLimit = maximumBodyBytes
@@ -174,7 +195,7 @@ final class AdminConnectionHandler: ChannelDuplexHandler {
             case .malformed:
                 refuseMalformed(context: context)
             case .bodyTooLarge:
-                writeAnswer(api.bodyTooLarge(), version: .http1_1, close: true, context: context)
+                writeAnswer(responder.bodyTooLarge(), version: .http1_1, close: true, context: context)
                 finish(context: context, keepAlive: false)
             }
         }
@@ -192,7 +213,7 @@ final class AdminConnectionHandler: ChannelDuplexHandler {
             authorization: head.headers["Authorization"],
             body: body
         )
-        writeAnswer(api.respond(to: request, access: access), version: head.version, close: false, context: context)
+        writeAnswer(responder.respond(to: request), version: head.version, close: false, context: context)
         finish(context: context, keepAlive: head.isKeepAlive)
     }
 
@@ -204,7 +225,7 @@ final class AdminConnectionHandler: ChannelDuplexHandler {
         context: ChannelHandlerContext
     ) {
         var headers = HTTPHeaders()
-        headers.add(name: "Content-Type", value: "application/json")
+        headers.add(name: "Content-Type", value: response.contentType)
         headers.add(name: "Content-Length", value: String(response.body.count))
         for field in response.headers {
             headers.add(name: field.name, value: field.value)

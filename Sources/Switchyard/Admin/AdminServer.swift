@@ -210,7 +210,12 @@ extension AdminServer {
         // Pipelining and decoder errors are the AdminConnectionHandler's own job: it holds requests back while
         // answers cannot be written, and closes the connection after a malformed one.
         try pipeline.configureHTTPServerPipeline(withPipeliningAssistance: false, withErrorHandling: false)
-        try pipeline.addHandler(AdminConnectionHandler(api: api, access: access, idleTimeout: limits.idleTimeout))
+        try pipeline.addHandler(
+            AdminConnectionHandler(
+                responder: AdminAPIResponder(api: api, access: access),
+                idleTimeout: limits.idleTimeout
+            )
+        )
     }
 
     /// Who is at the other end of a unix socket connection: the uid the kernel recorded when it connected

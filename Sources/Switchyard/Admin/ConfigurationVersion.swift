@@ -18,6 +18,8 @@ public final class ConfigurationVersion: Sendable {
     /// A copy of ``value`` stored after each advance, so that readers (every answer's `ETag`) never wait for a
     /// change in progress: a reload holds the lock for as long as the file takes to load.
     private let published: ManagedAtomic<Int64>
+    /// Changes that advanced the version, for `switchyard_config_changes_total`.
+    private let changes = ManagedAtomic<Int>(0)
 
     /// - Parameter initial: the version before any change: 1 in memory, the store's revision (0 for a new store)
     ///   with one.
@@ -30,6 +32,11 @@ public final class ConfigurationVersion: Sendable {
     /// The version now: the last one a finished change left (a change in progress is not counted until it ends).
     public var current: Int64 {
         published.load(ordering: .acquiring)
+    }
+
+    /// How many changes advanced the version since the process started.
+    public var changeCount: Int {
+        changes.load(ordering: .relaxed)
     }
 
     /// What a writer expects the version to be: `If-Match`.
@@ -91,6 +98,7 @@ public final class ConfigurationVersion: Sendable {
             if committed > version {
                 version = committed
                 published.store(version, ordering: .releasing)
+                changes.wrappingIncrement(ordering: .relaxed)
             }
             return .done(result, version: version)
         }

@@ -30,6 +30,8 @@ public struct Configuration: Sendable, Equatable {
     /// Whether request fields with `_` in their names are forwarded (`underscores_in_headers`, off as in nginx:
     /// CGI, PHP and WSGI read `X_Real_IP` as `X-Real-IP`, so a client could impersonate the balancer's fields).
     public var underscoresInHeaders: Bool = false
+    /// `metrics:`: the Prometheus listener and the tenants with histograms of their own.
+    public var metrics = Metrics()
 
     public init(
         listen: Listen = Listen(),
@@ -61,6 +63,20 @@ public struct Configuration: Sendable, Equatable {
         public init(http: [SocketAddress] = [], https: [SocketAddress] = []) {
             self.http = http
             self.https = https
+        }
+    }
+
+    /// `metrics:`. `GET /metrics` on the admin socket works whatever is set here.
+    public struct Metrics: Sendable, Equatable {
+        /// `listen`: where Prometheus scrapes `GET /metrics` over TCP, without a token; off when `nil`.
+        public var listen: SocketAddress?
+        /// `tenant_histograms`: tenants that get a request-duration histogram of their own (every tenant shares
+        /// the global one: 10,000 tenants × 15 series each would be 150,000 series). Read at start.
+        public var tenantHistograms: [String]
+
+        public init(listen: SocketAddress? = nil, tenantHistograms: [String] = []) {
+            self.listen = listen
+            self.tenantHistograms = tenantHistograms
         }
     }
 

@@ -22,7 +22,7 @@ import Musl
 /// `token_file`, `max_connections`, `idle_timeout`), `state`, `tls`
 /// (`certificate`, `key`), `access_log`, `timeouts` (`client_header`, `keepalive`, `client_body`,
 /// `upstream_connect`, `upstream_response`, `upstream_idle`, `tls_handshake`, `tunnel_idle`, `drain`), `limits` (`max_header_bytes`,
-/// `max_headers`, `max_connections`, `upstream_keepalive`) and `tenants`, a list of mappings with `name`,
+/// `max_headers`, `max_connections`, `upstream_keepalive`), `metrics` (`listen`, `tenant_histograms`) and `tenants`, a list of mappings with `name`,
 /// `domains`, `backends`, `certificate`, `key` and `health` (`path`, `interval`, `timeout`, `rise`, `fall`).
 /// Paths are kept as written; relative ones are relative to the working directory.
 public enum ConfigurationLoader {
@@ -90,8 +90,9 @@ public enum ConfigurationLoader {
     private enum Key {
         static let topLevel = [
             "listen", "workers", "admin", "state", "tls", "access_log", "timeouts", "limits", "tenants",
-            "underscores_in_headers",
+            "underscores_in_headers", "metrics",
         ]
+        static let metrics = ["listen", "tenant_histograms"]
         static let listen = ["http", "https"]
         static let admin = ["socket", "listen", "token_file", "max_connections", "idle_timeout"]
         static let tls = ["certificate", "key"]
@@ -132,6 +133,9 @@ public enum ConfigurationLoader {
         }
         if let node = top["access_log"] {
             configuration.accessLog = try node.bool()
+        }
+        if let node = top["metrics"] {
+            configuration.metrics = try Self.metrics(node)
         }
         if let node = top["underscores_in_headers"] {
             configuration.underscoresInHeaders = try node.bool()
@@ -277,6 +281,23 @@ public enum ConfigurationLoader {
             admin.idleTimeout = try idle.positiveDuration()
         }
         return admin
+    }
+
+    private static func metrics(_ node: ConfigurationNode) throws(ConfigurationError) -> Configuration.Metrics {
+        let mapping = try node.mapping(acceptedKeys: Key.metrics)
+        var metrics = Configuration.Metrics()
+        if let listen = mapping["listen"] {
+            let text = try listen.scalarText(expected: "a HOST:PORT such as 127.0.0.1:9100")
+            metrics.listen = try Self.listenAddress(text, at: listen)
+        }
+        if let names = mapping["tenant_histograms"] {
+            metrics.tenantHistograms = try names.stringList(
+                allowingSingle: false,
+                listDescription: "a list of tenant names",
+                itemDescription: "a tenant name"
+            ).map(\.text)
+        }
+        return metrics
     }
 
     /// Whether `address` is 127.0.0.0/8 or ::1.

@@ -22,8 +22,11 @@ public final class HealthChecker: Service {
     private let group: EventLoopGroup
     private let logger: Logger
     private let skipped: SkippedChecks
+    private let metrics: SwitchyardMetrics?
 
-    public init(routes: RouteSource, group: EventLoopGroup, logger: Logger) {
+    /// - Parameter metrics: where checks are counted (`switchyard_health_checks_total`).
+    public init(routes: RouteSource, group: EventLoopGroup, logger: Logger, metrics: SwitchyardMetrics? = nil) {
+        self.metrics = metrics
         self.routes = routes
         self.group = group
         self.logger = logger
@@ -99,7 +102,8 @@ public final class HealthChecker: Service {
                 host: key.host,
                 eventLoop: loop,
                 logger: logger,
-                skipped: skipped
+                skipped: skipped,
+                metrics: metrics
             )
             let box = NIOLoopBoundBox.makeBoxSendingValue(check, eventLoop: loop)
             loop.execute { box.value.start(spread: spread) }
@@ -140,6 +144,7 @@ final class BackendCheck {
     let logger: Logger
     private(set) var subscribers: [Subscriber]
     private let skipped: SkippedChecks
+    private let metrics: SwitchyardMetrics?
     private(set) var machine: BackendHealthMachine
     private var scheduled: Scheduled<Void>?
     private var stopped = false
@@ -153,9 +158,11 @@ final class BackendCheck {
         host: String,
         eventLoop: EventLoop,
         logger: Logger,
-        skipped: SkippedChecks? = nil
+        skipped: SkippedChecks? = nil,
+        metrics: SwitchyardMetrics? = nil
     ) {
         precondition(!subscribers.isEmpty, "a check serves at least one backend")
+        self.metrics = metrics
         self.subscribers = subscribers
         self.settings = settings
         self.host = host
@@ -230,6 +237,7 @@ final class BackendCheck {
         switch outcome {
         case .verdict(let result):
             skipped.checkRan()
+            metrics?.countHealthCheck(passed: result == .success)
             record(result)
         case .noVerdict(let reason):
             skipped.checkSkipped(backend: backend, tenant: subscribers[0].tenant, reason: reason)

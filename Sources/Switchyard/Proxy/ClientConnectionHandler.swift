@@ -58,6 +58,7 @@ final class ClientConnectionHandler: ChannelDuplexHandler, RemovableChannelHandl
 
     private func start(context: ChannelHandlerContext) {
         guard worker.connectionCounter.acquire() else {
+            worker.metrics.add(1, to: .refusedConnections, loop: worker.loop)
             worker.logger.warning(
                 "connection refused: limits.max_connections reached",
                 metadata: ["limit": "\(worker.connectionCounter.limit)"]
@@ -65,6 +66,7 @@ final class ClientConnectionHandler: ChannelDuplexHandler, RemovableChannelHandl
             context.close(promise: nil)
             return
         }
+        worker.metrics.add(1, to: .acceptedConnections, loop: worker.loop)
         let address = context.channel.remoteAddress?.ipAddress ?? "unknown"
         let configuration = worker.configuration
         let settings = ProxyStateMachine.Settings(
@@ -114,7 +116,26 @@ final class ClientConnectionHandler: ChannelDuplexHandler, RemovableChannelHandl
             return
         }
         if let handshake = event as? TLSHandshakeCompleted {
+            let field: ProxyMeters.Field
+            switch handshake.version {
+            case "TLSv1.3": field = .tlsHandshakesV13
+            case "TLSv1.2": field = .tlsHandshakesV12
+            default: field = .tlsHandshakesOther
+            }
+            worker.metrics.add(1, to: field, loop: worker.loop)
+            if handshake.resumed { worker.metrics.add(1, to: .tlsResumed, loop: worker.loop) }
             machine?.tlsEstablished(serverName: handshake.serverName, certificate: handshake.certificate)
+            return
+        }
+        if let failure = event as? TLSHandshakeFailed {
+            let field: ProxyMeters.Field
+            switch failure.reason {
+            case .timeout: field = .tlsFailureTimeout
+            case .plaintextHTTP: field = .tlsFailurePlaintext
+            case .handshakeError: field = .tlsFailureHandshake
+            case .clientClosed: field = .tlsFailureAborted
+            }
+            worker.metrics.add(1, to: field, loop: worker.loop)
             return
         }
         context.fireUserInboundEventTriggered(event)
@@ -241,6 +262,9 @@ final class ClientConnectionHandler: ChannelDuplexHandler, RemovableChannelHandl
         guard let context else { return }
         switch action {
         case .acquireUpstream(let tenant, let fresh, let preferred, let avoidingLast):
+            if avoidingLast, let lastBackend {
+                lastBackend.meters.add(1, to: .retries, loop: worker.loop)
+            }
             acquireUpstream(
                 for: tenant,
                 fresh: fresh,
@@ -284,9 +308,25 @@ final class ClientConnectionHandler: ChannelDuplexHandler, RemovableChannelHandl
             }
         case .backendFailed(let tenant, let reason):
             if let backend = upstream?.backend ?? lastBackend {
+                backend.meters.add(1, to: .failures, loop: worker.loop)
                 worker.logger.warning("backend \(backend) of \(tenant): \(reason)")
                 reportFailure(of: backend, tenant: tenant)
             }
+        case .finished(let tenant, let status, let received, let sent, let duration):
+            let loop = worker.loop
+            worker.metrics.countRequest(status: status, duration: duration, tenant: tenant, loop: loop)
+            if let tenant {
+                let meters = tenant.meters
+                meters.countResponse(status: status, loop: loop)
+                meters.add(received, to: .receivedBytes, loop: loop)
+                meters.add(sent, to: .sentBytes, loop: loop)
+                if status == 101 { meters.add(1, to: .tunnelsOpened, loop: loop) }
+            } else if status == 404 {
+                worker.metrics.add(1, to: .unknownHostRequests, loop: loop)
+            }
+        case .tunnelTraffic(let tenant, let received, let sent):
+            tenant.meters.add(received, to: .receivedBytes, loop: worker.loop)
+            tenant.meters.add(sent, to: .sentBytes, loop: worker.loop)
         case .log(let record):
             // The target was escaped when the record was made (the method is a token): client bytes cannot end the
             // quoted field or forge a line.
@@ -354,6 +394,7 @@ final class ClientConnectionHandler: ChannelDuplexHandler, RemovableChannelHandl
                 }
                 self.machine?.upstreamConnectFailed(.localShortage, now: .now())
             case .failure(let error):
+                backend.meters.add(1, to: .connectFailures, loop: self.worker.loop)
                 self.worker.logger.warning(
                     "backend \(backend) of \(tenant.name): connect failed: \(error)"
                 )
@@ -368,6 +409,7 @@ final class ClientConnectionHandler: ChannelDuplexHandler, RemovableChannelHandl
     /// Counts a failure against `backend` and logs the ejection it may cause.
     private func reportFailure(of backend: Backend, tenant: String) {
         if let length = backend.status.recordFailure(now: .now()) {
+            backend.meters.add(1, to: .ejections, loop: worker.loop)
             worker.logger.warning(
                 "backend \(backend) of \(tenant): ejected for \(length.nanoseconds / 1_000_000_000)s after \(BackendStatus.PassiveEjection.threshold) failures in a row"
             )
@@ -376,6 +418,7 @@ final class ClientConnectionHandler: ChannelDuplexHandler, RemovableChannelHandl
 
     private func attach(_ connection: UpstreamConnection, reused: Bool) {
         connection.backend.status.connectionOpened()
+        connection.backend.meters.add(1, to: .requests, loop: worker.loop)
         connection.owner = self
         connection.idleSince = nil
         connection.pool = nil

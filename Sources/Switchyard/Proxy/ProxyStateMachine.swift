@@ -67,6 +67,12 @@ struct ProxyStateMachine {
         /// answer): count it against the backend's health. Carries the tenant's name and what went wrong, for
         /// the log.
         case backendFailed(tenant: String, reason: StaticString)
+        /// A request was answered (by a backend or by the balancer): count it. `tenant` is `nil` for a host no
+        /// tenant serves; `received` and `sent` are the bytes read from and written to the client for it.
+        case finished(tenant: Tenant?, status: Int, received: Int, sent: Int, duration: TimeAmount)
+        /// Bytes a tunnel of `tenant` moved since the last report (reported at each timeout sweep and at its end,
+        /// so that a long tunnel's traffic shows as it flows).
+        case tunnelTraffic(Tenant, received: Int, sent: Int)
         case log(AccessLogRecord)
     }
 
@@ -132,6 +138,8 @@ struct ProxyStateMachine {
         var attempts = 1
         var status = 0
         var bytesToClient = 0
+        /// Bytes of the request read from the client: its head and the body forwarded so far.
+        var bytesFromClient = 0
         var started: NIODeadline
 
         /// What a backend connection attached to the exchange sends first.
@@ -200,6 +208,10 @@ struct ProxyStateMachine {
     private var tunnelSlot: TunnelGauge?
     /// Idle timeout of the current tunnel (the tenant's, else the server's).
     private var tunnelIdleTimeout: TimeAmount
+    /// The tenant of the current tunnel, and what it moved since its last ``Action/tunnelTraffic(_:received:sent:)``.
+    private var tunnelTenant: Tenant?
+    private var tunnelReceived = 0
+    private var tunnelSent = 0
     /// The buffer the last forwarded head was written into, reused for the next one: by then the channel has
     /// written it and the exchange let go of it, so clearing it costs nothing where a new buffer cost an allocation
     /// per request. Dropped when the connection becomes a tunnel, which sends no more heads.
@@ -281,6 +293,7 @@ struct ProxyStateMachine {
             return
         case .tunnel:
             clientDeadline = now + tunnelIdleTimeout
+            tunnelReceived &+= buffer.readableBytes
             queue(.writeUpstream(buffer))
             return
         case .idle, .readingHead, .connecting, .exchanging:
@@ -324,6 +337,7 @@ struct ProxyStateMachine {
             break
         }
         releaseTunnelSlot()
+        reportTunnelTraffic()
         state = .closed
         exchange = nil
         inbound = nil
@@ -428,6 +442,7 @@ struct ProxyStateMachine {
         switch state {
         case .tunnel:
             clientDeadline = now + tunnelIdleTimeout
+            tunnelSent &+= buffer.readableBytes
             queue(.writeClient(buffer))
         case .exchanging:
             armUpstreamDeadline(now: now)
@@ -507,8 +522,9 @@ struct ProxyStateMachine {
     /// How long a tunnel outlives its backend's removal.
     var retiredTunnelGrace: TimeAmount { settings.retiredTunnelGrace }
 
-    /// Applies whichever deadline has passed.
+    /// Applies whichever deadline has passed, and reports a tunnel's traffic since the last sweep.
     mutating func checkTimeouts(now: NIODeadline) {
+        reportTunnelTraffic()
         if state != .closed, let since = clientStalledSince, now - since >= settings.clientSendTimeout {
             // The client took nothing for `client_send`: it is the one at fault, whatever else is in progress.
             if state == .exchanging || state == .tunnel {
@@ -578,6 +594,7 @@ struct ProxyStateMachine {
                 guard exchange?.requestBody.isComplete == false else { return }
                 forwardRequestBody(now: now)
             case .tunnel:
+                tunnelReceived &+= buffer.readableBytes
                 queue(.writeUpstream(buffer))
                 inbound = nil
             case .connecting, .closed:
@@ -644,6 +661,7 @@ struct ProxyStateMachine {
             started: now
         )
         if exchange.requestBody == .length(0) { exchange.requestBody = .done }
+        exchange.bytesFromClient = head.end
         if settings.accessLog {
             buffer.withUnsafeReadableBytes { bytes in
                 // A method is a token, which needs no escaping; a target may hold `"` and `\`, which would end or
@@ -662,7 +680,7 @@ struct ProxyStateMachine {
             buffer.moveReaderIndex(forwardBy: head.end)
             inbound = buffer
             queueAnswer(output)
-            log(exchange, now: now)
+            record(exchange, now: now)
             if close {
                 self.close()
                 return false
@@ -684,7 +702,7 @@ struct ProxyStateMachine {
             exchange.bytesToClient = output.readableBytes
             inbound = nil
             queueAnswer(output)
-            log(exchange, now: now)
+            record(exchange, now: now)
             close()
             return false
         }
@@ -705,7 +723,7 @@ struct ProxyStateMachine {
             buffer.moveReaderIndex(forwardBy: head.end)
             inbound = buffer.readableBytes > 0 ? buffer : nil
             queueAnswer(output)
-            log(exchange, now: now)
+            record(exchange, now: now)
             if !keepAlive || head.hasBody {
                 close()
                 return false
@@ -758,9 +776,11 @@ struct ProxyStateMachine {
                 refuse(.badRequest)
                 return false
             case .needMore:
+                exchange.bytesFromClient += buffer.readableBytes
                 exchange.earlyBody = buffer
                 buffer = ByteBuffer()
             case .complete(let count):
+                exchange.bytesFromClient += count
                 exchange.earlyBody = buffer.readSlice(length: count)
             }
         }
@@ -785,10 +805,12 @@ struct ProxyStateMachine {
         armUpstreamDeadline(now: now)
         switch progress {
         case .needMore:
+            exchange.bytesFromClient += buffer.readableBytes
             queue(.writeUpstream(buffer))
             inbound = nil
             clientDeadline = now + settings.clientBodyTimeout
         case .complete(let count):
+            exchange.bytesFromClient += count
             if let slice = buffer.readSlice(length: count), slice.readableBytes > 0 {
                 queue(.writeUpstream(slice))
             }
@@ -915,7 +937,7 @@ struct ProxyStateMachine {
                             queue(.writeClient(buffer))
                         }
                         self.exchange = exchange
-                        log(exchange, now: now)
+                        record(exchange, now: now)
                         enterTunnel(now: now)
                         return
                     }
@@ -1018,12 +1040,12 @@ struct ProxyStateMachine {
             // The backend answered before the request body was all sent (an early error, say): the rest of the
             // body cannot be told from a next request, so both connections go.
             queue(.releaseUpstream(reusable: false))
-            log(exchange, now: now)
+            record(exchange, now: now)
             close()
             return
         }
         queue(.releaseUpstream(reusable: exchange.upstreamKeepAlive))
-        log(exchange, now: now)
+        record(exchange, now: now)
         releaseTunnelSlot()
         if exchange.keepAlive && !clientInputClosed && !shuttingDown {
             state = .idle
@@ -1041,6 +1063,7 @@ struct ProxyStateMachine {
         upstreamDeadline = nil
         headBuffer = nil
         tunnelIdleTimeout = exchange?.tenant?.tunnelIdle ?? settings.tunnelIdleTimeout
+        tunnelTenant = exchange?.tenant
         clientDeadline = now + tunnelIdleTimeout
         exchange = nil
         processInbound(now: now)
@@ -1054,6 +1077,16 @@ struct ProxyStateMachine {
         var output = ByteBuffer()
         ErrorResponse.write(status, close: true, into: &output)
         inbound = nil
+        // Counted with no tenant: a request refused before routing belongs to none.
+        queue(
+            .finished(
+                tenant: nil,
+                status: status.code,
+                received: 0,
+                sent: output.readableBytes,
+                duration: .nanoseconds(0)
+            )
+        )
         queueAnswer(output)
         close()
     }
@@ -1067,7 +1100,7 @@ struct ProxyStateMachine {
         exchange.status = status.code
         exchange.bytesToClient += output.readableBytes
         queueAnswer(output)
-        log(exchange, now: now)
+        record(exchange, now: now)
         releaseTunnelSlot()
         self.exchange = nil
         if close {
@@ -1107,6 +1140,7 @@ struct ProxyStateMachine {
 
     private mutating func close() {
         releaseTunnelSlot()
+        reportTunnelTraffic()
         guard state != .closed else { return }
         state = .closed
         exchange = nil
@@ -1116,7 +1150,18 @@ struct ProxyStateMachine {
         queue(.closeClient)
     }
 
-    private mutating func log(_ exchange: Exchange, now: NIODeadline) {
+    /// Counts a request that was answered and, with the access log on, logs it.
+    private mutating func record(_ exchange: Exchange, now: NIODeadline) {
+        let duration = now - exchange.started
+        queue(
+            .finished(
+                tenant: exchange.tenant,
+                status: exchange.status,
+                received: exchange.bytesFromClient,
+                sent: exchange.bytesToClient,
+                duration: duration
+            )
+        )
         guard settings.accessLog else { return }
         queue(
             .log(
@@ -1129,9 +1174,19 @@ struct ProxyStateMachine {
                     target: exchange.target,
                     status: exchange.status,
                     bytes: exchange.bytesToClient,
-                    duration: now - exchange.started
+                    duration: duration
                 )
             )
         )
+    }
+
+    /// Queues the current tunnel's traffic since the last report, if it moved any.
+    private mutating func reportTunnelTraffic() {
+        guard let tenant = tunnelTenant else { return }
+        if state != .tunnel { tunnelTenant = nil }
+        guard tunnelReceived > 0 || tunnelSent > 0 else { return }
+        queue(.tunnelTraffic(tenant, received: tunnelReceived, sent: tunnelSent))
+        tunnelReceived = 0
+        tunnelSent = 0
     }
 }

@@ -197,9 +197,11 @@ extension RouteTable {
     }
 
     /// What a rebuilt tenant takes over from the table it replaces: its tunnel gauge (while its cap is
-    /// unchanged) and each backend it still lists, with its health, pooled connections and checks.
+    /// unchanged), its meters, and each backend it still lists, with its health, meters, pooled connections and
+    /// checks.
     private struct Kept {
         var gauges: [String: TunnelGauge] = [:]
+        var meters: [String: TenantMeters] = [:]
         var backends: [String: [SocketAddress: Backend]] = [:]
         /// The endpoints of the tenants being replaced, so that an address they keep keeps its endpoint.
         var previousEndpoints: [SocketAddress: BackendEndpoint] = [:]
@@ -210,6 +212,7 @@ extension RouteTable {
             let tenants = names.map { $0.compactMap { previous.tenant(named: $0) } } ?? previous.tenants
             for tenant in tenants {
                 gauges[tenant.name] = tenant.tunnels
+                meters[tenant.name] = tenant.meters
                 for backend in tenant.backends {
                     backends[tenant.name, default: [:]][backend.address] = backend
                     previousEndpoints[backend.address] = backend.endpoint
@@ -245,7 +248,8 @@ extension RouteTable {
                 tunnels: gauge,
                 sticky: tenant.sticky,
                 drained: tenant.backends.map { tenant.drained.contains($0) },
-                upgradeProtocols: tenant.upgradeProtocols
+                upgradeProtocols: tenant.upgradeProtocols,
+                meters: meters[tenant.name] ?? TenantMeters()
             )
         }
     }

@@ -32,6 +32,8 @@ public final class Tenant: Sendable {
     public let drained: [Bool]
     /// Protocols an `Upgrade` may switch to, lower case (`websocket` unless the tenant allows more).
     public let upgradeProtocols: [[UInt8]]
+    /// What the data path counts for the tenant; shared with its successor on a reload or change, like ``tunnels``.
+    public let meters: TenantMeters
 
     public init(
         name: String,
@@ -45,8 +47,10 @@ public final class Tenant: Sendable {
         tunnels: TunnelGauge = TunnelGauge(limit: 10_000),
         sticky: StickySessionConfiguration? = nil,
         drained: [Bool]? = nil,
-        upgradeProtocols: [String] = ["websocket"]
+        upgradeProtocols: [String] = ["websocket"],
+        meters: TenantMeters = TenantMeters()
     ) {
+        self.meters = meters
         self.upgradeProtocols = upgradeProtocols.map { Array($0.lowercased().utf8) }
         self.name = name
         self.domains = domains
@@ -128,6 +132,8 @@ public final class Backend: Sendable, CustomStringConvertible {
     public let endpoint: BackendEndpoint
     /// Set once the backend left its tenant: its tunnels are then closed after `timeouts.drain`.
     public let retirement = Retirement()
+    /// What the data path counts for the backend.
+    public let meters = BackendMeters()
 
     /// - Parameter endpoint: the address's shared endpoint; a new one when `nil` (the route table passes the one
     ///   every backend at this address uses).

@@ -27,16 +27,20 @@ public final class ProxyServer: Service {
     private let connectionCounter: ConnectionCounter
     private let bound: NIOLockedValueBox<[SocketAddress]> = NIOLockedValueBox([])
     private let acceptPauses: AcceptPauses
+    /// What the data path counts; read by ``MetricsPage``.
+    public let metrics: SwitchyardMetrics
 
     /// - Parameters:
     ///   - group: the worker loops; one listener per loop and address is opened on it.
     ///   - routes: the routing snapshot, which the caller may replace while the server runs.
     ///   - certificates: the certificates for `listen.https`, which the caller may replace while the server runs.
+    ///   - metrics: where the workers count; one made for the group's loops when `nil`.
     public init(
         configuration: Configuration,
         group: MultiThreadedEventLoopGroup,
         routes: RouteSource,
         certificates: CertificateSource? = nil,
+        metrics: SwitchyardMetrics? = nil,
         logger: Logger
     ) {
         self.configuration = configuration
@@ -48,10 +52,15 @@ public final class ProxyServer: Service {
         let counter = ConnectionCounter(limit: configuration.limits.maxConnections)
         self.connectionCounter = counter
         self.acceptPauses = AcceptPauses(logger: logger) { counter.current }
+        let loops = Array(group.makeIterator())
+        let metrics = metrics ?? SwitchyardMetrics(loops: loops.count)
+        self.metrics = metrics
         var workers: [NIOLoopBoundBox<Worker>] = []
-        for loop in group.makeIterator() {
+        for (index, loop) in loops.enumerated() {
             let worker = Worker(
                 eventLoop: loop,
+                loop: index,
+                metrics: metrics.proxy,
                 routes: routes,
                 configuration: configuration,
                 connectionCounter: counter,

@@ -9,6 +9,10 @@ import NIOPosix
 /// connection and the pool it returns to all stay on one loop for their whole life.
 final class Worker {
     let eventLoop: EventLoop
+    /// The loop's number, 0 for the first: its slot in every counter (``CounterSlots``).
+    let loop: Int
+    /// Where the data path counts.
+    let metrics: ProxyMeters
     let routes: RouteSource
     let configuration: Configuration
     let logger: Logger
@@ -32,6 +36,8 @@ final class Worker {
 
     init(
         eventLoop: EventLoop,
+        loop: Int = 0,
+        metrics: ProxyMeters = SwitchyardMetrics(loops: 1).proxy,
         routes: RouteSource,
         configuration: Configuration,
         connectionCounter: ConnectionCounter,
@@ -40,6 +46,8 @@ final class Worker {
         upstreamConnector: any UpstreamConnector = SocketUpstreamConnector()
     ) {
         self.eventLoop = eventLoop
+        self.loop = loop
+        self.metrics = metrics
         self.routes = routes
         self.configuration = configuration
         self.connectionCounter = connectionCounter

@@ -22,6 +22,11 @@ struct ProxyStateMachineHarness {
     var machine: ProxyStateMachine
     var now = NIODeadline.uptimeNanoseconds(1_000_000_000)
     var logs: [AccessLogRecord] = []
+    /// The requests counted (``ProxyStateMachine/Action/finished(tenant:status:received:sent:duration:)``), in
+    /// order: not rendered, since every answered request has one.
+    var finished: [(tenant: String?, status: Int, received: Int, sent: Int)] = []
+    /// Tunnel traffic reported, summed: (received, sent).
+    var tunnelTraffic = (received: 0, sent: 0)
     let routes: RouteSource
 
     /// - Parameter httpsPort: the HTTPS listener's port, for `https_redirect`.
@@ -59,6 +64,13 @@ struct ProxyStateMachineHarness {
         while let action = machine.popAction() {
             let line: String
             switch action {
+            case .finished(let tenant, let status, let received, let sent, _):
+                finished.append((tenant?.name, status, received, sent))
+                continue
+            case .tunnelTraffic(_, let received, let sent):
+                tunnelTraffic.received += received
+                tunnelTraffic.sent += sent
+                continue
             case .acquireUpstream(let tenant, let fresh, let preferred, let avoidingLast):
                 line =
                     "acquire \(tenant.name)" + (fresh ? " fresh" : "") + (preferred.map { " prefer \($0)" } ?? "")

@@ -1,0 +1,90 @@
+/// What the data path counts for one tenant: its requests by status class and the bytes it moved, per event loop
+/// (``CounterSlots``). Kept by the tenant across reloads and admin changes, like its tunnel count, so a change to
+/// the tenant does not reset its counters; a tenant removed and added again starts from zero, which Prometheus reads
+/// as a counter reset.
+public final class TenantMeters: Sendable {
+    /// The counters of a tenant.
+    public enum Field: Int, CaseIterable, Sendable {
+        case informational, successful, redirection, clientError, serverError
+        /// Bytes read from clients: request heads and bodies, and what clients sent into tunnels.
+        case receivedBytes
+        /// Bytes written to clients: response heads and bodies, and what backends sent through tunnels.
+        case sentBytes
+        /// Upgrades that became tunnels.
+        case tunnelsOpened
+    }
+
+    private let slots = CounterSlots(fields: Field.allCases.count)
+
+    public init() {}
+
+    /// Adds `amount` to `field` on loop `loop`.
+    @inline(__always)
+    func add(_ amount: Int, to field: Field, loop: Int) {
+        slots.add(amount, to: field.rawValue, loop: loop)
+    }
+
+    /// A request answered with `status`, counted in its class.
+    @inline(__always)
+    func countResponse(status: Int, loop: Int) {
+        guard let field = Field.statusClass(status) else { return }
+        slots.add(1, to: field.rawValue, loop: loop)
+    }
+
+    /// `field` summed over every loop.
+    public func total(_ field: Field) -> Int {
+        slots.total(field.rawValue)
+    }
+}
+
+extension TenantMeters.Field {
+    /// The counter of `status`'s class (`1xx`…`5xx`); `nil` outside 100–599.
+    static func statusClass(_ status: Int) -> Self? {
+        switch status {
+        case 100..<200: return .informational
+        case 200..<300: return .successful
+        case 300..<400: return .redirection
+        case 400..<500: return .clientError
+        case 500..<600: return .serverError
+        default: return nil
+        }
+    }
+
+    /// The five status-class counters with their labels, in order.
+    static let statusClasses: [(field: Self, label: String)] = [
+        (.informational, "1xx"), (.successful, "2xx"), (.redirection, "3xx"), (.clientError, "4xx"),
+        (.serverError, "5xx"),
+    ]
+}
+
+/// What the data path counts for one backend of a tenant, per event loop. Kept by the backend across reloads (it
+/// is the same ``Backend`` while the tenant lists it).
+public final class BackendMeters: Sendable {
+    /// The counters of a backend.
+    public enum Field: Int, CaseIterable, Sendable {
+        /// Requests and upgrades sent to it (each attempt counts).
+        case requests
+        /// Connects that failed: refused, reset or timed out.
+        case connectFailures
+        /// Exchanges it failed after connecting: closed before answering, no answer in time, a broken answer.
+        case failures
+        /// Requests sent to another backend after a connect to this one failed.
+        case retries
+        /// Passive ejections (``BackendStatus/PassiveEjection``).
+        case ejections
+    }
+
+    private let slots = CounterSlots(fields: Field.allCases.count)
+
+    public init() {}
+
+    @inline(__always)
+    func add(_ amount: Int, to field: Field, loop: Int) {
+        slots.add(amount, to: field.rawValue, loop: loop)
+    }
+
+    /// `field` summed over every loop.
+    public func total(_ field: Field) -> Int {
+        slots.total(field.rawValue)
+    }
+}
