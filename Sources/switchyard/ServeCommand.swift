@@ -57,16 +57,9 @@ struct CheckConfigCommand: AsyncParsableCommand {
 
 /// Starting and running the balancer, shared by `serve` and `demo`.
 enum Balancer {
-    /// Where access-log lines are buffered before they reach standard output.
-    static let accessLogSink = AccessLogSink()
-
     static func loadConfiguration(_ options: RunOptions) throws -> Configuration {
         let level = options.logLevel
-        let accessLog = Balancer.accessLogSink
         LoggingSystem.bootstrap { label in
-            if label == "switchyard.access" {
-                return AccessLogHandler(sink: accessLog)
-            }
             var handler = StreamLogHandler.standardOutput(label: label)
             handler.logLevel = level
             return handler
@@ -107,6 +100,19 @@ enum Balancer {
                 throw ExitCode(2)
             }
         }
+        let accessLog: AccessLogWriter?
+        do {
+            accessLog =
+                configuration.accessLog
+                ? try AccessLogWriter(
+                    format: configuration.accessLogFormat,
+                    destination: configuration.accessLogPath.map { .file($0) } ?? .standardOutput,
+                    logger: logger
+                ) : nil
+        } catch {
+            logger.critical("refusing to start: \(error)")
+            throw ExitCode(2)
+        }
         let threads = configuration.workers ?? System.coreCount
         checkDescriptorLimit(configuration: configuration, workers: threads, logger: logger)
         let group = MultiThreadedEventLoopGroup(numberOfThreads: threads)
@@ -121,6 +127,7 @@ enum Balancer {
             routes: routes,
             certificates: certificates,
             metrics: metrics,
+            accessLog: accessLog,
             logger: logger
         )
         // The server binds inside the service group, so SIGTERM is handled from the moment the ports accept.
@@ -180,8 +187,8 @@ enum Balancer {
                 ]
             } ?? []
         let services: [any Service] =
-            [accessLogSink, reloader, healthChecker, admin, memoryReleaser] + metricsListener + ticketRotation
-            + extraServices + [server]
+            (accessLog.map { [$0] } ?? []) + [reloader, healthChecker, admin, memoryReleaser] + metricsListener
+            + ticketRotation + extraServices + [server]
         let serviceGroup = ServiceGroup(
             configuration: .init(
                 services: services.map { .init(service: $0) },

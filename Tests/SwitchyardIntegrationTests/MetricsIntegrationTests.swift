@@ -67,35 +67,43 @@ struct MetricsIntegrationTests {
     func countsKnownTraffic() async throws {
         let shop = try await TestBackend.start(name: "shop")
         let echo = try await WebSocketEchoBackend.start()
-        let closed = try ExternalProcess.freePort()
-        let port = try ExternalProcess.freePort()
-        let tlsPort = try ExternalProcess.freePort()
-        let metricsPort = try ExternalProcess.freePort()
         let root = ExternalProcess.packageRoot
-        let balancer = try ServedBalancer(
-            """
-            listen:
-              http: ["127.0.0.1:\(port)"]
-              https: ["127.0.0.1:\(tlsPort)"]
-            tls: { certificate: \(root)/Certs/localhost.pem, key: \(root)/Certs/localhost.key }
-            workers: 2
-            metrics:
-              listen: 127.0.0.1:\(metricsPort)
-              tenant_histograms: [shop]
-            tenants:
-              - name: shop
-                domains: [shop.demo.localhost]
-                backends: ["127.0.0.1:\(shop.port)"]
-              - name: gone
-                domains: [gone.demo.localhost]
-                backends: ["127.0.0.1:\(closed)"]
-                health: { path: /healthz, interval: 1s, timeout: 1s, fall: 1, rise: 1 }
-              - name: ws
-                domains: [ws.demo.localhost]
-                backends: ["127.0.0.1:\(echo.port)"]
-            """,
-            port: port
-        )
+        // Four ports picked free a moment before the balancer binds them: another test may take one in between,
+        // which the balancer refuses to start on; then the test picks again.
+        var started: (balancer: ServedBalancer, closed: Int, port: Int, tlsPort: Int, metricsPort: Int)?
+        for _ in 0..<3 where started == nil {
+            let closed = try ExternalProcess.freePort()
+            let port = try ExternalProcess.freePort()
+            let tlsPort = try ExternalProcess.freePort()
+            let metricsPort = try ExternalProcess.freePort()
+            let configuration = """
+                listen:
+                  http: ["127.0.0.1:\(port)"]
+                  https: ["127.0.0.1:\(tlsPort)"]
+                tls: { certificate: \(root)/Certs/localhost.pem, key: \(root)/Certs/localhost.key }
+                workers: 2
+                metrics:
+                  listen: 127.0.0.1:\(metricsPort)
+                  tenant_histograms: [shop]
+                tenants:
+                  - name: shop
+                    domains: [shop.demo.localhost]
+                    backends: ["127.0.0.1:\(shop.port)"]
+                  - name: gone
+                    domains: [gone.demo.localhost]
+                    backends: ["127.0.0.1:\(closed)"]
+                    health: { path: /healthz, interval: 1s, timeout: 1s, fall: 1, rise: 1 }
+                  - name: ws
+                    domains: [ws.demo.localhost]
+                    backends: ["127.0.0.1:\(echo.port)"]
+                """
+            do {
+                started = (try ServedBalancer(configuration, port: port), closed, port, tlsPort, metricsPort)
+            } catch let error as ServedBalancer.NotListening where error.description.contains("in use") {
+                continue
+            }
+        }
+        let (balancer, closed, port, tlsPort, metricsPort) = try #require(started)
         defer { balancer.stop() }
         let metricsURL = "http://127.0.0.1:\(metricsPort)/metrics"
         let waited = try await offThePool {

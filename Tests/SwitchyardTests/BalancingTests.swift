@@ -18,7 +18,7 @@ struct BalancingTests {
             configuration: Configuration(),
             connectionCounter: ConnectionCounter(limit: 10),
             logger: logger,
-            accessLogger: nil
+            accessLog: nil
         )
     }
 

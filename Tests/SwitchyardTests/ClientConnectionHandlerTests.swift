@@ -49,7 +49,7 @@ struct ClientConnectionHandlerTests {
                 configuration: Configuration(),
                 connectionCounter: ConnectionCounter(limit: 10),
                 logger: logger,
-                accessLogger: nil,
+                accessLog: nil,
                 upstreamConnector: connector
             )
             client = EmbeddedChannel(handler: ClientConnectionHandler(worker: worker, scheme: "http"), loop: loop)
@@ -85,13 +85,14 @@ struct ClientConnectionHandlerTests {
         let fixture = try Fixture()
         try fixture.send(
             "GET /cart HTTP/1.1\r\nHost: shop.test\r\nConnection: keep-alive, X-Trace\r\nX-Trace: 1\r\n"
-                + "Keep-Alive: timeout=5\r\nX-Forwarded-For: 203.0.113.9\r\nX-Real-IP: 6.6.6.6\r\nAccept: */*\r\n\r\n"
+                + "Keep-Alive: timeout=5\r\nX-Forwarded-For: 203.0.113.9\r\nX-Real-IP: 6.6.6.6\r\nAccept: */*\r\n"
+                + "X-Request-ID: trace-42\r\n\r\n"
         )
         #expect(
             try fixture.upstreamReceived()
                 == "GET /cart HTTP/1.1\r\nHost: shop.test\r\nAccept: */*\r\n"
                 + "X-Forwarded-For: 203.0.113.9, 192.0.2.7\r\nX-Real-IP: 192.0.2.7\r\nX-Forwarded-Proto: http\r\n"
-                + "X-Forwarded-Host: shop.test\r\n\r\n"
+                + "X-Forwarded-Host: shop.test\r\nX-Request-ID: trace-42\r\n\r\n"
         )
         try fixture.backendSends(
             "HTTP/1.1 200 OK\r\nContent-Length: 2\r\nKeep-Alive: timeout=9\r\nConnection: keep-alive\r\n\r\nok"

@@ -228,7 +228,7 @@ struct WorkerBackendSelectionTests {
             configuration: Configuration(),
             connectionCounter: ConnectionCounter(limit: 10),
             logger: logger,
-            accessLogger: nil
+            accessLog: nil
         )
     }
 

@@ -227,7 +227,10 @@ struct ProxyStateMachineTests {
                     target: "/a?b=1",
                     status: 200,
                     bytes: response.utf8.count,
-                    duration: .milliseconds(25)
+                    received: "GET /a?b=1 HTTP/1.1\r\nHost: WWW.Shop.Test\r\n\r\n".utf8.count,
+                    duration: .milliseconds(25),
+                    upstreamConnect: .nanoseconds(0),
+                    upstreamHeader: .milliseconds(25)
                 )
             ]
         )

@@ -27,6 +27,13 @@ public struct Configuration: Sendable, Equatable {
     public var limits: Limits
     /// Whether one line per request is logged.
     public var accessLog: Bool
+    /// `access_log.format`: `text` or `json`.
+    public var accessLogFormat: AccessLogFormat = .text
+    /// `access_log.path`: a file the lines are appended to (reopened on SIGUSR1); `nil` for standard output.
+    public var accessLogPath: String?
+    /// `request_id`: whether every forwarded request carries an `X-Request-ID` (the client's if sane, else a new
+    /// one), also logged.
+    public var requestID = true
     /// Whether request fields with `_` in their names are forwarded (`underscores_in_headers`, off as in nginx:
     /// CGI, PHP and WSGI read `X_Real_IP` as `X-Real-IP`, so a client could impersonate the balancer's fields).
     public var underscoresInHeaders: Bool = false

@@ -20,7 +20,7 @@ import Musl
 ///
 /// The accepted keys, in `snake_case`: `listen` (`http`, `https`), `workers`, `admin` (`socket`, `listen`,
 /// `token_file`, `max_connections`, `idle_timeout`), `state`, `tls`
-/// (`certificate`, `key`), `access_log`, `timeouts` (`client_header`, `keepalive`, `client_body`,
+/// (`certificate`, `key`), `access_log` (a boolean, or `format`, `path`), `request_id`, `timeouts` (`client_header`, `keepalive`, `client_body`,
 /// `upstream_connect`, `upstream_response`, `upstream_idle`, `tls_handshake`, `tunnel_idle`, `drain`), `limits` (`max_header_bytes`,
 /// `max_headers`, `max_connections`, `upstream_keepalive`), `metrics` (`listen`, `tenant_histograms`) and `tenants`, a list of mappings with `name`,
 /// `domains`, `backends`, `certificate`, `key` and `health` (`path`, `interval`, `timeout`, `rise`, `fall`).
@@ -90,8 +90,9 @@ public enum ConfigurationLoader {
     private enum Key {
         static let topLevel = [
             "listen", "workers", "admin", "state", "tls", "access_log", "timeouts", "limits", "tenants",
-            "underscores_in_headers", "metrics",
+            "underscores_in_headers", "metrics", "request_id",
         ]
+        static let accessLog = ["format", "path"]
         static let metrics = ["listen", "tenant_histograms"]
         static let listen = ["http", "https"]
         static let admin = ["socket", "listen", "token_file", "max_connections", "idle_timeout"]
@@ -132,7 +133,10 @@ public enum ConfigurationLoader {
             configuration.tlsPolicy = try Self.tlsPolicy(mapping)
         }
         if let node = top["access_log"] {
-            configuration.accessLog = try node.bool()
+            try Self.accessLog(node, into: &configuration)
+        }
+        if let node = top["request_id"] {
+            configuration.requestID = try node.bool()
         }
         if let node = top["metrics"] {
             configuration.metrics = try Self.metrics(node)
@@ -281,6 +285,30 @@ public enum ConfigurationLoader {
             admin.idleTimeout = try idle.positiveDuration()
         }
         return admin
+    }
+
+    /// `access_log: true|false`, or `{ format: text|json, path: stdout|FILE }` (which turns it on).
+    private static func accessLog(
+        _ node: ConfigurationNode,
+        into configuration: inout Configuration
+    ) throws(ConfigurationError) {
+        guard case .mapping = node.node else {
+            configuration.accessLog = try node.bool()
+            return
+        }
+        let mapping = try node.mapping(acceptedKeys: Key.accessLog)
+        configuration.accessLog = true
+        if let format = mapping["format"] {
+            let text = try format.scalarText(expected: "text or json")
+            guard let value = AccessLogFormat(rawValue: text) else {
+                throw format.error("\(Self.quoted(text)) is not a format; use text or json")
+            }
+            configuration.accessLogFormat = value
+        }
+        if let path = mapping["path"] {
+            let text = try path.nonEmptyString(expected: "stdout or the path of a file")
+            configuration.accessLogPath = text == "stdout" ? nil : text
+        }
     }
 
     private static func metrics(_ node: ConfigurationNode) throws(ConfigurationError) -> Configuration.Metrics {

@@ -19,6 +19,7 @@ enum HeadWriter {
     ///   - forwardedFor: values of the client's `X-Forwarded-For` fields, kept in front of the client address.
     ///   - upgrade: whether the request's protocol switch is honoured: its `Upgrade` (and `HTTP2-Settings`) go
     ///     out with `Connection: upgrade`; otherwise they are dropped and the request is plain HTTP.
+    ///   - requestID: the `X-Request-ID` to send, if any (the client's own lines are among `dropped`).
     static func writeRequest(
         _ bytes: UnsafeRawBufferPointer,
         head: RequestHead,
@@ -26,6 +27,7 @@ enum HeadWriter {
         forwardedFor: [Range<Int>],
         client: ClientInfo,
         upgrade: Bool,
+        requestID: RequestID? = nil,
         into output: inout ByteBuffer
     ) {
         // Everything but the final empty line, minus the dropped lines; an absolute-form target goes as origin-form.
@@ -73,6 +75,10 @@ enum HeadWriter {
         if let host = head.routingHost {
             output.writeStaticString("\r\nX-Forwarded-Host: ")
             output.writeBytes(UnsafeRawBufferPointer(rebasing: bytes[host]))
+        }
+        if let requestID {
+            output.writeStaticString("\r\nX-Request-ID: ")
+            requestID.write(from: bytes, into: &output)
         }
         output.writeStaticString("\r\n\r\n")
     }

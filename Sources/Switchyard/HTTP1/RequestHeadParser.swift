@@ -20,6 +20,8 @@ struct RequestHeadParser {
     /// CGI, PHP and WSGI map `X_Real_IP` and `X-Real-IP` to one variable, so the client's spelling would
     /// impersonate the balancer's own field.
     var forwardsUnderscoreFields: Bool
+    /// Whether `X-Request-ID` lines are taken out (into ``requestIDs``) for the balancer to write its own.
+    var replacesRequestID: Bool
 
     /// Header lines (from their first byte to just past their CRLF) that are not forwarded.
     private(set) var droppedLines: [Range<Int>] = []
@@ -27,6 +29,9 @@ struct RequestHeadParser {
     private(set) var forwardedFor: [Range<Int>] = []
     /// Values of `Cookie` fields, for sticky sessions.
     private(set) var cookies: [Range<Int>] = []
+    /// Values of `X-Request-ID` fields, with ``replacesRequestID`` (the lines are dropped: the balancer writes the one
+    /// the backend gets, see ``RequestID``).
+    private(set) var requestIDs: [Range<Int>] = []
 
     private var locator = HeadLocator()
 
@@ -34,8 +39,10 @@ struct RequestHeadParser {
         maximumHeadBytes: Int,
         maximumHeaderCount: Int,
         maximumRequestLineBytes: Int = 8192,
-        forwardsUnderscoreFields: Bool = false
+        forwardsUnderscoreFields: Bool = false,
+        replacesRequestID: Bool = false
     ) {
+        self.replacesRequestID = replacesRequestID
         self.maximumHeadBytes = maximumHeadBytes
         self.maximumHeaderCount = maximumHeaderCount
         self.maximumRequestLineBytes = min(maximumRequestLineBytes, maximumHeadBytes)
@@ -98,6 +105,7 @@ struct RequestHeadParser {
         droppedLines.removeAll(keepingCapacity: true)
         forwardedFor.removeAll(keepingCapacity: true)
         cookies.removeAll(keepingCapacity: true)
+        if !requestIDs.isEmpty { requestIDs.removeAll(keepingCapacity: true) }
 
         // Request line: method SP target SP HTTP-version CRLF
         var index = start
@@ -187,6 +195,9 @@ struct RequestHeadParser {
                 droppedLines.append(line)
             case 9 where HTTPSyntax.equalsLowercase(bytes, field.name, "x-real-ip"):
                 droppedLines.append(line)
+            case 12 where replacesRequestID && HTTPSyntax.equalsLowercase(bytes, field.name, "x-request-id"):
+                droppedLines.append(line)
+                requestIDs.append(field.value)
             case 10 where HTTPSyntax.equalsLowercase(bytes, field.name, "connection"):
                 droppedLines.append(line)
                 HTTPSyntax.forEachListElement(bytes, field.value) { option in

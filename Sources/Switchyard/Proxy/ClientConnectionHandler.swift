@@ -80,9 +80,10 @@ final class ClientConnectionHandler: ChannelDuplexHandler, RemovableChannelHandl
             clientSendTimeout: configuration.timeouts.clientSend,
             forwardsUnderscoreFields: configuration.underscoresInHeaders,
             client: HeadWriter.ClientInfo(address: address, scheme: scheme),
-            accessLog: worker.accessLogger != nil,
+            accessLog: worker.accessLog != nil,
             httpsPort: worker.httpsPort,
-            retiredTunnelGrace: configuration.timeouts.drain
+            retiredTunnelGrace: configuration.timeouts.drain,
+            requestIDs: configuration.requestID
         )
         machine = ProxyStateMachine(settings: settings, routes: worker.routes, now: .now())
         worker.register(self)
@@ -328,17 +329,8 @@ final class ClientConnectionHandler: ChannelDuplexHandler, RemovableChannelHandl
             tenant.meters.add(received, to: .receivedBytes, loop: worker.loop)
             tenant.meters.add(sent, to: .sentBytes, loop: worker.loop)
         case .log(let record):
-            // The target was escaped when the record was made (the method is a token): client bytes cannot end the
-            // quoted field or forge a line.
-            worker.accessLogger?.info(
-                "\(record.client) \(record.host) \(record.tenant) \(record.backend) \"\(record.method) \(record.target)\" \(record.status) \(record.bytes) \(Self.milliseconds(record.duration))ms"
-            )
+            worker.logAccess(record)
         }
-    }
-
-    private static func milliseconds(_ duration: TimeAmount) -> String {
-        let tenths = duration.nanoseconds / 100_000
-        return "\(tenths / 10).\(tenths % 10)"
     }
 
     private func acquireUpstream(

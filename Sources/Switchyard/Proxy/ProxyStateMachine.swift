@@ -33,6 +33,8 @@ struct ProxyStateMachine {
         var maximumAttempts: Int = 2
         /// How long a tunnel outlives its backend's removal from the configuration (`timeouts.drain`).
         var retiredTunnelGrace: TimeAmount = .seconds(30)
+        /// Whether forwarded requests carry an `X-Request-ID` (``RequestID``): `request_id`.
+        var requestIDs: Bool = false
     }
 
     /// Work for the handler, performed in the order queued.
@@ -141,6 +143,10 @@ struct ProxyStateMachine {
         /// Bytes of the request read from the client: its head and the body forwarded so far.
         var bytesFromClient = 0
         var started: NIODeadline
+        /// For the access log: the request's id, and when a backend connection was attached and its answer began.
+        var requestID = "-"
+        var attachedAt: NIODeadline?
+        var respondedAt: NIODeadline?
 
         /// What a backend connection attached to the exchange sends first.
         struct Attachment {
@@ -216,6 +222,8 @@ struct ProxyStateMachine {
     /// written it and the exchange let go of it, so clearing it costs nothing where a new buffer cost an allocation
     /// per request. Dropped when the connection becomes a tunnel, which sends no more heads.
     private var headBuffer: ByteBuffer?
+    /// The ids of this connection's requests, when ``Settings/requestIDs``.
+    private var requestIDs: RequestIDGenerator?
     private var actions: [Action] = []
     private var nextAction = 0
 
@@ -225,7 +233,8 @@ struct ProxyStateMachine {
         self.requestParser = RequestHeadParser(
             maximumHeadBytes: settings.maximumHeadBytes,
             maximumHeaderCount: settings.maximumHeaderCount,
-            forwardsUnderscoreFields: settings.forwardsUnderscoreFields
+            forwardsUnderscoreFields: settings.forwardsUnderscoreFields,
+            replacesRequestID: settings.requestIDs
         )
         self.responseParser = ResponseHeadParser(
             maximumHeadBytes: settings.maximumHeadBytes,
@@ -233,6 +242,7 @@ struct ProxyStateMachine {
         )
         self.clientDeadline = now + settings.keepAliveTimeout
         self.tunnelIdleTimeout = settings.tunnelIdleTimeout
+        self.requestIDs = settings.requestIDs ? RequestIDGenerator() : nil
         actions.reserveCapacity(8)
     }
 
@@ -394,6 +404,7 @@ struct ProxyStateMachine {
         // of each of the exchange's references.
         let secure = settings.client.scheme.description == "https"
         guard let writes = exchange?.attach(backend, reused: reused, secure: secure) else { return }
+        if settings.accessLog { exchange?.attachedAt = now }
         responseParser.reset()
         if let head = writes.head {
             queue(.writeUpstream(head))
@@ -662,12 +673,20 @@ struct ProxyStateMachine {
         )
         if exchange.requestBody == .length(0) { exchange.requestBody = .done }
         exchange.bytesFromClient = head.end
+        var requestID: RequestID?
+        if var generator = requestIDs {
+            requestID = buffer.withUnsafeReadableBytes { bytes in
+                RequestID.choose(requestParser.requestIDs, in: bytes, generator: &generator)
+            }
+            requestIDs = generator
+        }
         if settings.accessLog {
             buffer.withUnsafeReadableBytes { bytes in
                 // A method is a token, which needs no escaping; a target may hold `"` and `\`, which would end or
-                // bend the log's quoted field.
+                // bend the log's quoted field. A request id is checked to hold none of them (``RequestID``).
                 exchange.method = String(decoding: UnsafeRawBufferPointer(rebasing: bytes[head.method]), as: UTF8.self)
                 exchange.target = LogEscaping.escaped(bytes: UnsafeRawBufferPointer(rebasing: bytes[head.target]))
+                if let requestID { exchange.requestID = requestID.text(from: bytes) }
             }
         }
         guard let tenant = routed.tenant else {
@@ -761,6 +780,7 @@ struct ProxyStateMachine {
                 forwardedFor: requestParser.forwardedFor,
                 client: settings.client,
                 upgrade: isUpgrade,
+                requestID: requestID,
                 into: &upstreamHead
             )
         }
@@ -915,6 +935,7 @@ struct ProxyStateMachine {
                         }
                         continue
                     }
+                    if settings.accessLog { exchange.respondedAt = now }
                     if head.status == 101 {
                         exchange.status = 101
                         if let setCookie = exchange.setCookie {
@@ -1174,7 +1195,13 @@ struct ProxyStateMachine {
                     target: exchange.target,
                     status: exchange.status,
                     bytes: exchange.bytesToClient,
-                    duration: duration
+                    received: exchange.bytesFromClient,
+                    duration: duration,
+                    requestID: exchange.requestID,
+                    upstreamConnect: exchange.attachedAt.map { $0 - exchange.started },
+                    upstreamHeader: exchange.respondedAt.flatMap { responded in
+                        exchange.attachedAt.map { responded - $0 }
+                    }
                 )
             )
         )

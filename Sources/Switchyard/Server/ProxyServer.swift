@@ -21,7 +21,7 @@ public final class ProxyServer: Service {
     private let routes: RouteSource
     private let certificates: CertificateSource?
     private let logger: Logger
-    private let accessLogger: Logger?
+    private let accessLog: AccessLogWriter?
     private let workers: [NIOLoopBoundBox<Worker>]
     private let listeners: NIOLockedValueBox<[Channel]> = NIOLockedValueBox([])
     private let connectionCounter: ConnectionCounter
@@ -35,12 +35,14 @@ public final class ProxyServer: Service {
     ///   - routes: the routing snapshot, which the caller may replace while the server runs.
     ///   - certificates: the certificates for `listen.https`, which the caller may replace while the server runs.
     ///   - metrics: where the workers count; one made for the group's loops when `nil`.
+    ///   - accessLog: where the access log goes; none when `nil` (or when the configuration turns it off).
     public init(
         configuration: Configuration,
         group: MultiThreadedEventLoopGroup,
         routes: RouteSource,
         certificates: CertificateSource? = nil,
         metrics: SwitchyardMetrics? = nil,
+        accessLog: AccessLogWriter? = nil,
         logger: Logger
     ) {
         self.configuration = configuration
@@ -48,7 +50,7 @@ public final class ProxyServer: Service {
         self.routes = routes
         self.certificates = certificates
         self.logger = logger
-        self.accessLogger = configuration.accessLog ? Logger(label: "switchyard.access") : nil
+        self.accessLog = configuration.accessLog ? accessLog : nil
         let counter = ConnectionCounter(limit: configuration.limits.maxConnections)
         self.connectionCounter = counter
         self.acceptPauses = AcceptPauses(logger: logger) { counter.current }
@@ -65,7 +67,7 @@ public final class ProxyServer: Service {
                 configuration: configuration,
                 connectionCounter: counter,
                 logger: logger,
-                accessLogger: accessLogger
+                accessLog: self.accessLog
             )
             workers.append(NIOLoopBoundBox.makeBoxSendingValue(worker, eventLoop: loop))
         }

@@ -16,7 +16,10 @@ final class Worker {
     let routes: RouteSource
     let configuration: Configuration
     let logger: Logger
-    let accessLogger: Logger?
+    /// Where access-log lines go, `nil` with the access log off.
+    let accessLog: AccessLogWriter?
+    /// This loop's lines not yet handed to ``accessLog``.
+    private var accessLogBuffer: AccessLogBuffer?
     /// Shared by all workers: the `limits.max_connections` budget.
     let connectionCounter: ConnectionCounter
     /// How backend connections are opened.
@@ -42,7 +45,7 @@ final class Worker {
         configuration: Configuration,
         connectionCounter: ConnectionCounter,
         logger: Logger,
-        accessLogger: Logger?,
+        accessLog: AccessLogWriter?,
         upstreamConnector: any UpstreamConnector = SocketUpstreamConnector()
     ) {
         self.eventLoop = eventLoop
@@ -52,7 +55,8 @@ final class Worker {
         self.configuration = configuration
         self.connectionCounter = connectionCounter
         self.logger = logger
-        self.accessLogger = accessLogger
+        self.accessLog = accessLog
+        self.accessLogBuffer = accessLog.map { AccessLogBuffer(format: $0.format) }
         self.upstreamConnector = upstreamConnector
         self.pool = UpstreamPool(capacityPerBackend: configuration.limits.upstreamKeepAlive)
     }
@@ -195,8 +199,25 @@ final class Worker {
         }
     }
 
+    /// Adds a request's line to this loop's buffer, handed to the writer when it is full.
+    func logAccess(_ record: AccessLogRecord) {
+        guard let accessLog else { return }
+        if accessLogBuffer?.append(record, now: .now()) == true, let lines = accessLogBuffer?.take() {
+            accessLog.write(lines)
+        }
+    }
+
+    /// Hands over the buffered lines if the oldest waited a second (or `force`).
+    private func flushAccessLog(now: NIODeadline, force: Bool = false) {
+        guard let accessLog, let since = accessLogBuffer?.since,
+            force || now - since >= AccessLogWriter.flushInterval, let lines = accessLogBuffer?.take()
+        else { return }
+        accessLog.write(lines)
+    }
+
     private func sweepTimeouts() {
         let now = NIODeadline.now()
+        flushAccessLog(now: now)
         for connection in connections.values {
             connection.checkTimeouts(now: now)
         }
@@ -222,6 +243,7 @@ final class Worker {
         for connection in connections.values {
             connection.forceClose()
         }
+        flushAccessLog(now: .now(), force: true)
         sweep?.cancel()
         sweep = nil
     }

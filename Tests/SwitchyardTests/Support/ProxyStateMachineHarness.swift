@@ -37,7 +37,8 @@ struct ProxyStateMachineHarness {
         maximumHeaderCount: Int = 64,
         scheme: StaticString = "https",
         httpsPort: Int? = nil,
-        forwardsUnderscoreFields: Bool = false
+        forwardsUnderscoreFields: Bool = false,
+        requestIDs: Bool = false
     ) {
         let settings = ProxyStateMachine.Settings(
             maximumHeadBytes: maximumHeadBytes,
@@ -51,7 +52,8 @@ struct ProxyStateMachineHarness {
             forwardsUnderscoreFields: forwardsUnderscoreFields,
             client: HeadWriter.ClientInfo(address: Self.clientAddress, scheme: scheme),
             accessLog: accessLog,
-            httpsPort: httpsPort
+            httpsPort: httpsPort,
+            requestIDs: requestIDs
         )
         self.routes = routes
         machine = ProxyStateMachine(settings: settings, routes: routes, now: now)
