@@ -91,6 +91,15 @@ enum Balancer {
         let routes = controlPlane.routes
         let certificates = controlPlane.certificates
         // The TCP listener's tokens, read (and their file's permissions checked) once, at start.
+        var metricsUsers: AdminTokens?
+        if let file = configuration.metrics.basicAuthFile {
+            do {
+                metricsUsers = try AdminTokens.load(path: file)
+            } catch {
+                logger.critical("refusing to start: metrics.basic_auth_file: \(error)")
+                throw ExitCode(2)
+            }
+        }
         var adminTCP: AdminServer.TCPListener?
         if let address = configuration.admin.listen, let tokenFile = configuration.admin.tokenFile {
             do {
@@ -182,7 +191,8 @@ enum Balancer {
                         limits: AdminServer.Limits(
                             maximumConnections: configuration.admin.maximumConnections,
                             idleTimeout: configuration.admin.idleTimeout
-                        )
+                        ),
+                        users: metricsUsers
                     )
                 ]
             } ?? []

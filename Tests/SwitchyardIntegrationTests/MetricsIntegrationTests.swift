@@ -121,40 +121,46 @@ struct MetricsIntegrationTests {
         }
         #expect(waited, "the backend of 'gone' never showed as down")
 
-        // 6 requests over plain HTTP and 1 over HTTPS to shop; what curl sent and received, byte for byte.
-        var sent = 0
-        var received = 0
-        for index in 0..<7 {
-            var arguments = ["-o", "/dev/null", "-w", "%{http_code} %{size_request} %{size_header} %{size_download}"]
-            if index == 6 {
-                arguments += [
-                    "--cacert", root + "/Certs/dev-ca.pem", "--resolve", "shop.demo.localhost:\(tlsPort):127.0.0.1",
-                    "https://shop.demo.localhost:\(tlsPort)/item",
+        let url = balancer.url
+        let (sent, received) = try await offThePool { () -> (Int, Int) in
+            // 6 requests over plain HTTP and 1 over HTTPS to shop; what curl sent and received, byte for byte.
+            var sent = 0
+            var received = 0
+            for index in 0..<7 {
+                var arguments = [
+                    "-o", "/dev/null", "-w", "%{http_code} %{size_request} %{size_header} %{size_download}",
                 ]
-            } else {
-                arguments += ["-H", "Host: shop.demo.localhost", balancer.url + "/item?n=\(index)"]
+                if index == 6 {
+                    arguments += [
+                        "--cacert", root + "/Certs/dev-ca.pem", "--resolve", "shop.demo.localhost:\(tlsPort):127.0.0.1",
+                        "https://shop.demo.localhost:\(tlsPort)/item",
+                    ]
+                } else {
+                    arguments += ["-H", "Host: shop.demo.localhost", url + "/item?n=\(index)"]
+                }
+                let fields = try ExternalProcess.curl(arguments).stdout.split(separator: " ").compactMap { Int($0) }
+                #expect(fields.first == 200, "\(fields)")
+                if fields.count == 4 {
+                    received += fields[1]
+                    sent += fields[2] + fields[3]
+                }
             }
-            let fields = try ExternalProcess.curl(arguments).stdout.split(separator: " ").compactMap { Int($0) }
-            #expect(fields.first == 200, "\(fields)")
-            if fields.count == 4 {
-                received += fields[1]
-                sent += fields[2] + fields[3]
+            for _ in 0..<4 {
+                let code = try ExternalProcess.curl([
+                    "-o", "/dev/null", "-w", "%{http_code}", "-H", "Host: nobody.test", url,
+                ])
+                #expect(code.stdout == "404")
             }
+            for _ in 0..<3 {
+                let code = try ExternalProcess.curl([
+                    "-o", "/dev/null", "-w", "%{http_code}", "-H", "Host: gone.demo.localhost", url,
+                ])
+                #expect(code.stdout == "503")
+            }
+            // Plain HTTP to the TLS port: a handshake failure of its own kind.
+            _ = try ExternalProcess.curl(["-o", "/dev/null", "http://127.0.0.1:\(tlsPort)/"])
+            return (sent, received)
         }
-        for _ in 0..<4 {
-            let code = try ExternalProcess.curl([
-                "-o", "/dev/null", "-w", "%{http_code}", "-H", "Host: nobody.test", balancer.url,
-            ])
-            #expect(code.stdout == "404")
-        }
-        for _ in 0..<3 {
-            let code = try ExternalProcess.curl([
-                "-o", "/dev/null", "-w", "%{http_code}", "-H", "Host: gone.demo.localhost", balancer.url,
-            ])
-            #expect(code.stdout == "503")
-        }
-        // Plain HTTP to the TLS port: a handshake failure of its own kind.
-        _ = try ExternalProcess.curl(["-o", "/dev/null", "http://127.0.0.1:\(tlsPort)/"])
 
         // A WebSocket tunnel held open while the page is read.
         let client = Process()

@@ -12,6 +12,7 @@ import NIOCore
 ///   progress finish. `POST …/undrain` ends that. Backends are named by the address `status` shows.
 /// - `POST /v1/reload`: re-reads the configuration file as SIGHUP does.
 /// - `GET /metrics`: the Prometheus metrics (``MetricsPage``), when the API was given them.
+/// - `GET /v1/traffic`: every tenant's counters (``TrafficReport``), what `switchyard top` polls.
 ///
 /// Every answer but a 401 carries the configuration version as `ETag: "N"` (``ConfigurationVersion``); answers to
 /// writes carry it in their JSON too (`"version": N`). A write with `If-Match` runs only at that version, else 412.
@@ -258,6 +259,11 @@ public struct AdminAPI: Sendable {
             var report = StatusReport(routes: routes.current, connections: connections(), version: version.current)
             report.store = resources?.storeStatus
             return Self.json(200, report)
+        case ("traffic", 1) where metrics != nil:
+            guard method == "GET", let metrics else {
+                return Self.error(405, .methodNotAllowed, "\(method) /v1/traffic is not allowed; use GET", allow: "GET")
+            }
+            return Self.json(200, metrics.trafficReport())
         case ("reload", 1):
             guard method == "POST" else {
                 return Self.error(

@@ -1,3 +1,5 @@
+import Foundation
+
 #if canImport(Glibc)
 import Glibc
 #elseif canImport(Musl)
@@ -152,6 +154,28 @@ public struct AdminTokens: Sendable {
         var matched: String?
         for entry in entries {
             let equal = Self.constantTimeEquals(presented, entry.token)
+            if equal, matched == nil {
+                matched = entry.name
+            }
+        }
+        return matched
+    }
+
+    /// The name of the user an `Authorization: Basic …` field presents, when its password is that name's token
+    /// (the file of `metrics.basic_auth_file` is a token file: `NAME:TOKEN` lines, the name as user). Compared as
+    /// ``name(authorizing:)`` compares: every entry, in full.
+    public func name(authorizingBasic fields: [String]) -> String? {
+        guard fields.count == 1 else { return nil }
+        let parts = fields[0].split(separator: " ", maxSplits: 1, omittingEmptySubsequences: true)
+        guard parts.count == 2, parts[0].lowercased() == "basic",
+            let decoded = Data(base64Encoded: String(parts[1]).trimmingCharacters(in: .whitespaces)),
+            let colon = decoded.firstIndex(of: UInt8(ascii: ":"))
+        else { return nil }
+        let user = String(decoding: decoded[decoded.startIndex..<colon], as: UTF8.self)
+        let password = Array(decoded[decoded.index(after: colon)...])
+        var matched: String?
+        for entry in entries {
+            let equal = Self.constantTimeEquals(password, entry.token) && entry.name == user
             if equal, matched == nil {
                 matched = entry.name
             }

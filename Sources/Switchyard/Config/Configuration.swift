@@ -80,10 +80,14 @@ public struct Configuration: Sendable, Equatable {
         /// `tenant_histograms`: tenants that get a request-duration histogram of their own (every tenant shares
         /// the global one: 10,000 tenants × 15 series each would be 150,000 series). Read at start.
         public var tenantHistograms: [String]
+        /// `basic_auth_file`: who may read `listen` (HTTP basic authentication; `NAME:PASSWORD` lines, mode 0600,
+        /// as ``AdminTokens``); anyone when `nil`. Read at start.
+        public var basicAuthFile: String?
 
-        public init(listen: SocketAddress? = nil, tenantHistograms: [String] = []) {
+        public init(listen: SocketAddress? = nil, tenantHistograms: [String] = [], basicAuthFile: String? = nil) {
             self.listen = listen
             self.tenantHistograms = tenantHistograms
+            self.basicAuthFile = basicAuthFile
         }
     }
 

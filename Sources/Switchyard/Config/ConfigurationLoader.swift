@@ -22,7 +22,7 @@ import Musl
 /// `token_file`, `max_connections`, `idle_timeout`), `state`, `tls`
 /// (`certificate`, `key`), `access_log` (a boolean, or `format`, `path`), `request_id`, `timeouts` (`client_header`, `keepalive`, `client_body`,
 /// `upstream_connect`, `upstream_response`, `upstream_idle`, `tls_handshake`, `tunnel_idle`, `drain`), `limits` (`max_header_bytes`,
-/// `max_headers`, `max_connections`, `upstream_keepalive`), `metrics` (`listen`, `tenant_histograms`) and `tenants`, a list of mappings with `name`,
+/// `max_headers`, `max_connections`, `upstream_keepalive`), `metrics` (`listen`, `tenant_histograms`, `basic_auth_file`) and `tenants`, a list of mappings with `name`,
 /// `domains`, `backends`, `certificate`, `key` and `health` (`path`, `interval`, `timeout`, `rise`, `fall`).
 /// Paths are kept as written; relative ones are relative to the working directory.
 public enum ConfigurationLoader {
@@ -93,7 +93,7 @@ public enum ConfigurationLoader {
             "underscores_in_headers", "metrics", "request_id",
         ]
         static let accessLog = ["format", "path"]
-        static let metrics = ["listen", "tenant_histograms"]
+        static let metrics = ["listen", "tenant_histograms", "basic_auth_file"]
         static let listen = ["http", "https"]
         static let admin = ["socket", "listen", "token_file", "max_connections", "idle_timeout"]
         static let tls = ["certificate", "key"]
@@ -324,6 +324,12 @@ public enum ConfigurationLoader {
                 listDescription: "a list of tenant names",
                 itemDescription: "a tenant name"
             ).map(\.text)
+        }
+        if let file = mapping["basic_auth_file"] {
+            metrics.basicAuthFile = try file.nonEmptyString(expected: "the path of a file of NAME:PASSWORD lines")
+        }
+        if let file = mapping["basic_auth_file"], metrics.listen == nil {
+            throw file.error("is only used with metrics.listen; add metrics.listen or remove metrics.basic_auth_file")
         }
         return metrics
     }

@@ -98,6 +98,16 @@ public struct MetricsPage: Sendable {
         return response
     }
 
+    /// The status page (`GET /` on `metrics.listen`) for `target`, with the rates of `view`.
+    func statusPage(target: String, view: TrafficView) -> String {
+        StatusPage.render(target: target, view: view, routes: routes.current, build: metrics.build)
+    }
+
+    /// Every tenant's counters now (`GET /v1/traffic`).
+    public func trafficReport() -> TrafficReport {
+        TrafficReport(routes: routes.current, proxy: metrics.proxy, connections: connections())
+    }
+
     /// The page for `query`.
     public func render(_ query: Query = Query()) -> [UInt8] {
         var page: [UInt8] = []

@@ -1,21 +1,31 @@
+import Foundation
 import Logging
 import NIOConcurrencyHelpers
 import NIOCore
 import NIOPosix
 import ServiceLifecycle
 
-/// `metrics.listen`: a read-only HTTP listener for Prometheus (`GET /metrics`), on an event loop of its own and
-/// with the admin API's connection budget (``AdminServer/Limits``), so neither a slow scraper nor a flood of
-/// requests reaches the workers. Nothing on it changes anything; it answers without a token, so it belongs on
-/// loopback or a monitoring network.
+/// `metrics.listen`: a read-only HTTP listener for Prometheus (`GET /metrics`) and people (`GET /`, the status
+/// page), on an event loop of its own and with the admin API's connection budget (``AdminServer/Limits``), so
+/// neither a slow scraper nor a flood of requests reaches the workers. Nothing on it changes anything. Without
+/// `metrics.basic_auth_file` it answers anyone, so it belongs on loopback or a monitoring network.
 public final class MetricsServer: Service {
     private let address: SocketAddress
     private let page: MetricsPage
     private let logger: Logger
     private let limits: AdminServer.Limits
+    private let users: AdminTokens?
     private let bound: NIOLockedValueBox<SocketAddress?> = NIOLockedValueBox(nil)
 
-    public init(address: SocketAddress, page: MetricsPage, logger: Logger, limits: AdminServer.Limits = .init()) {
+    /// - Parameter users: with `metrics.basic_auth_file`, who may read (HTTP basic authentication).
+    public init(
+        address: SocketAddress,
+        page: MetricsPage,
+        logger: Logger,
+        limits: AdminServer.Limits = .init(),
+        users: AdminTokens? = nil
+    ) {
+        self.users = users
         self.address = address
         self.page = page
         self.logger = logger
@@ -43,7 +53,14 @@ public final class MetricsServer: Service {
             AdminConnectionLimiter(limit: limits.maximumConnections),
             eventLoop: eventLoop
         )
-        let responder = MetricsResponder(page: page)
+        let page = self.page
+        let sampler = TrafficSampler { page.trafficReport() }
+        let sampling = eventLoop.scheduleRepeatedTask(
+            initialDelay: TrafficSampler.interval,
+            delay: TrafficSampler.interval
+        ) { _ in sampler.sample() }
+        defer { sampling.cancel() }
+        let responder = MetricsResponder(page: page, sampler: sampler, users: users)
         let limits = self.limits
         let logger = self.logger
         let channel: any Channel
@@ -80,7 +97,8 @@ public final class MetricsServer: Service {
         }
         let local = channel.localAddress
         bound.withLockedValue { $0 = local }
-        logger.info("metrics on http://\(local.map(Self.format) ?? "?")/metrics")
+        let authentication = users == nil ? "" : " (basic authentication)"
+        logger.info("metrics on http://\(local.map(Self.format) ?? "?")/metrics, status page on /\(authentication)")
         try? await gracefulShutdown()
         try? await channel.close()
     }
@@ -95,14 +113,29 @@ public final class MetricsServer: Service {
 /// The pages of `metrics.listen`.
 struct MetricsResponder: HTTPResponder {
     let page: MetricsPage
+    let sampler: TrafficSampler
+    let users: AdminTokens?
 
     func respond(to request: AdminAPI.Request) -> AdminAPI.Response {
+        if let users, users.name(authorizingBasic: request.authorization) == nil {
+            var response = AdminAPI.error(401, .unauthorized, "this listener needs a user of metrics.basic_auth_file")
+            response.authenticate = "Basic realm=\"switchyard\", charset=\"UTF-8\""
+            return response
+        }
         let path = request.target.split(separator: "?", maxSplits: 1).first.map(String.init) ?? request.target
-        guard path == "/metrics" else {
-            return AdminAPI.error(404, .notFound, "no such page: \(path); this listener serves GET /metrics")
+        guard path == "/metrics" || path == "/" else {
+            return AdminAPI.error(404, .notFound, "no such page: \(path); this listener serves / and /metrics")
         }
         guard request.method == "GET" else {
             return AdminAPI.error(405, .methodNotAllowed, "\(request.method) \(path): use GET", allow: "GET")
+        }
+        if path == "/" {
+            var response = AdminAPI.Response(
+                status: 200,
+                body: Data(page.statusPage(target: request.target, view: sampler.view()).utf8)
+            )
+            response.contentType = "text/html; charset=utf-8"
+            return response
         }
         return page.response(to: request.target)
     }

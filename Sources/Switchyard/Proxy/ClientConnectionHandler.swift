@@ -319,6 +319,7 @@ final class ClientConnectionHandler: ChannelDuplexHandler, RemovableChannelHandl
             if let tenant {
                 let meters = tenant.meters
                 meters.countResponse(status: status, loop: loop)
+                meters.countDuration(duration, loop: loop)
                 meters.add(received, to: .receivedBytes, loop: loop)
                 meters.add(sent, to: .sentBytes, loop: loop)
                 if status == 101 { meters.add(1, to: .tunnelsOpened, loop: loop) }
