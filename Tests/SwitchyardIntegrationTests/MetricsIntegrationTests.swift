@@ -203,7 +203,8 @@ struct MetricsIntegrationTests {
         let page = try await offThePool { try Self.scrape(metricsURL) }
         #expect(page.status == "200")
         #expect(page.type == "text/plain; version=0.0.4; charset=utf-8")
-        let samples = try Self.parse(page.body)
+        let body = page.body
+        let samples = try await offThePool { try Self.parse(body) }
         let shopLabels = ["tenant": "shop"]
         #expect(Self.sum(samples, "switchyard_tenant_http_requests_total", ["tenant": "shop", "code": "2xx"]) == 7)
         #expect(Self.sum(samples, "switchyard_tenant_http_requests_total", shopLabels) == 7)
@@ -241,12 +242,13 @@ struct MetricsIntegrationTests {
         let admin = try ExternalProcess.curl([
             "--unix-socket", balancer.process.adminPath, "http://localhost/metrics?tenant=shop",
         ])
-        let narrowed = try Self.parse(admin.stdout)
+        let adminPage = admin.stdout
+        let narrowed = try await offThePool { try Self.parse(adminPage) }
         #expect(Self.sum(narrowed, "switchyard_tenant_http_requests_total") == 7)
         #expect(!narrowed.keys.contains { $0.contains("tenant=\"ws\"") || $0.contains("tenant=\"gone\"") })
         #expect(!narrowed.keys.contains { $0.hasPrefix("switchyard_http_requests_total") })
         #expect(Self.sum(narrowed, "switchyard_tenant_http_request_duration_seconds_count") == 7)
-        let global = try Self.parse(try Self.scrape(metricsURL + "?scope=global").body)
+        let global = try await offThePool { try Self.parse(try Self.scrape(metricsURL + "?scope=global").body) }
         #expect(Self.sum(global, "switchyard_http_unknown_host_requests_total") == 4)
         #expect(!global.keys.contains { $0.hasPrefix("switchyard_tenant_") || $0.hasPrefix("switchyard_backend_") })
         let bad = try Self.scrape(metricsURL + "?scope=everything")

@@ -38,7 +38,7 @@ struct SharedHealthCheckIntegrationTests {
 
         // The checker runs on the shared concurrency pool, which the rest of the suite can keep busy for a while:
         // wait for its first probe, then count over a measured window.
-        let firstDeadline = ContinuousClock.now + .seconds(10)
+        let firstDeadline = ContinuousClock.now + .seconds(30)
         while backend.healthRequests == 0, ContinuousClock.now < firstDeadline {
             try await Task.sleep(for: .milliseconds(20))
         }
@@ -50,7 +50,7 @@ struct SharedHealthCheckIntegrationTests {
         let elapsed = Double(waited.seconds) + Double(waited.attoseconds) / 1e18
         // One probe every 200 ms ± 10 %: about 5 a second (fewer on a busy machine), where one check per tenant
         // would be 100. Counted against the window as measured: on a loaded machine the 1 s sleep can last 4 s.
-        #expect(before >= 1, "no probe within 10 s")
+        #expect(before >= 1, "no probe within 30 s")
         #expect(probes <= Int(elapsed / 0.18) + 2, "\(probes) probes in \(elapsed) s")
 
         backend.healthAnswer = .status(.serviceUnavailable)
