@@ -54,11 +54,11 @@ struct DescriptorLimitIntegrationTests {
         for client in clients { close(client) }
         clients = []
         let url = "http://127.0.0.1:\(port)/"
-        let response = try ExternalProcess.curl(["-H", "Host: shop.test", url], timeout: 5)
+        let response = try ExternalProcess.curl(["-H", "Host: shop.test", url], timeout: 20)
         #expect(response.stdout == "alive", "\(process.log)")
         // The end is logged on an accept a second after the last pause.
         try await Task.sleep(for: .milliseconds(1100))
-        #expect(try ExternalProcess.curl(["-H", "Host: shop.test", url], timeout: 5).stdout == "alive")
+        #expect(try ExternalProcess.curl(["-H", "Host: shop.test", url], timeout: 20).stdout == "alive")
         #expect(process.log.contains("accepting connections again"), "\(process.log)")
         await backend.stop()
     }
