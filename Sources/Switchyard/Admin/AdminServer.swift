@@ -191,8 +191,8 @@ public final class AdminServer: Service {
             }
     }
 
-    /// `127.0.0.1:9000`, `[::1]:9000`.
-    private static func format(_ address: SocketAddress) -> String {
+    /// `127.0.0.1:9000`, `[::1]:9000` (also the metrics listener's, in its log line).
+    static func format(_ address: SocketAddress) -> String {
         let host = address.ipAddress ?? "?"
         let port = address.port ?? 0
         return address.protocol == .inet6 ? "[\(host)]:\(port)" : "\(host):\(port)"

@@ -51,17 +51,6 @@ enum DemoPage {
     }
 
     private static func escape(_ text: String) -> String {
-        var escaped = ""
-        for character in text.prefix(200) {
-            switch character {
-            case "<": escaped += "&lt;"
-            case ">": escaped += "&gt;"
-            case "&": escaped += "&amp;"
-            case "\"": escaped += "&quot;"
-            case "'": escaped += "&#39;"
-            default: escaped.append(character)
-            }
-        }
-        return escaped
+        HTMLEscaping.escaped(text.prefix(200))
     }
 }

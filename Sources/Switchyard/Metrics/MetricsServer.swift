@@ -98,15 +98,11 @@ public final class MetricsServer: Service {
         let local = channel.localAddress
         bound.withLockedValue { $0 = local }
         let authentication = users == nil ? "" : " (basic authentication)"
-        logger.info("metrics on http://\(local.map(Self.format) ?? "?")/metrics, status page on /\(authentication)")
+        logger.info(
+            "metrics on http://\(local.map(AdminServer.format) ?? "?")/metrics, status page on /\(authentication)"
+        )
         try? await gracefulShutdown()
         try? await channel.close()
-    }
-
-    private static func format(_ address: SocketAddress) -> String {
-        let host = address.ipAddress ?? "?"
-        let port = address.port ?? 0
-        return address.protocol == .inet6 ? "[\(host)]:\(port)" : "\(host):\(port)"
     }
 }
 

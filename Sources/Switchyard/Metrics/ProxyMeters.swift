@@ -65,20 +65,13 @@ public final class ProxyMeters: Sendable {
     }
 
     /// The counter of `status`'s class; `nil` outside 100–599.
+    @inline(__always)
     static func statusField(_ status: Int) -> Field? {
-        switch status {
-        case 100..<200: return .informational
-        case 200..<300: return .successful
-        case 300..<400: return .redirection
-        case 400..<500: return .clientError
-        case 500..<600: return .serverError
-        default: return nil
-        }
+        StatusClass(status: status).flatMap { Field(rawValue: Field.informational.rawValue + $0.rawValue) }
     }
 
     /// The five status-class counters with their labels, in order.
-    static let statusClasses: [(field: Field, label: String)] = [
-        (.informational, "1xx"), (.successful, "2xx"), (.redirection, "3xx"), (.clientError, "4xx"),
-        (.serverError, "5xx"),
-    ]
+    static let statusClasses: [(field: Field, label: String)] = StatusClass.allCases.compactMap { statusClass in
+        Field(rawValue: Field.informational.rawValue + statusClass.rawValue).map { ($0, statusClass.label) }
+    }
 }

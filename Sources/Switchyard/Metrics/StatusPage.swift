@@ -101,22 +101,9 @@ struct StatusPage {
         return result
     }
 
-    /// Text for HTML: `&`, `<`, `>`, `"` and `'` as entities (tenant names and check errors come from operators and
-    /// backends).
+    /// Text for HTML (tenant names and check errors come from operators and backends).
     static func escape(_ text: String) -> String {
-        var escaped = ""
-        escaped.reserveCapacity(text.count)
-        for character in text {
-            switch character {
-            case "&": escaped += "&amp;"
-            case "<": escaped += "&lt;"
-            case ">": escaped += "&gt;"
-            case "\"": escaped += "&quot;"
-            case "'": escaped += "&#39;"
-            default: escaped.append(character)
-            }
-        }
-        return escaped
+        HTMLEscaping.escaped(text)
     }
 
     private static func format(_ value: Double) -> String {

@@ -64,24 +64,33 @@ public final class TenantMeters: Sendable {
     }
 }
 
+/// The five classes of HTTP statuses, as the tenants' and the balancer's counters keep them: in the same order,
+/// at consecutive counters starting with `1xx`'s.
+enum StatusClass: Int, CaseIterable {
+    case informational, successful, redirection, clientError, serverError
+
+    /// The class of `status`; `nil` outside 100–599.
+    @inline(__always)
+    init?(status: Int) {
+        guard status >= 100, status < 600 else { return nil }
+        self.init(rawValue: status / 100 - 1)
+    }
+
+    /// `1xx`…`5xx`, the `code` label.
+    var label: String { "\(rawValue + 1)xx" }
+}
+
 extension TenantMeters.Field {
-    /// The counter of `status`'s class (`1xx`…`5xx`); `nil` outside 100–599.
+    /// The counter of `status`'s class; `nil` outside 100–599.
+    @inline(__always)
     static func statusClass(_ status: Int) -> Self? {
-        switch status {
-        case 100..<200: return .informational
-        case 200..<300: return .successful
-        case 300..<400: return .redirection
-        case 400..<500: return .clientError
-        case 500..<600: return .serverError
-        default: return nil
-        }
+        StatusClass(status: status).flatMap { Self(rawValue: Self.informational.rawValue + $0.rawValue) }
     }
 
     /// The five status-class counters with their labels, in order.
-    static let statusClasses: [(field: Self, label: String)] = [
-        (.informational, "1xx"), (.successful, "2xx"), (.redirection, "3xx"), (.clientError, "4xx"),
-        (.serverError, "5xx"),
-    ]
+    static let statusClasses: [(field: Self, label: String)] = StatusClass.allCases.compactMap { statusClass in
+        Self(rawValue: Self.informational.rawValue + statusClass.rawValue).map { ($0, statusClass.label) }
+    }
 }
 
 /// What the data path counts for one backend of a tenant, per event loop. Kept by the backend across reloads (it
