@@ -86,10 +86,19 @@ let package = Package(
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
             ]
         ),
+        // What the test targets share: running real programs (curl, openssl, Python, the binary) as children.
+        .target(
+            name: "SwitchyardTestSupport",
+            dependencies: [
+                .product(name: "NIOConcurrencyHelpers", package: "swift-nio")
+            ],
+            path: "Tests/SwitchyardTestSupport"
+        ),
         .testTarget(
             name: "SwitchyardTests",
             dependencies: [
                 "Switchyard",
+                "SwitchyardTestSupport",
                 "SwitchyardTLS",
                 "COpenSSL",
                 .product(name: "NIOCore", package: "swift-nio"),
@@ -120,6 +129,7 @@ let package = Package(
             name: "SwitchyardIntegrationTests",
             dependencies: [
                 "Switchyard",
+                "SwitchyardTestSupport",
                 // Listed so that `swift test` builds the binary the tests run.
                 "switchyard",
                 .product(name: "NIOCore", package: "swift-nio"),

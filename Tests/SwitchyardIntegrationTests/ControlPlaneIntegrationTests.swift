@@ -1,5 +1,6 @@
 import Foundation
 import NIOCore
+import SwitchyardTestSupport
 import Testing
 
 /// The control plane end to end: the real `switchyard` binary, changed through its admin socket by the real CLI
@@ -258,7 +259,7 @@ struct ControlPlaneIntegrationTests {
                 .status == 0
         )
         kill(balancer.process.pid, SIGKILL)
-        balancer.process.process.waitUntilExit()
+        balancer.process.process.wait(timeout: 10)
         balancer = try ServedBalancer(
             configuration,
             port: port,
@@ -292,22 +293,15 @@ struct ControlPlaneIntegrationTests {
         defer { try? FileManager.default.removeItem(atPath: script) }
         try Self.writerScript.write(toFile: script, atomically: true, encoding: .utf8)
         let writers = try ["left", "right"].map { prefix in
-            let process = Process()
-            process.executableURL = URL(fileURLWithPath: "/usr/bin/env")
-            process.arguments = ["python3", script, balancer.process.adminPath, prefix, "500", String(a.port)]
-            let output = Pipe()
-            process.standardOutput = output
-            try process.run()
-            return (process, output)
+            try ChildProcess(
+                "/usr/bin/env",
+                ["python3", script, balancer.process.adminPath, prefix, "500", String(a.port)]
+            )
         }
         var results: [String] = []
-        for (process, output) in writers {
-            let data = try await offThePool {
-                let data = output.fileHandleForReading.readDataToEndOfFile()
-                process.waitUntilExit()
-                return data
-            }
-            results.append(String(decoding: data, as: UTF8.self).trimmingCharacters(in: .whitespacesAndNewlines))
+        for writer in writers {
+            let output = try await offThePool { writer.finish(timeout: 120).stdout }
+            results.append(output.trimmingCharacters(in: .whitespacesAndNewlines))
         }
         #expect(results == ["201 500", "201 500"], "\(results)")
         let list = try balancer.admin(["tenants", "list", "--json"])
@@ -370,17 +364,11 @@ struct ControlPlaneIntegrationTests {
         let script = NSTemporaryDirectory() + "switchyard-ws-\(UUID().uuidString).py"
         defer { try? FileManager.default.removeItem(atPath: script) }
         try Self.echoScript.write(toFile: script, atomically: true, encoding: .utf8)
-        func startClient(_ host: String, seconds: Int) throws -> (Process, Pipe) {
-            let client = Process()
-            client.executableURL = URL(fileURLWithPath: "/usr/bin/env")
-            client.arguments = ["python3", script, String(port), host, String(seconds)]
-            let output = Pipe()
-            client.standardOutput = output
-            try client.run()
-            return (client, output)
+        func startClient(_ host: String, seconds: Int) throws -> ChildProcess {
+            try ChildProcess("/usr/bin/env", ["python3", script, String(port), host, String(seconds)])
         }
-        let (client, output) = try startClient("file.test", seconds: 4)
-        let (doomed, doomedOutput) = try startClient("gone.test", seconds: 8)
+        let client = try startClient("file.test", seconds: 4)
+        let doomed = try startClient("gone.test", seconds: 8)
         try await Task.sleep(for: .milliseconds(500))
         let removed = Date().timeIntervalSince1970
         #expect(try balancer.admin(["tenants", "remove", "gone"]).status == 0)
@@ -400,21 +388,13 @@ struct ControlPlaneIntegrationTests {
             return statuses
         }
         #expect(statuses == [Int32](repeating: 0, count: 30))
-        let data = try await offThePool {
-            let data = output.fileHandleForReading.readDataToEndOfFile()
-            client.waitUntilExit()
-            return data
-        }
+        let data = try await offThePool { Data(client.finish(timeout: 30).stdout.utf8) }
         let result = try JSONSerialization.jsonObject(with: data) as? [String: Any]
         #expect(result?["ok"] as? Bool == true, "\(String(decoding: data, as: UTF8.self))")
         #expect((result?["echoed"] as? Int ?? 0) >= 40)
 
         // The removed tenant's tunnel went on for timeouts.drain (1 s), then was closed.
-        let doomedData = try await offThePool {
-            let data = doomedOutput.fileHandleForReading.readDataToEndOfFile()
-            doomed.waitUntilExit()
-            return data
-        }
+        let doomedData = try await offThePool { Data(doomed.finish(timeout: 30).stdout.utf8) }
         let doomedResult = try JSONSerialization.jsonObject(with: doomedData) as? [String: Any]
         #expect(doomedResult?["ok"] as? Bool == false, "\(String(decoding: doomedData, as: UTF8.self))")
         #expect((doomedResult?["echoed"] as? Int ?? 0) >= 10)

@@ -1,5 +1,6 @@
 import Foundation
 import NIOCore
+import SwitchyardTestSupport
 import Testing
 
 /// `switchyard backends drain|undrain` against a running balancer: a draining backend receives nothing new, what
@@ -8,11 +9,12 @@ import Testing
 struct DrainIntegrationTests {
     @Test("a drained backend gets no new requests while its slow request finishes; undrain brings it back")
     func drainAndUndrain() async throws {
-        // Long enough that the drain and status commands run while it is in progress even on a loaded machine (a
-        // full parallel run once took over 3 s to start them).
-        let slowDelay = TimeAmount.seconds(10)
+        // The slow request is answered when the test says so, not after a delay: a loaded CI run once took over
+        // 10 s to start the drain and status commands, and the request had finished by then.
+        let gate = TestBackend.ResponseGate()
+        defer { gate.open() }
         let first = try await TestBackend.start(name: "first") { head in
-            head.uri == "/slow" ? .delayed(slowDelay, body: "slow-first") : .name
+            head.uri == "/slow" ? .gated(gate, body: "slow-first") : .name
         }
         let second = try await TestBackend.start(name: "second")
         let port = try ExternalProcess.freePort()
@@ -53,12 +55,21 @@ struct DrainIntegrationTests {
         }
         #expect(first.requests.count == before, "the draining backend received new requests")
 
-        // --wait returns once the slow request is done; that request was served in full.
-        let started = ContinuousClock.now
-        let wait = try admin(["backends", "drain", "shop", "127.0.0.1:\(first.port)", "--wait", "--timeout", "10s"])
+        // --wait waits while the slow request is in progress, and returns once it is done; that request was served
+        // in full.
+        let waiting = try ChildProcess(
+            ExternalProcess.switchyardBinary,
+            [
+                "backends", "drain", "shop", "127.0.0.1:\(first.port)", "--wait", "--timeout", "30s",
+                "--admin", balancer.process.adminPath,
+            ]
+        )
+        try await Task.sleep(for: .seconds(1))
+        #expect(waiting.isRunning, "drain --wait returned while a request was in progress")
+        gate.open()
+        let wait = waiting.finish(timeout: 40)
         #expect(wait.status == 0, "\(wait.stderr)")
         #expect(wait.stdout.contains("drained: nothing in progress on 127.0.0.1:\(first.port)"), "\(wait.stdout)")
-        #expect(ContinuousClock.now - started < .nanoseconds(slowDelay.nanoseconds) + .seconds(3))
         let slowAnswer = slow.wait()
         #expect(slowAnswer.status == 0)
         #expect(slowAnswer.stdout == "slow-first")
@@ -171,26 +182,14 @@ struct DrainIntegrationTests {
 
 /// curl running in the background while a test goes on.
 private final class BackgroundCurl {
-    private let process = Process()
-    private let output = Pipe()
-    private let errors = Pipe()
+    private let process: ChildProcess
 
     init(_ arguments: [String]) throws {
-        process.executableURL = URL(fileURLWithPath: "/usr/bin/curl")
-        process.arguments = ["-s", "--max-time", "30"] + arguments
-        process.standardOutput = output
-        process.standardError = errors
-        process.standardInput = FileHandle.nullDevice
-        try process.run()
+        process = try ChildProcess("/usr/bin/curl", ["-s", "--max-time", "30"] + arguments)
     }
 
     /// Waits for curl to exit (its output is small: it fits the pipe, so curl never blocks on it).
     func wait() -> ExternalProcess.Output {
-        process.waitUntilExit()
-        return ExternalProcess.Output(
-            status: process.terminationStatus,
-            stdout: String(decoding: output.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self),
-            stderr: String(decoding: errors.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
-        )
+        process.finish(timeout: 40)
     }
 }

@@ -24,10 +24,11 @@ struct HostileClientIntegrationTests {
             // 404 for each (hundreds of MB); now it stops reading once the client's answers back up, so the
             // kernel's buffers fill and the client cannot send more.
             let request = Array("GET / HTTP/1.1\r\nHost: nobody.test\r\n\r\n".utf8)
-            // (Measured: before the fix the client was never held back and sent 3.7 MB in the 4 s; now it is
-            // blocked after about 0.9 MB, what the kernel's buffers and one read hold.)
-            let (sent, blocked) = client.pump(request, upTo: 16 << 20, seconds: 4)
-            #expect(blocked, "the balancer kept reading: \(sent) bytes sent in 4 s")
+            // (Measured: before the fix the client was never held back and sent 3.7 MB in 4 s; now it is blocked
+            // after about 0.9 MB, what the kernel's buffers and one read hold. A loaded CI run once took over 4 s
+            // to get there, hence the 15 s: `pump` returns as soon as the client has been blocked for 0.5 s.)
+            let (sent, blocked) = client.pump(request, upTo: 16 << 20, seconds: 15)
+            #expect(blocked, "the balancer kept reading: \(sent) bytes sent in 15 s")
             #expect(sent < 2 << 20, "the balancer kept reading: \(sent) bytes sent")
 
             // Other clients are served meanwhile.

@@ -1,4 +1,5 @@
 import Foundation
+import SwitchyardTestSupport
 import Testing
 
 /// `GET /metrics` end to end: the real `switchyard` binary after known traffic from real clients (curl, a Python
@@ -163,39 +164,34 @@ struct MetricsIntegrationTests {
         }
 
         // A WebSocket tunnel held open while the page is read.
-        let client = Process()
-        client.executableURL = URL(fileURLWithPath: "/usr/bin/env")
-        client.arguments = [
-            "python3", "-c",
-            """
-            import asyncio, socket, sys, websockets
-            async def main():
-                sock = socket.create_connection(("127.0.0.1", \(port)), timeout=5)
-                async with websockets.connect("ws://ws.demo.localhost:\(port)/ws", sock=sock, ping_interval=None) as ws:
-                    await ws.send("hello")
-                    assert await ws.recv() == "hello"
-                    print("open", flush=True)
-                    await asyncio.get_running_loop().run_in_executor(None, sys.stdin.read)
-            asyncio.run(main())
-            """,
-        ]
-        let toClient = Pipe()
-        let fromClient = Pipe()
-        let clientErrors = Pipe()
-        client.standardInput = toClient
-        client.standardOutput = fromClient
-        client.standardError = clientErrors
-        try client.run()
+        let client = try ChildProcess(
+            "/usr/bin/env",
+            [
+                "python3", "-c",
+                """
+                import asyncio, socket, sys, websockets
+                async def main():
+                    sock = socket.create_connection(("127.0.0.1", \(port)), timeout=5)
+                    async with websockets.connect("ws://ws.demo.localhost:\(port)/ws", sock=sock, ping_interval=None) as ws:
+                        await ws.send("hello")
+                        assert await ws.recv() == "hello"
+                        print("open", flush=True)
+                        await asyncio.get_running_loop().run_in_executor(None, sys.stdin.read)
+                asyncio.run(main())
+                """,
+            ],
+            stdin: .pipe
+        )
         defer {
-            try? toClient.fileHandleForWriting.close()
-            client.waitUntilExit()
+            client.closeInput()
+            _ = client.finish(timeout: 10)
         }
-        let opened = try await offThePool { fromClient.fileHandleForReading.availableData }
-        guard String(decoding: opened, as: UTF8.self).hasPrefix("open") else {
-            client.waitUntilExit()
-            let errors = clientErrors.fileHandleForReading.readDataToEndOfFile()
+        let opened = try await offThePool { client.readSome(timeout: 20) }
+        guard opened.hasPrefix("open") else {
+            client.closeInput()
+            let errors = client.finish(timeout: 10).stderr
             Issue.record(
-                "the WebSocket client did not connect: \(String(decoding: errors, as: UTF8.self).suffix(300))\n\(balancer.process.log.suffix(1500))"
+                "the WebSocket client did not connect: \(errors.suffix(300))\n\(balancer.process.log.suffix(1500))"
             )
             return
         }
@@ -256,7 +252,7 @@ struct MetricsIntegrationTests {
         #expect(bad.body.contains("unknown scope 'everything'"))
         #expect(try Self.scrape("http://127.0.0.1:\(metricsPort)/v1/status").status == "404")
 
-        try? toClient.fileHandleForWriting.close()
+        client.closeInput()
         await shop.stop()
         await echo.stop()
     }

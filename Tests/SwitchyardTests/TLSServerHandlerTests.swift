@@ -3,6 +3,7 @@ import Foundation
 import Logging
 import NIOCore
 import NIOEmbedded
+import SwitchyardTestSupport
 import Testing
 
 @testable import SwitchyardTLS
@@ -60,19 +61,10 @@ struct TLSServerHandlerTests {
         }
 
         private static func openssl(_ arguments: [String]) throws {
-            let process = Process()
-            process.executableURL = URL(fileURLWithPath: "/usr/bin/env")
-            process.arguments = ["openssl"] + arguments
-            let errors = Pipe()
-            process.standardError = errors
-            process.standardOutput = FileHandle.nullDevice
-            try process.run()
-            let message = errors.fileHandleForReading.readDataToEndOfFile()
-            process.waitUntilExit()
-            guard process.terminationStatus == 0 else {
+            let result = try ChildProcess.run("/usr/bin/env", ["openssl"] + arguments, timeout: 30)
+            guard result.status == 0 else {
                 throw InProcessTLSClient.Failure(
-                    description: "openssl \(arguments.joined(separator: " ")) failed: "
-                        + String(decoding: message, as: UTF8.self)
+                    description: "openssl \(arguments.joined(separator: " ")) failed: " + result.stderr
                 )
             }
         }

@@ -1,60 +1,20 @@
 import Foundation
+import SwitchyardTestSupport
 
 /// Runs real command-line clients (curl) and the built `switchyard` binary.
 enum ExternalProcess {
-    struct Output {
-        var status: Int32
-        var stdout: String
-        var stderr: String
-    }
+    typealias Output = ChildProcess.Output
 
-    /// Runs `executable` with `arguments` and waits for it, at most `timeout` seconds.
-    /// With `input`, it is written to standard input, then end of file (inputs here are a request or a
-    /// certificate: far below a pipe's capacity, so the write cannot block); without, standard input is empty.
+    /// Runs `executable` with `arguments` and waits for it, at most `timeout` seconds (then it and everything it
+    /// started are stopped). With `input`, it is written to standard input, then end of file; without, standard
+    /// input is empty.
     static func run(
         _ executable: String,
         _ arguments: [String],
         input: String? = nil,
         timeout: Double = 60
     ) throws -> Output {
-        let process = Process()
-        process.executableURL = URL(fileURLWithPath: executable)
-        process.arguments = arguments
-        let stdout = Pipe()
-        let stderr = Pipe()
-        process.standardOutput = stdout
-        process.standardError = stderr
-        let stdin = input.map { _ in Pipe() }
-        process.standardInput = stdin ?? FileHandle.nullDevice
-        try process.run()
-        if let stdin, let input {
-            try stdin.fileHandleForWriting.write(contentsOf: Data(input.utf8))
-            try stdin.fileHandleForWriting.close()
-        }
-        // Read while it runs so a large output cannot block it on a full pipe.
-        let group = DispatchGroup()
-        nonisolated(unsafe) var outData = Data()
-        nonisolated(unsafe) var errData = Data()
-        group.enter()
-        DispatchQueue.global().async {
-            outData = stdout.fileHandleForReading.readDataToEndOfFile()
-            group.leave()
-        }
-        group.enter()
-        DispatchQueue.global().async {
-            errData = stderr.fileHandleForReading.readDataToEndOfFile()
-            group.leave()
-        }
-        if group.wait(timeout: .now() + timeout) == .timedOut {
-            process.terminate()
-            group.wait()
-        }
-        process.waitUntilExit()
-        return Output(
-            status: process.terminationStatus,
-            stdout: String(decoding: outData, as: UTF8.self),
-            stderr: String(decoding: errData, as: UTF8.self)
-        )
+        try ChildProcess.run(executable, arguments, input: input, timeout: timeout)
     }
 
     /// curl with `arguments`; `-s` and a hard time limit are added.
@@ -98,7 +58,7 @@ enum ExternalProcess {
 
 /// The `switchyard` binary running as a child process, stopped (SIGTERM, then SIGKILL) when done.
 final class SwitchyardProcess {
-    let process: Process
+    let process: ChildProcess
     let logPath: String
     /// The admin socket of this balancer.
     let adminPath: String
@@ -111,13 +71,14 @@ final class SwitchyardProcess {
     ///   - statePath: the state store to use, for a restart that must find what the previous process stored; a
     ///     new one of its own otherwise, so that tests running at once never share one.
     init(arguments: [String], descriptorLimit: String? = nil, statePath: String? = nil) throws {
-        process = Process()
+        let executable: String
+        let allArguments: [String]
         if let descriptorLimit {
-            process.executableURL = URL(fileURLWithPath: "/usr/bin/prlimit")
-            process.arguments = ["--nofile=\(descriptorLimit)", ExternalProcess.switchyardBinary] + arguments
+            executable = "/usr/bin/prlimit"
+            allArguments = ["--nofile=\(descriptorLimit)", ExternalProcess.switchyardBinary] + arguments
         } else {
-            process.executableURL = URL(fileURLWithPath: ExternalProcess.switchyardBinary)
-            process.arguments = arguments
+            executable = ExternalProcess.switchyardBinary
+            allArguments = arguments
         }
         // Each balancer gets its own admin socket, so tests running at once do not meet on the default one.
         adminPath = NSTemporaryDirectory() + "switchyard-admin-\(UUID().uuidString.prefix(8)).sock"
@@ -126,18 +87,18 @@ final class SwitchyardProcess {
         var environment = ProcessInfo.processInfo.environment
         environment["SWITCHYARD_ADMIN"] = adminPath
         environment["SWITCHYARD_STATE"] = self.statePath
-        process.environment = environment
         logPath = NSTemporaryDirectory() + "switchyard-test-\(UUID().uuidString).log"
-        _ = FileManager.default.createFile(atPath: logPath, contents: nil)
-        let log = FileHandle(forWritingAtPath: logPath)
-        process.standardOutput = log
-        process.standardError = log
-        process.standardInput = FileHandle.nullDevice
-        try process.run()
+        process = try ChildProcess(
+            executable,
+            allArguments,
+            environment: environment,
+            stdout: .file(logPath),
+            stderr: .file(logPath)
+        )
     }
 
     var pid: Int32 {
-        process.processIdentifier
+        process.pid
     }
 
     var log: String {
@@ -183,20 +144,17 @@ final class SwitchyardProcess {
                 try? FileManager.default.removeItem(atPath: (statePath as NSString).deletingLastPathComponent)
             }
         }
-        guard process.isRunning else { return process.terminationStatus }
+        if let status = process.exitStatus { return status }
         kill(pid, SIGTERM)
-        let deadline = Date().addingTimeInterval(timeout)
-        while process.isRunning, Date() < deadline { usleep(20_000) }
-        if process.isRunning {
-            kill(pid, SIGKILL)
+        if process.wait(timeout: timeout) == nil {
+            process.stop()
         }
-        process.waitUntilExit()
         try? FileManager.default.removeItem(atPath: logPath)
-        return process.terminationStatus
+        return process.exitStatus ?? -1
     }
 
     deinit {
-        if process.isRunning { kill(pid, SIGKILL) }
+        process.signal(SIGKILL)
     }
 }
 

@@ -26,6 +26,34 @@ final class TestBackend: Sendable {
         case hang
         /// Answers with `body` after `delay`.
         case delayed(TimeAmount, body: String)
+        /// Answers with `body` once the test opens `gate`: a request that stays in progress for exactly as long as
+        /// the test needs, however slowly a loaded machine runs the steps in between.
+        case gated(ResponseGate, body: String)
+    }
+
+    /// What a ``Behavior/gated(_:body:)`` answer waits for.
+    final class ResponseGate: Sendable {
+        private let state = NIOLockedValueBox<(open: Bool, waiting: [@Sendable () -> Void])>((false, []))
+
+        init() {}
+
+        /// Runs `action` once the gate is open: now if it is already.
+        func whenOpen(_ action: @escaping @Sendable () -> Void) {
+            let now = state.withLockedValue { state in
+                if !state.open { state.waiting.append(action) }
+                return state.open
+            }
+            if now { action() }
+        }
+
+        /// Lets every waiting answer go, and every later one at once.
+        func open() {
+            let waiting = state.withLockedValue { state in
+                defer { state = (true, []) }
+                return state.waiting
+            }
+            for action in waiting { action() }
+        }
     }
 
     let name: String
@@ -144,6 +172,14 @@ final class TestBackend: Sendable {
             case .delayed(let delay, let body):
                 context.eventLoop.assumeIsolated().scheduleTask(in: delay) {
                     self.respond(status: .ok, body: body, extra: [], context: context)
+                }
+            case .gated(let gate, let body):
+                let bound = NIOLoopBound((self, context), eventLoop: context.eventLoop)
+                gate.whenOpen {
+                    bound.eventLoop.execute {
+                        let (handler, context) = bound.value
+                        handler.respond(status: .ok, body: body, extra: [], context: context)
+                    }
                 }
             case .stream(let bytes, let chunked):
                 var headers = HTTPHeaders()
