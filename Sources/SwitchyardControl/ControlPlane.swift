@@ -20,10 +20,10 @@ public final class ControlPlane: Sendable {
     public let version: ConfigurationVersion
     /// The path of the configuration file (what reload records).
     let configurationPath: String
-    let store: SQLiteStateStore?
+    let store: (any StateStore)?
     /// Why the store cannot be used, when it cannot: every change is then refused with 503.
     let storeProblem: String?
-    /// Where the store is.
+    /// Where the store is: the file, or the database's URL (never with a password).
     let statePath: String
     /// The routing snapshot the workers read.
     public let routes: RouteSource
@@ -32,7 +32,8 @@ public final class ControlPlane: Sendable {
     let logger: Logger
     let state: NIOLockedValueBox<ControlState>
 
-    /// Opens the store at `statePath` and builds what to serve from the file and the store.
+    /// Opens the store at `statePath` (a file's path or a PostgreSQL URL, ``StateLocation``; the database's password
+    /// from `passwordFile` or `PGPASSWORD`) and builds what to serve from the file and the store.
     ///
     /// A store that cannot be opened (permissions, a newer schema, a damaged file) does not stop the balancer: it
     /// serves the file's tenants, logs why, and refuses changes with 503 until restarted with a usable store. A
@@ -40,16 +41,23 @@ public final class ControlPlane: Sendable {
     ///
     /// - Throws: what the file's own tenants or certificates fail with (``RouteTableError``, ``TLSError``): the
     ///   balancer refuses to start on those, as before.
-    public init(file: Configuration, configurationPath: String, statePath: String, logger: Logger) throws {
+    public init(
+        file: Configuration,
+        configurationPath: String,
+        statePath: String,
+        passwordFile: String? = nil,
+        logger: Logger
+    ) throws {
         self.configurationPath = configurationPath
-        self.statePath = statePath
+        // As status and logs show it: a URL that does not parse may hold a password, so it is not repeated.
+        self.statePath = (try? StateLocation(parsing: statePath))?.description ?? "the `state` URL"
         self.logger = logger
         var state = ControlState(file: file)
         var revision: Int64 = 0
-        var store: SQLiteStateStore?
+        var store: (any StateStore)?
         var problem: String?
         do {
-            let opened = try SQLiteStateStore(path: statePath)
+            let opened = try Self.openStore(statePath, passwordFile: passwordFile, logger: logger)
             let snapshot = try opened.snapshot()
             store = opened
             revision = snapshot.revision
@@ -65,7 +73,7 @@ public final class ControlPlane: Sendable {
         } catch {
             problem = "\(error)"
             logger.error(
-                "state store \(statePath) cannot be used: \(error); serving the configuration file's tenants only, admin changes are refused until it is fixed and the balancer restarted"
+                "state store \(self.statePath) cannot be used: \(error); serving the configuration file's tenants only, admin changes are refused until it is fixed and the balancer restarted"
             )
         }
         self.store = store
@@ -85,7 +93,35 @@ public final class ControlPlane: Sendable {
         }
         let managed = state.tenants.count
         if managed > 0 || revision > 0 {
-            logger.info("state store \(statePath): \(managed) tenants, version \(revision)")
+            logger.info("state store \(self.statePath): \(managed) tenants, version \(revision)")
+        }
+    }
+
+    /// The store `statePath` names: an SQLite file, or a PostgreSQL database.
+    static func openStore(_ statePath: String, passwordFile: String?, logger: Logger) throws -> any StateStore {
+        let location: StateLocation
+        do {
+            location = try StateLocation(parsing: statePath)
+        } catch {
+            throw StoreError.unavailable(path: "the `state` URL", reason: "it \(error)")
+        }
+        switch location {
+        case .file(let path):
+            return try SQLiteStateStore(path: path)
+        case .postgres(let url):
+            let password =
+                try passwordFile.map { try StatePassword.read(from: $0, for: location.description) }
+                ?? ProcessInfo.processInfo.environment["PGPASSWORD"]
+            let settings = PostgresStateStore.Settings(
+                host: url.host,
+                port: url.port,
+                user: url.user,
+                password: password,
+                database: url.database,
+                tls: PostgresStateStore.Settings.TLSMode(rawValue: url.sslMode) ?? .prefer,
+                rootCertificates: url.rootCertificates
+            )
+            return try PostgresStateStore(settings: settings, logger: logger)
         }
     }
 

@@ -1,5 +1,3 @@
-import GRDB
-
 /// Why the state store refused or failed an operation. Every case's ``description`` names what happened and what to
 /// do about it, in words an operator can act on; the control plane puts it in its 409/412/503 answers and log lines.
 public enum StoreError: Error, Sendable, Equatable, CustomStringConvertible {
@@ -8,7 +6,9 @@ public enum StoreError: Error, Sendable, Equatable, CustomStringConvertible {
     case revisionMismatch(expected: Int64, current: Int64)
 
     /// The store cannot be opened, read or written: the directory or file is not writable, the disk is full, the
-    /// file is not a database or is damaged, another process holds it locked. `reason` says which, and what to do.
+    /// file is not a database or is damaged, another process holds it locked, the database server does not answer
+    /// or refuses the login. `path` is the file, or the database's URL without its password; `reason` says which,
+    /// and what to do.
     /// The database is never left half-written: the transaction that met the failure is rolled back whole.
     case unavailable(path: String, reason: String)
 
@@ -42,66 +42,5 @@ public enum StoreError: Error, Sendable, Equatable, CustomStringConvertible {
     public var isUnavailable: Bool {
         if case .unavailable = self { return true }
         return false
-    }
-}
-
-extension StoreError {
-    /// Maps an SQLite failure to ``unavailable(path:reason:)``, with a reason naming the condition and its remedy.
-    static func from(_ error: DatabaseError, path: String) -> StoreError {
-        let code = "SQLITE_\(Self.name(of: error.extendedResultCode))"
-        let message = error.message.map { ", \"\($0)\"" } ?? ""
-        let reason: String
-        switch error.resultCode {
-        case .SQLITE_FULL:
-            reason = "the disk is full (\(code)\(message)); free space on its volume"
-        case .SQLITE_READONLY:
-            reason =
-                "it is read-only (\(code)\(message)); make the file, its -wal and -shm files and their directory "
-                + "writable by this user"
-        case .SQLITE_PERM:
-            reason = "permission denied (\(code)\(message)); make the file and its directory writable by this user"
-        case .SQLITE_CORRUPT:
-            reason =
-                "the file is damaged (\(code)\(message)); restore it from a backup, or move it away to start with an "
-                + "empty store"
-        case .SQLITE_NOTADB:
-            reason =
-                "the file is not a database (\(code)\(message)); point `state` at a Switchyard state store, or move "
-                + "the file away to start with an empty store"
-        case .SQLITE_CANTOPEN:
-            reason =
-                "the file cannot be opened (\(code)\(message)); check that its directory exists, is writable and that "
-                + "the path is not a directory"
-        case .SQLITE_IOERR:
-            reason = "an I/O error occurred (\(code)\(message)); check the disk and the kernel log"
-        case .SQLITE_BUSY, .SQLITE_LOCKED:
-            reason =
-                "another process holds it locked (\(code)\(message)); only one Switchyard may use a state file at a "
-                + "time"
-        default:
-            reason = "SQLite failed (\(code)\(message))"
-        }
-        return .unavailable(path: path, reason: reason)
-    }
-
-    /// The SQLite name of a primary result code, without its `SQLITE_` prefix, with the extended code's number when
-    /// there is one (`IOERR 4874`), as the SQLite documentation lists them.
-    private static func name(of code: ResultCode) -> String {
-        let primary: String
-        switch code.primaryResultCode {
-        case .SQLITE_FULL: primary = "FULL"
-        case .SQLITE_READONLY: primary = "READONLY"
-        case .SQLITE_PERM: primary = "PERM"
-        case .SQLITE_CORRUPT: primary = "CORRUPT"
-        case .SQLITE_NOTADB: primary = "NOTADB"
-        case .SQLITE_CANTOPEN: primary = "CANTOPEN"
-        case .SQLITE_IOERR: primary = "IOERR"
-        case .SQLITE_BUSY: primary = "BUSY"
-        case .SQLITE_LOCKED: primary = "LOCKED"
-        case .SQLITE_CONSTRAINT: primary = "CONSTRAINT"
-        case .SQLITE_MISUSE: primary = "MISUSE"
-        default: primary = "ERROR \(code.primaryResultCode.rawValue)"
-        }
-        return code == code.primaryResultCode ? primary : "\(primary) (extended code \(code.rawValue))"
     }
 }

@@ -170,7 +170,7 @@ public struct ChangeRecord: Sendable, Hashable {
     }
 }
 
-/// What ``SQLiteStateStore/write(expectedRevision:actor:dryRun:_:)`` did.
+/// What ``StateStore/write(expectedRevision:actor:dryRun:_:)`` did.
 public struct StoreCommit: Sendable, Equatable {
     /// The configuration version after the write: one more than ``previousRevision`` when anything changed, equal
     /// to it when nothing did. For a dry run, the version the write would have produced (nothing was committed).

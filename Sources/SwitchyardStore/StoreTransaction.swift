@@ -1,15 +1,17 @@
 import Foundation
-import GRDB
 
-/// The changes of one write, made inside its SQLite transaction: the body given to
-/// ``SQLiteStateStore/write(expectedRevision:actor:dryRun:_:)`` reads and mutates the store through it.
+/// The changes of one write, made inside its database transaction: the body given to
+/// ``StateStore/write(expectedRevision:actor:dryRun:_:)`` reads and mutates the store through it. What a change
+/// records, and when it changes nothing, is decided here once for every store; the rows are the store's own
+/// (``StoreRows``).
 ///
 /// Each mutation is atomic on its own (a savepoint): it changes its rows and appends its change records, or, when
 /// it throws, leaves nothing of itself behind. A mutation that changes nothing (a document put again unchanged, a
 /// drain added twice, a tenant removed that is not there) appends no record and returns `nil` or `false`, so that
 /// the audit log holds only real changes and a write that changes nothing keeps the revision where it was.
 ///
-/// When SQLite itself fails (``StoreError/unavailable(path:reason:)``: disk full, I/O error) the transaction is
+/// When the database itself fails (``StoreError/unavailable(path:reason:)``: disk full, I/O error, server gone) the
+/// transaction is
 /// spoiled: further mutations throw the same error, and so does the write even if the body caught it, so nothing of
 /// a failed write is ever committed.
 ///
@@ -22,14 +24,12 @@ public struct StoreTransaction: ~Copyable {
     /// The write's time; every change record of the write carries it.
     public let time: Date
 
-    let database: Database
-    let path: String
+    let rows: any StoreRows
     private(set) var changes: [ChangeRecord] = []
     private(set) var failure: StoreError?
 
-    init(database: Database, path: String, previousRevision: Int64, actor: String, time: Date) {
-        self.database = database
-        self.path = path
+    init(rows: any StoreRows, previousRevision: Int64, actor: String, time: Date) {
+        self.rows = rows
         self.previousRevision = previousRevision
         self.actor = actor
         self.time = time
@@ -42,37 +42,27 @@ public struct StoreTransaction: ~Copyable {
 
     /// The document of the store tenant `name`, or `nil` when there is none.
     public func tenant(named name: String) throws(StoreError) -> String? {
-        try read { db in
-            try String.fetchOne(
-                db.cachedStatement(sql: "SELECT document FROM tenant WHERE name = ?"),
-                arguments: [name]
-            )
-        }
+        try read { try $0.tenant(named: name) }
     }
 
     /// Every store tenant's document, by name.
     public func tenants() throws(StoreError) -> [String: String] {
-        try read { db in try StoreReader.tenants(db) }
+        try read { try $0.tenants() }
     }
 
     /// Every admin drain.
     public func drains() throws(StoreError) -> Set<StoredDrain> {
-        try read { db in try StoreReader.drains(db) }
+        try read { try $0.drains() }
     }
 
     /// Whether `tenant`'s `backend` is drained by the admin.
     public func isDrained(tenant: String, backend: String) throws(StoreError) -> Bool {
-        try read { db in
-            try Bool.fetchOne(
-                db.cachedStatement(sql: "SELECT EXISTS (SELECT 1 FROM drain WHERE tenant = ? AND backend = ?)"),
-                arguments: [tenant, backend]
-            ) ?? false
-        }
+        try read { try $0.drains().contains(StoredDrain(tenant: tenant, backend: backend)) }
     }
 
     /// The certificate uploaded for `tenant`, or `nil`.
     public func certificate(ofTenant tenant: String) throws(StoreError) -> StoredCertificate? {
-        try read { db in try StoreReader.certificate(db, tenant: tenant) }
+        try read { try $0.certificate(ofTenant: tenant) }
     }
 
     // MARK: Tenants
@@ -111,7 +101,7 @@ public struct StoreTransaction: ~Copyable {
     public mutating func replaceTenants(with tenants: [String: String]) throws(StoreError) -> TenantDifference {
         var difference = TenantDifference()
         try mutate { db, log in
-            let current = try StoreReader.tenants(db)
+            let current = try db.tenants()
             for name in current.keys.sorted() where tenants[name] == nil {
                 _ = try Self.remove(db, &log, tenant: name)
                 difference.removed.append(name)
@@ -136,11 +126,8 @@ public struct StoreTransaction: ~Copyable {
     public mutating func addDrain(tenant: String, backend: String) throws(StoreError) -> Bool {
         var added = false
         try mutate { db, log in
-            try db.cachedStatement(sql: "INSERT OR IGNORE INTO drain (tenant, backend) VALUES (?, ?)").execute(
-                arguments: [tenant, backend]
-            )
-            guard db.changesCount == 1 else { return }
             let drain = StoredDrain(tenant: tenant, backend: backend)
+            guard try db.insertDrain(drain) else { return }
             try log.append(.drainAdd, subject: drain.description, before: nil, after: try Self.json(drain))
             added = true
         }
@@ -162,7 +149,7 @@ public struct StoreTransaction: ~Copyable {
     public mutating func removeDrains(ofTenant tenant: String) throws(StoreError) -> [StoredDrain] {
         var removed: [StoredDrain] = []
         try mutate { db, log in
-            let drains = try StoreReader.drains(db).filter { $0.tenant == tenant }.sorted()
+            let drains = try db.drains().filter { $0.tenant == tenant }.sorted()
             for drain in drains {
                 if try Self.removeDrain(db, &log, drain) { removed.append(drain) }
             }
@@ -179,22 +166,9 @@ public struct StoreTransaction: ~Copyable {
     public mutating func putCertificate(_ certificate: StoredCertificate) throws(StoreError) -> ChangeAction? {
         var action: ChangeAction?
         try mutate { db, log in
-            let before = try StoreReader.certificate(db, tenant: certificate.tenant)
+            let before = try db.certificate(ofTenant: certificate.tenant)
             guard before != certificate else { return }
-            try db.cachedStatement(
-                sql: """
-                    INSERT INTO certificate (tenant, chain_pem, key_pem, fingerprint, names, not_after)
-                    VALUES (?, ?, ?, ?, ?, ?)
-                    ON CONFLICT (tenant) DO UPDATE SET
-                        chain_pem = excluded.chain_pem, key_pem = excluded.key_pem,
-                        fingerprint = excluded.fingerprint, names = excluded.names, not_after = excluded.not_after
-                    """
-            ).execute(
-                arguments: [
-                    certificate.tenant, certificate.chainPEM, certificate.keyPEM, certificate.fingerprint,
-                    try Self.json(certificate.names), StoredCertificate.seconds(certificate.notAfter),
-                ]
-            )
+            try db.upsertCertificate(certificate)
             let done: ChangeAction = before == nil ? .certificateAdd : .certificateReplace
             try log.append(
                 done,
@@ -212,9 +186,8 @@ public struct StoreTransaction: ~Copyable {
     public mutating func removeCertificate(ofTenant tenant: String) throws(StoreError) -> StoredCertificate? {
         var removed: StoredCertificate?
         try mutate { db, log in
-            guard let before = try StoreReader.certificate(db, tenant: tenant) else { return }
-            try db.cachedStatement(sql: "DELETE FROM certificate WHERE tenant = ?").execute(
-                arguments: [tenant])
+            guard let before = try db.certificate(ofTenant: tenant) else { return }
+            try db.deleteCertificate(ofTenant: tenant)
             try log.append(.certificateRemove, subject: tenant, before: try Self.json(before.summary), after: nil)
             removed = before
         }
@@ -234,96 +207,70 @@ public struct StoreTransaction: ~Copyable {
     // MARK: Machinery
 
     /// Runs one mutation in a savepoint, so that it is applied whole or not at all, and keeps its change records.
-    /// An SQLite failure spoils the transaction (see the type's documentation).
-    private mutating func mutate(_ work: (Database, inout ChangeLog) throws -> Void) throws(StoreError) {
+    /// A database failure spoils the transaction (see the type's documentation).
+    private mutating func mutate(_ work: (any StoreRows, inout ChangeLog) throws -> Void) throws(StoreError) {
         if let failure { throw failure }
-        let database = self.database
+        let rows = self.rows
         var log = ChangeLog(
-            database: database,
+            rows: rows,
             revision: revision,
             time: time,
             actor: actor,
             nextSequence: changes.count
         )
         do {
-            try database.inSavepoint {
-                try work(database, &log)
-                return .commit
-            }
+            try rows.atomically { try work(rows, &log) }
         } catch let error as StoreError where !error.isUnavailable {
             throw error
         } catch {
-            let failure = StoreError.wrapping(error, path: path)
+            let failure = rows.storeError(error)
             self.failure = failure
             throw failure
         }
         changes += log.records
     }
 
-    private func read<T>(_ work: (Database) throws -> T) throws(StoreError) -> T {
+    private func read<T>(_ work: (any StoreRows) throws -> T) throws(StoreError) -> T {
         do {
-            return try work(database)
+            return try work(rows)
         } catch {
-            throw StoreError.wrapping(error, path: path)
+            throw rows.storeError(error)
         }
     }
 
     private static func put(
-        _ db: Database,
+        _ db: any StoreRows,
         _ log: inout ChangeLog,
         tenant name: String,
         document: String
     ) throws -> ChangeAction? {
-        let current = try String.fetchOne(
-            db.cachedStatement(sql: "SELECT document FROM tenant WHERE name = ?"),
-            arguments: [name]
-        )
+        let current = try db.tenant(named: name)
         return try put(db, &log, tenant: name, document: document, current: current)
     }
 
     private static func put(
-        _ db: Database,
+        _ db: any StoreRows,
         _ log: inout ChangeLog,
         tenant name: String,
         document: String,
         current: String?
     ) throws -> ChangeAction? {
         guard current != document else { return nil }
-        do {
-            try db.cachedStatement(
-                sql: """
-                    INSERT INTO tenant (name, document) VALUES (?, ?)
-                    ON CONFLICT (name) DO UPDATE SET document = excluded.document
-                    """
-            ).execute(
-                arguments: [name, document]
-            )
-        } catch let error as DatabaseError where error.extendedResultCode == .SQLITE_CONSTRAINT_CHECK {
-            throw StoreError.invalidDocument(tenant: name)
-        }
+        try db.upsertTenant(name, document: document)
         let action: ChangeAction = current == nil ? .tenantAdd : .tenantReplace
         try log.append(action, subject: name, before: current, after: document)
         return action
     }
 
-    private static func remove(_ db: Database, _ log: inout ChangeLog, tenant name: String) throws -> String? {
-        guard
-            let current = try String.fetchOne(
-                db.cachedStatement(sql: "SELECT document FROM tenant WHERE name = ?"),
-                arguments: [name]
-            )
-        else { return nil }
-        try db.cachedStatement(sql: "DELETE FROM tenant WHERE name = ?").execute(
-            arguments: [name])
+    private static func remove(_ db: any StoreRows, _ log: inout ChangeLog, tenant name: String) throws -> String? {
+        guard let current = try db.tenant(named: name) else { return nil }
+        try db.deleteTenant(name)
         try log.append(.tenantRemove, subject: name, before: current, after: nil)
         return current
     }
 
-    private static func removeDrain(_ db: Database, _ log: inout ChangeLog, _ drain: StoredDrain) throws -> Bool {
-        try db.cachedStatement(sql: "DELETE FROM drain WHERE tenant = ? AND backend = ?").execute(
-            arguments: [drain.tenant, drain.backend]
-        )
-        guard db.changesCount == 1 else { return false }
+    private static func removeDrain(_ db: any StoreRows, _ log: inout ChangeLog, _ drain: StoredDrain) throws -> Bool {
+        guard try db.deleteDrain(drain) else { return false }
         try log.append(.drainRemove, subject: drain.description, before: try json(drain), after: nil)
         return true
     }
@@ -339,15 +286,15 @@ public struct StoreTransaction: ~Copyable {
 
 /// Appends the change records of one mutation, numbering them on from the write's records so far.
 struct ChangeLog {
-    let database: Database
+    let rows: any StoreRows
     let revision: Int64
     let time: Date
     let actor: String
     var nextSequence: Int
     private(set) var records: [ChangeRecord] = []
 
-    init(database: Database, revision: Int64, time: Date, actor: String, nextSequence: Int) {
-        self.database = database
+    init(rows: any StoreRows, revision: Int64, time: Date, actor: String, nextSequence: Int) {
+        self.rows = rows
         self.revision = revision
         self.time = time
         self.actor = actor
@@ -365,16 +312,7 @@ struct ChangeLog {
             before: before,
             after: after
         )
-        try database.cachedStatement(
-            sql: """
-                INSERT INTO change (revision, sequence, time_ms, actor, action, subject, "before", "after")
-                VALUES (?, ?, ?, ?, ?, ?, ?, ?)
-                """
-        ).execute(
-            arguments: [
-                revision, nextSequence, StoreReader.milliseconds(time), actor, action.rawValue, subject, before, after,
-            ]
-        )
+        try rows.insertChange(record)
         nextSequence += 1
         records.append(record)
     }

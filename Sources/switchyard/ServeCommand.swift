@@ -82,6 +82,7 @@ enum Balancer {
                 file: configuration,
                 configurationPath: options.config,
                 statePath: statePath ?? configuration.statePath,
+                passwordFile: configuration.statePasswordFile,
                 logger: logger
             )
         } catch {

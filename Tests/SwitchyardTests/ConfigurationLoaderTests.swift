@@ -863,7 +863,7 @@ struct ConfigurationLoaderTests {
             key: "listen_on",
             line: 1,
             reason:
-                "unknown key 'listen_on'; accepted keys: listen, workers, admin, state, tls, access_log, timeouts, "
+                "unknown key 'listen_on'; accepted keys: listen, workers, admin, state, state_password_file, tls, access_log, timeouts, "
                 + "limits, tenants"
         ),
         Refusal(
@@ -955,7 +955,24 @@ struct ConfigurationLoaderTests {
         Refusal("timeouts:\n  - keepalive: 5s\n", key: "timeouts", line: 1, reason: "found a list"),
         Refusal("access_log: maybe\n", key: "access_log", line: 1, reason: "expected true or false, found 'maybe'"),
         Refusal("access_log:\n", key: "access_log", line: 1, reason: "expected true or false, found no value"),
-        Refusal("state:\n", key: "state", line: 1, reason: "expected the path of the state database, found no value"),
+        Refusal(
+            "state:\n",
+            key: "state",
+            line: 1,
+            reason: "expected the path of the state database, or postgres://USER@HOST:PORT/DATABASE, found no value"
+        ),
+        Refusal(
+            "state: postgres://lb:pw@db/fleet\n",
+            key: "state",
+            line: 1,
+            reason: "the PostgreSQL URL holds a password; put it in `state_password_file`"
+        ),
+        Refusal(
+            "state_password_file: \"\"\n",
+            key: "state_password_file",
+            line: 1,
+            reason: "must not be empty"
+        ),
         Refusal("state: \"\"\n", key: "state", line: 1, reason: "must not be empty"),
         Refusal("state: [a, b]\n", key: "state", line: 1, reason: "found a list"),
         Refusal(

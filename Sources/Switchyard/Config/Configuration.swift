@@ -13,8 +13,11 @@ public struct Configuration: Sendable, Equatable {
     public var workers: Int?
     /// Where the admin API listens.
     public var admin: Admin
-    /// Path of the durable store for changes made through the admin API.
+    /// The durable store for changes made through the admin API: an SQLite file's path, or a PostgreSQL URL
+    /// (``StateLocation``).
     public var statePath: String
+    /// The file holding the PostgreSQL store's password (`PGPASSWORD` otherwise).
+    public var statePasswordFile: String?
     /// The default certificate, used when SNI names no tenant certificate.
     public var tls: TLSFiles?
     /// Protocol versions, ciphers, groups, session cache and tickets of every TLS context (`tls:` keys).

@@ -89,7 +89,8 @@ public enum ConfigurationLoader {
 
     private enum Key {
         static let topLevel = [
-            "listen", "workers", "admin", "state", "tls", "access_log", "timeouts", "limits", "tenants",
+            "listen", "workers", "admin", "state", "state_password_file", "tls", "access_log", "timeouts", "limits",
+            "tenants",
             "underscores_in_headers", "metrics", "request_id",
         ]
         static let accessLog = ["format", "path"]
@@ -125,7 +126,21 @@ public enum ConfigurationLoader {
             configuration.admin = try Self.admin(node)
         }
         if let node = top["state"] {
-            configuration.statePath = try node.nonEmptyString(expected: "the path of the state database")
+            let value = try node.nonEmptyString(
+                expected: "the path of the state database, or postgres://USER@HOST:PORT/DATABASE"
+            )
+            do {
+                _ = try StateLocation(parsing: value)
+            } catch {
+                // Not quoted back: the value may hold a password.
+                throw node.error("the PostgreSQL URL \(error)")
+            }
+            configuration.statePath = value
+        }
+        if let node = top["state_password_file"] {
+            configuration.statePasswordFile = try node.nonEmptyString(
+                expected: "the path of a file holding the PostgreSQL password"
+            )
         }
         if let node = top["tls"] {
             let mapping = try node.mapping(acceptedKeys: Key.tls + Key.tlsPolicy)

@@ -114,7 +114,7 @@ public final class ConfigurationReloader: Service {
         let previous = applied.withLockedValue { $0 }
         if next.listen != previous.listen || next.workers != previous.workers || next.timeouts != previous.timeouts
             || next.limits != previous.limits || next.accessLog != previous.accessLog || next.admin != previous.admin
-            || next.statePath != previous.statePath
+            || next.statePath != previous.statePath || next.statePasswordFile != previous.statePasswordFile
         {
             logger.warning(
                 "reload: listen, workers, timeouts, limits, admin, state and access_log changes take effect after a restart"

@@ -140,7 +140,8 @@ final class SwitchyardProcess {
     @discardableResult
     func stop(timeout: Double = 10, keepingState: Bool = false) -> Int32 {
         defer {
-            if !keepingState {
+            // A database's URL names no file: the test drops its database itself.
+            if !keepingState, !statePath.hasPrefix("postgres") {
                 try? FileManager.default.removeItem(atPath: (statePath as NSString).deletingLastPathComponent)
             }
         }

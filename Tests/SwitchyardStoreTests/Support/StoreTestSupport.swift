@@ -1,5 +1,6 @@
 import Foundation
 import GRDB
+import SwitchyardTestSupport
 import Testing
 
 @testable import SwitchyardStore
@@ -20,6 +21,46 @@ func withTemporaryDirectory<T>(_ body: (String) throws -> T) throws -> T {
         try? FileManager.default.removeItem(atPath: path)
     }
     return try body(path)
+}
+
+/// The two stores, for tests that every store must pass.
+enum StoreKind: String, CaseIterable, CustomTestStringConvertible, Sendable {
+    case sqlite
+    case postgres
+
+    var testDescription: String { rawValue }
+}
+
+/// Runs `body` with a new empty store location of `kind` (a file in a directory of its own, or a database of its own
+/// in the tests' PostgreSQL cluster), removed afterwards; `open` opens a store there, again and again if the test
+/// wants several instances on it.
+func withStore<T>(_ kind: StoreKind, _ body: (_ open: () throws -> any StateStore) throws -> T) throws -> T {
+    switch kind {
+    case .sqlite:
+        return try withTemporaryDirectory { directory in
+            try body { try SQLiteStateStore(path: directory + "/state.sqlite") }
+        }
+    case .postgres:
+        let cluster = try TemporaryPostgres.shared
+        let database = try cluster.makeDatabase()
+        defer { try? cluster.dropDatabase(database) }
+        return try body { try PostgresStateStore(settings: cluster.settings(database: database)) }
+    }
+}
+
+extension TemporaryPostgres {
+    /// How the store reaches `database` on this cluster.
+    func settings(database: String, password: String? = nil) -> PostgresStateStore.Settings {
+        PostgresStateStore.Settings(
+            host: "127.0.0.1",
+            port: port,
+            user: user,
+            password: password ?? self.password,
+            database: database,
+            tls: .disable,
+            timeout: .seconds(10)
+        )
+    }
 }
 
 /// The permission bits of the file at `path`, or `nil` when there is none.

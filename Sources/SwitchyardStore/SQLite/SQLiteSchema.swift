@@ -1,12 +1,12 @@
 import GRDB
 
-/// The store's schema and its migrations.
+/// The SQLite store's schema and its migrations.
 ///
 /// Migrations are GRDB's: each has an identifier recorded in the `grdb_migrations` table once applied, and each
 /// also sets `PRAGMA user_version` to its number, so that an older Switchyard recognises a newer file by either
 /// mark and refuses it (``StoreError/newerSchema(path:detail:)``) instead of reading what it does not understand.
 /// A migration is never edited once released: a change to the schema is a new migration appended here.
-enum StoreSchema {
+enum SQLiteSchema {
     /// The `user_version` the newest migration sets.
     static let version: Int = 1
 

@@ -9,12 +9,7 @@ import Musl
 import Darwin
 #endif
 
-/// The durable state store on one SQLite file: the tenants, drains and certificates changed through the admin API,
-/// the configuration version, and the audit log of every change.
-///
-/// The store keeps tenants as opaque JSON documents and knows nothing of Switchyard's types: the control plane
-/// validates them with the configuration loader before writing and builds its routing snapshot from
-/// ``snapshot()``. The data path never sees the store (this target is not one of its dependencies).
+/// The state store on one SQLite file, for a balancer that is the only node (see ``StateStore``).
 ///
 /// Durability: the file is in WAL mode with `synchronous = FULL`, so a write that returned has been fsynced and
 /// survives a crash or power loss. The file (and its `-wal` and `-shm` files) is mode 0600, since it holds private
@@ -25,9 +20,11 @@ import Darwin
 /// instance, another process), waiting up to 10 s for the lock. Every method blocks its caller on SQLite and on
 /// fsync: call it off the event loops (a thread pool, or a dedicated thread), never from inside a write's body
 /// (GRDB traps on reentrant use).
-public final class SQLiteStateStore: Sendable {
+public final class SQLiteStateStore: StateStore {
     /// The file, as given.
     public let path: String
+
+    public var location: String { path }
 
     let queue: DatabaseQueue
 
@@ -58,56 +55,26 @@ public final class SQLiteStateStore: Sendable {
         try Self.migrate(queue, path: path)
     }
 
-    /// Everything in the store, read in one transaction.
     public func snapshot() throws(StoreError) -> StoreSnapshot {
-        try perform {
-            try queue.read { db in
-                StoreSnapshot(
-                    revision: try StoreReader.revision(db),
-                    tenants: try StoreReader.tenants(db),
-                    drains: try StoreReader.drains(db),
-                    certificates: try StoreReader.certificates(db)
-                )
-            }
-        }
+        try perform { try queue.read { db in try SQLiteRows(db, path: path).snapshot() } }
     }
 
-    /// The configuration version: 0 for a new store.
     public func revision() throws(StoreError) -> Int64 {
-        try perform { try queue.read { db in try StoreReader.revision(db) } }
+        try perform { try queue.read { db in try SQLiteRows(db, path: path).revision() } }
     }
 
-    /// The change records of the writes after `revision`, oldest first (by revision, then sequence), at most
-    /// `limit` of them when given. `changes(since: 0)` is the whole log.
-    public func changes(since revision: Int64, limit: Int? = nil) throws(StoreError) -> [ChangeRecord] {
+    public func changes(since revision: Int64, limit: Int?) throws(StoreError) -> [ChangeRecord] {
         try perform {
-            try queue.read { db in try StoreReader.changes(db, since: revision, limit: limit) }
+            try queue.read { db in try SQLiteRows(db, path: path).changes(since: revision, limit: limit) }
         }
     }
 
-    /// Runs one write: an SQLite transaction begun `IMMEDIATE` (so that it holds the write lock from its start and
-    /// concurrent writers, in this process or another, run one after the other), in which `body` reads and
-    /// mutates the store through its ``StoreTransaction``.
-    ///
-    /// - When `expectedRevision` is given and the store is at another revision, throws
-    ///   ``StoreError/revisionMismatch(expected:current:)`` before `body` runs: nothing changes.
-    /// - When the body changed anything, the revision goes up by exactly one, whatever the number of changes, and
-    ///   every change record of the write carries that new revision (numbered by `sequence`). When it changed
-    ///   nothing, the revision stays and no record is written.
-    /// - When `body` throws, everything it did is rolled back and its error propagates unchanged. When SQLite fails
-    ///   (the disk is full, the commit's fsync fails), everything is rolled back too and the error is
-    ///   ``StoreError/unavailable(path:reason:)``.
-    /// - With `dryRun`, the body runs and the answer says what it would have changed, then everything is rolled
-    ///   back (`apply --dry-run`).
-    ///
-    /// - Parameter actor: who makes the change, for the audit log.
-    /// - Returns: the new revision and the change records.
-    /// - Throws: ``StoreError``, or what `body` threw.
-    @discardableResult
+    /// The transaction is begun `IMMEDIATE`, so that it holds SQLite's write lock from its start: concurrent
+    /// writers, in this process or another on the same file, run one after the other.
     public func write(
-        expectedRevision: Int64? = nil,
+        expectedRevision: Int64?,
         actor: String,
-        dryRun: Bool = false,
+        dryRun: Bool,
         _ body: (inout StoreTransaction) throws -> Void
     ) throws -> StoreCommit {
         let path = self.path
@@ -115,15 +82,15 @@ public final class SQLiteStateStore: Sendable {
             return try queue.writeWithoutTransaction { db in
                 var commit: StoreCommit?
                 try db.inTransaction(.immediate) {
+                    let rows = SQLiteRows(db, path: path)
                     // Taken once the write lock is held, so that times follow revisions.
-                    let time = StoreReader.date(milliseconds: StoreReader.milliseconds(Date()))
-                    let current = try StoreReader.revision(db)
+                    let time = StoreTime.now()
+                    let current = try rows.revision()
                     if let expectedRevision, expectedRevision != current {
                         throw StoreError.revisionMismatch(expected: expectedRevision, current: current)
                     }
                     var transaction = StoreTransaction(
-                        database: db,
-                        path: path,
+                        rows: rows,
                         previousRevision: current,
                         actor: actor,
                         time: time
@@ -133,8 +100,7 @@ public final class SQLiteStateStore: Sendable {
                     let changes = transaction.changes
                     let revision = changes.isEmpty ? current : transaction.revision
                     if !changes.isEmpty {
-                        try db.cachedStatement(sql: "UPDATE revision SET value = ? WHERE id = 1").execute(
-                            arguments: [revision])
+                        try rows.setRevision(revision)
                     }
                     commit = StoreCommit(
                         revision: revision,
@@ -243,7 +209,7 @@ public final class SQLiteStateStore: Sendable {
     /// `synchronous = FULL`, then applies the migrations this version knows and the file lacks. A damaged file is
     /// found here too (`quick_check`), not at the first write.
     private static func migrate(_ queue: DatabaseQueue, path: String) throws(StoreError) {
-        let migrator = StoreSchema.migrator
+        let migrator = SQLiteSchema.migrator
         do {
             try queue.writeWithoutTransaction { db in
                 let check = try String.fetchAll(db, sql: "PRAGMA quick_check")
@@ -256,10 +222,10 @@ public final class SQLiteStateStore: Sendable {
                     )
                 }
                 let userVersion = try Int.fetchOne(db, sql: "PRAGMA user_version") ?? 0
-                if userVersion > StoreSchema.version {
+                if userVersion > SQLiteSchema.version {
                     throw StoreError.newerSchema(
                         path: path,
-                        detail: "schema version \(userVersion); this version knows up to \(StoreSchema.version)"
+                        detail: "schema version \(userVersion); this version knows up to \(SQLiteSchema.version)"
                     )
                 }
                 if try db.tableExists("grdb_migrations") {
@@ -305,129 +271,5 @@ public final class SQLiteStateStore: Sendable {
 
     private static func errorName(_ code: Int32) -> String {
         String(cString: strerror(code))
-    }
-}
-
-extension StoreError {
-    /// Any error met while using the store, as a ``StoreError``: store errors as they are, SQLite's mapped by
-    /// result code, anything else (a row that does not decode) as ``unavailable(path:reason:)`` with its text.
-    static func wrapping(_ error: any Error, path: String) -> StoreError {
-        switch error {
-        case let error as StoreError:
-            return error
-        case let error as DatabaseError:
-            return .from(error, path: path)
-        default:
-            return .unavailable(
-                path: path,
-                reason: "a stored row cannot be read (\(error)); the file was damaged or edited by another program"
-            )
-        }
-    }
-}
-
-/// The queries shared by snapshots and transactions.
-enum StoreReader {
-    static func revision(_ db: Database) throws -> Int64 {
-        guard let value = try Int64.fetchOne(db, sql: "SELECT value FROM revision WHERE id = 1") else {
-            throw DatabaseError(resultCode: .SQLITE_CORRUPT, message: "the revision row is missing")
-        }
-        return value
-    }
-
-    static func tenants(_ db: Database) throws -> [String: String] {
-        var tenants: [String: String] = [:]
-        let rows = try Row.fetchCursor(db, sql: "SELECT name, document FROM tenant")
-        while let row = try rows.next() {
-            tenants[try row.decode(String.self, atIndex: 0)] = try row.decode(String.self, atIndex: 1)
-        }
-        return tenants
-    }
-
-    static func drains(_ db: Database) throws -> Set<StoredDrain> {
-        var drains: Set<StoredDrain> = []
-        let rows = try Row.fetchCursor(db, sql: "SELECT tenant, backend FROM drain")
-        while let row = try rows.next() {
-            drains.insert(
-                StoredDrain(tenant: try row.decode(String.self, atIndex: 0), backend: try row.decode(atIndex: 1))
-            )
-        }
-        return drains
-    }
-
-    private static let certificateColumns = "tenant, chain_pem, key_pem, fingerprint, names, not_after"
-
-    static func certificates(_ db: Database) throws -> [String: StoredCertificate] {
-        var certificates: [String: StoredCertificate] = [:]
-        let rows = try Row.fetchCursor(db, sql: "SELECT \(certificateColumns) FROM certificate")
-        while let row = try rows.next() {
-            let certificate = try decodeCertificate(row)
-            certificates[certificate.tenant] = certificate
-        }
-        return certificates
-    }
-
-    static func certificate(_ db: Database, tenant: String) throws -> StoredCertificate? {
-        try Row.fetchOne(
-            db.cachedStatement(sql: "SELECT \(certificateColumns) FROM certificate WHERE tenant = ?"),
-            arguments: [tenant]
-        )
-        .map { try decodeCertificate($0) }
-    }
-
-    private static func decodeCertificate(_ row: Row) throws -> StoredCertificate {
-        let namesJSON = try row.decode(String.self, atIndex: 4)
-        let names = try JSONDecoder().decode([String].self, from: Data(namesJSON.utf8))
-        return StoredCertificate(
-            tenant: try row.decode(atIndex: 0),
-            chainPEM: try row.decode(atIndex: 1),
-            keyPEM: try row.decode(atIndex: 2),
-            fingerprint: try row.decode(atIndex: 3),
-            names: names,
-            notAfter: Date(timeIntervalSince1970: Double(try row.decode(Int64.self, atIndex: 5)))
-        )
-    }
-
-    static func changes(_ db: Database, since revision: Int64, limit: Int?) throws -> [ChangeRecord] {
-        var changes: [ChangeRecord] = []
-        let rows = try Row.fetchCursor(
-            db,
-            sql: """
-                SELECT revision, sequence, time_ms, actor, action, subject, "before", "after" FROM change
-                WHERE revision > ? ORDER BY revision, sequence LIMIT ?
-                """,
-            arguments: [revision, limit ?? -1]
-        )
-        while let row = try rows.next() {
-            let actionName = try row.decode(String.self, atIndex: 4)
-            guard let action = ChangeAction(rawValue: actionName) else {
-                throw DatabaseError(
-                    resultCode: .SQLITE_CORRUPT,
-                    message: "a change record has the unknown action '\(actionName)'"
-                )
-            }
-            changes.append(
-                ChangeRecord(
-                    revision: try row.decode(atIndex: 0),
-                    sequence: try row.decode(atIndex: 1),
-                    time: date(milliseconds: try row.decode(Int64.self, atIndex: 2)),
-                    actor: try row.decode(atIndex: 3),
-                    action: action,
-                    subject: try row.decode(atIndex: 5),
-                    before: try row.decode(atIndex: 6),
-                    after: try row.decode(atIndex: 7)
-                )
-            )
-        }
-        return changes
-    }
-
-    /// Milliseconds since 1970, the `time_ms` column.
-    static func milliseconds(_ date: Date) -> Int64 {
-        Int64((date.timeIntervalSince1970 * 1000).rounded(.down))
-    }
-
-    static func date(milliseconds: Int64) -> Date {
-        Date(timeIntervalSince1970: Double(milliseconds) / 1000)
     }
 }
