@@ -80,8 +80,10 @@ let package = Package(
                 "SwitchyardStore",
                 "SwitchyardTLS",
                 .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
                 .product(name: "Logging", package: "swift-log"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
                 .product(name: "Yams", package: "Yams"),
             ]
         ),
@@ -130,6 +132,7 @@ let package = Package(
                 "SwitchyardControl",
                 "Switchyard",
                 "SwitchyardStore",
+                "SwitchyardTestSupport",
                 "SwitchyardTLS",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "Logging", package: "swift-log"),

@@ -31,6 +31,10 @@ public final class ControlPlane: Sendable {
     public let certificates: CertificateSource?
     let logger: Logger
     let state: NIOLockedValueBox<ControlState>
+    /// The store revision the served state reflects (see ``synchronize()``).
+    let applied: NIOLockedValueBox<Int64>
+    /// Why the last synchronisation with the store failed, while it fails (the store opened, then stopped answering).
+    let storeTrouble = NIOLockedValueBox<String?>(nil)
 
     /// Opens the store at `statePath` (a file's path or a PostgreSQL URL, ``StateLocation``; the database's password
     /// from `passwordFile` or `PGPASSWORD`) and builds what to serve from the file and the store.
@@ -87,6 +91,7 @@ public final class ControlPlane: Sendable {
             uploaded: ControlSnapshot.uploadedCertificates(state, table: table)
         ).map(CertificateSource.init)
         self.state = NIOLockedValueBox(state)
+        self.applied = NIOLockedValueBox(revision)
         self.version = ConfigurationVersion(initial: revision)
         for (name, shadowing) in snapshot.shadowed {
             logger.warning("\(Self.describe(shadowing, of: name))")
@@ -225,9 +230,17 @@ public final class ControlPlane: Sendable {
         case .success(let parsed): precondition = parsed
         case .failure(let refusal): return refusal.response
         }
+        // What other nodes wrote first, so that the change is checked against it and If-Match compared with it. (A
+        // store that does not answer is found again by the write, which refuses the change.)
+        _ = synchronize()
         let outcome = version.commit(ifMatch: precondition) { current -> (value: AdminAPI.Response, version: Int64) in
             do throws(Refusal) {
-                let committed = try self.run(decide: decide, actor: actor, dryRun: dryRun)
+                let committed = try self.run(
+                    decide: decide,
+                    actor: actor,
+                    dryRun: dryRun,
+                    conditional: precondition != nil
+                )
                 var response = answer(committed)
                 response.version = dryRun ? current : committed.commit.revision
                 return (response, dryRun ? current : committed.commit.revision)
@@ -246,17 +259,101 @@ public final class ControlPlane: Sendable {
     }
 
     /// Plans, builds, writes and publishes one change; called inside the version's change.
+    ///
+    /// With a store, everything happens inside its write, which holds the store's write lock: when another writer
+    /// (another node) committed since ``appliedRevision``, what it wrote is read in the same transaction and made
+    /// live first, then the change is decided against that. So a change is never decided against a state another
+    /// node has moved on from, and no writer ever has to retry. A `conditional` change (If-Match) is refused
+    /// instead, as the configuration changed since its writer looked.
     func run(
         decide: (ControlState) throws(Refusal) -> Plan,
         actor: ChangeActor,
-        dryRun: Bool
+        dryRun: Bool,
+        conditional: Bool = false
     ) throws(Refusal) -> Committed {
+        guard let store else {
+            // Without a store only a reload of the file goes on, versioned in memory: the file is still the
+            // operator's to change.
+            let built = try build(decide: decide)
+            guard !dryRun, built.plan.mutations.allSatisfy({ if case .reload = $0 { true } else { false } }) else {
+                throw storeUnusable
+            }
+            let current = version.current
+            let commit = StoreCommit(revision: current + 1, previousRevision: current, changes: [], isDryRun: false)
+            return publish(built, commit, actor)
+        }
+        var built: Built?
+        let commit: StoreCommit
+        do {
+            commit = try store.write(expectedRevision: nil, actor: "\(actor)", dryRun: dryRun) { transaction in
+                try catchUp(within: transaction, conditional: conditional)
+                let decided = try build(decide: decide)
+                for mutation in decided.plan.mutations {
+                    try mutation.apply(to: &transaction)
+                }
+                built = decided
+            }
+        } catch let refusal as Refusal {
+            throw refusal
+        } catch {
+            throw storeFailed(error, by: actor)
+        }
+        guard let built else {
+            throw storeFailed(
+                StoreError.unavailable(path: statePath, reason: "the write ended without a plan"),
+                by: actor
+            )
+        }
+        guard !dryRun, commit.revision != commit.previousRevision else {
+            return Committed(commit: commit, table: built.table, shadowed: built.shadowed)
+        }
+        return publish(built, commit, actor)
+    }
+
+    /// Inside a write: makes live what other writers committed since ``appliedRevision``, as the write's
+    /// transaction sees it. Refuses the change when it was `conditional`, or when this node cannot serve what it
+    /// read (it would otherwise write on top of a state it does not have).
+    func catchUp(within transaction: borrowing StoreTransaction, conditional: Bool) throws {
+        let from = appliedRevision
+        let revision = transaction.previousRevision
+        guard revision != from else { return }
+        let update = try Self.readUpdate(transaction, since: from)
+        applyUpdate(update, from: from)
+        guard appliedRevision == revision else {
+            throw Refusal(
+                503,
+                .unavailable,
+                "this node cannot serve the store's version \(revision) (see its log); nothing was changed"
+            )
+        }
+        if conditional {
+            throw Refusal(
+                412,
+                .versionMismatch,
+                "the configuration changed on another node (it is at version \(revision) now); nothing was changed. "
+                    + "Look again and retry with If-Match: \"\(revision)\" if the change still makes sense"
+            )
+        }
+    }
+
+    /// A change decided and built: its plan, the routing table and certificates to publish.
+    struct Built {
+        var plan: Plan
+        var table: RouteTable
+        /// The managed tenants the change replaces in the table; `nil` when the table was rebuilt whole.
+        var replaced: Set<String>?
+        /// The tenants whose backends the change touches: those it names, or all of them.
+        var touched: [Tenant]
+        var shadowed: [String: Shadowing]?
+        var certificates: CertificateStore?
+    }
+
+    /// Decides a change against the state now and builds what it serves; refuses one that cannot be served.
+    private func build(decide: (ControlState) throws(Refusal) -> Plan) throws(Refusal) -> Built {
         let current = state.withLockedValue { $0 }
         var plan = try decide(current)
         let table: RouteTable
         var shadowed: [String: Shadowing]?
-        let certificateStore: CertificateStore?
-        // The tenants whose backends the change touches: those it names, or all of them.
         let touched: [Tenant]
         let replaced = plan.changed?.subtracting(plan.next.fileIndex.names)
         do {
@@ -288,75 +385,43 @@ public final class ControlPlane: Sendable {
             plan.next.drains.remove(drain)
             plan.mutations.append(.removeDrain(drain))
         }
+        let certificateStore: CertificateStore?
         do {
             certificateStore = try self.certificateStore(for: plan, table: table)
         } catch {
             throw Refusal(400, .invalidCertificate, "\(error); nothing was changed")
         }
-        let commit: StoreCommit
-        if let store {
-            do {
-                commit = try store.write(actor: "\(actor)", dryRun: dryRun) { transaction in
-                    for mutation in plan.mutations {
-                        try mutation.apply(to: &transaction)
-                    }
-                }
-            } catch {
-                throw storeFailed(error, by: actor)
-            }
-        } else {
-            // Without a store only a reload of the file goes on, versioned in memory: the file is still the
-            // operator's to change.
-            guard !dryRun, plan.mutations.allSatisfy({ if case .reload = $0 { true } else { false } }) else {
-                throw storeUnusable
-            }
-            let current = version.current
-            commit = StoreCommit(revision: current + 1, previousRevision: current, changes: [], isDryRun: false)
-        }
-        guard !dryRun, commit.revision != commit.previousRevision else {
-            return Committed(commit: commit, table: table, shadowed: shadowed)
-        }
-        return publish(
-            plan,
+        return Built(
+            plan: plan,
             table: table,
             replaced: replaced,
             touched: touched,
             shadowed: shadowed,
-            certificates: certificateStore,
-            commit,
-            actor
+            certificates: certificateStore
         )
     }
 
     /// Makes a written change live.
-    private func publish(
-        _ plan: Plan,
-        table: RouteTable,
-        replaced: Set<String>?,
-        touched: [Tenant],
-        shadowed: [String: Shadowing]?,
-        certificates certificateStore: CertificateStore?,
-        _ commit: StoreCommit,
-        _ actor: ChangeActor
-    ) -> Committed {
-        Self.applyDrains(plan.next.drains, to: touched)
+    private func publish(_ built: Built, _ commit: StoreCommit, _ actor: ChangeActor) -> Committed {
+        Self.applyDrains(built.plan.next.drains, to: built.touched)
         // A change of certificates alone leaves the routes as they are (and the health checker idle).
-        if plan.changed?.isEmpty != true {
-            routes.publish(table, replacing: replaced)
+        if built.plan.changed?.isEmpty != true {
+            routes.publish(built.table, replacing: built.replaced)
         }
-        if let certificateStore, let certificates {
+        if let certificateStore = built.certificates, let certificates {
             certificates.publish(certificateStore)
         }
-        state.withLockedValue { $0 = plan.next }
+        state.withLockedValue { $0 = built.plan.next }
+        applied.withLockedValue { $0 = commit.revision }
         for record in commit.changes {
             logger.notice("admin: \(record.action.rawValue) \(record.subject) by \(actor) (version \(record.revision))")
         }
-        return Committed(commit: commit, table: table, shadowed: shadowed)
+        return Committed(commit: commit, table: built.table, shadowed: built.shadowed)
     }
 
     /// The certificate store to publish with a plan: the file's certificates read again for a reload, the
     /// uploaded ones (which a tenant added or removed changes too) made again from `table` always.
-    private func certificateStore(for plan: Plan, table: RouteTable) throws -> CertificateStore? {
+    func certificateStore(for plan: Plan, table: RouteTable) throws -> CertificateStore? {
         guard let running = certificates?.current else { return nil }
         let uploaded = ControlSnapshot.uploadedCertificates(plan.next, table: table)
         if plan.reloadsFileCertificates {
@@ -411,8 +476,12 @@ extension ControlPlane: ConfigurationPublisher {
 }
 
 extension ControlPlane: AdminResources {
+    public func synchronizeStore() {
+        _ = synchronize()
+    }
+
     public var storeStatus: StatusReport.Store {
-        StatusReport.Store(path: statePath, problem: storeProblem)
+        StatusReport.Store(path: statePath, problem: storeProblem ?? storeTrouble.withLockedValue { $0 })
     }
 
     public func recordDrain(
@@ -425,6 +494,7 @@ extension ControlPlane: AdminResources {
         guard let store else { return .failure(storeUnusable) }
         do {
             let commit = try store.write(actor: "\(actor)") { transaction in
+                try catchUp(within: transaction, conditional: false)
                 if drained {
                     try transaction.addDrain(tenant: drain.tenant, backend: drain.backend)
                 } else {
@@ -437,6 +507,9 @@ extension ControlPlane: AdminResources {
                 } else {
                     state.drains.remove(drain)
                 }
+            }
+            if commit.revision != commit.previousRevision {
+                applied.withLockedValue { $0 = commit.revision }
             }
             return .success(commit.revision)
         } catch {

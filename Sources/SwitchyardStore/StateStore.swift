@@ -22,6 +22,18 @@ public protocol StateStore: Sendable {
     /// `limit` of them when given. `changes(since: 0)` is the whole log.
     func changes(since revision: Int64, limit: Int?) throws(StoreError) -> [ChangeRecord]
 
+    /// Runs `body` in one read-only transaction, so that everything it reads through its ``StoreTransaction`` is
+    /// of one moment: a node catching up reads the revision, the changes since the one it has and the rows they
+    /// touched, all as of the same commit. The transaction's ``StoreTransaction/previousRevision`` is the revision
+    /// read.
+    func read<T>(_ body: (borrowing StoreTransaction) throws -> T) throws -> T
+
+    /// Calls `ring` (from a thread of its own) whenever another writer may have changed the store, and once each
+    /// time it starts listening again after losing the database, since what was written meanwhile was not
+    /// announced; `nil` when no other writer can change it (an SQLite file belongs to one balancer). A doorbell
+    /// only: the caller reads what changed, and polls too, in case the bell stops ringing without a word.
+    func watch(_ ring: @escaping @Sendable () -> Void) -> (any StoreWatch)?
+
     /// Runs one write: a transaction that holds the store's write lock from its start, so that concurrent writers
     /// (in this process, another process, another node) run one after the other, in which `body` reads and mutates
     /// the store through its ``StoreTransaction``.
@@ -64,4 +76,10 @@ extension StateStore {
     ) throws -> StoreCommit {
         try write(expectedRevision: expectedRevision, actor: actor, dryRun: dryRun, body)
     }
+}
+
+/// A ``StateStore/watch(_:)`` in progress.
+public protocol StoreWatch: Sendable {
+    /// Stops ringing and lets go of what the watch holds (its connection).
+    func stop()
 }

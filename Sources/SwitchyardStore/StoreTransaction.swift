@@ -60,6 +60,21 @@ public struct StoreTransaction: ~Copyable {
         try read { try $0.drains().contains(StoredDrain(tenant: tenant, backend: backend)) }
     }
 
+    /// Every uploaded certificate, by tenant.
+    public func certificates() throws(StoreError) -> [String: StoredCertificate] {
+        try read { try $0.certificates() }
+    }
+
+    /// Everything in the store, as of this transaction.
+    public func snapshot() throws(StoreError) -> StoreSnapshot {
+        try read { try $0.snapshot() }
+    }
+
+    /// The change records after `revision`, oldest first, at most `limit` of them when given.
+    public func changes(since revision: Int64, limit: Int? = nil) throws(StoreError) -> [ChangeRecord] {
+        try read { try $0.changes(since: revision, limit: limit) }
+    }
+
     /// The certificate uploaded for `tenant`, or `nil`.
     public func certificate(ofTenant tenant: String) throws(StoreError) -> StoredCertificate? {
         try read { try $0.certificate(ofTenant: tenant) }

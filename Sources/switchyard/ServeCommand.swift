@@ -199,7 +199,7 @@ enum Balancer {
             } ?? []
         let services: [any Service] =
             (accessLog.map { [$0] } ?? []) + [reloader, healthChecker, admin, memoryReleaser] + metricsListener
-            + ticketRotation + extraServices + [server]
+            + ticketRotation + extraServices + [StoreFollower(controlPlane: controlPlane), server]
         let serviceGroup = ServiceGroup(
             configuration: .init(
                 services: services.map { .init(service: $0) },

@@ -410,6 +410,7 @@ public struct AdminAPI: Sendable {
         case .success(let parsed): precondition = parsed
         case .failure(let refusal): return refusal.response
         }
+        resources?.synchronizeStore()
         // The backend is looked up inside the change, so that it is the one of the table the change applies to.
         let outcome = version.commit(ifMatch: precondition) { current -> (value: BackendChange, version: Int64) in
             let found: (Tenant, Backend)
@@ -607,6 +608,10 @@ public protocol AdminResources: Sendable {
     /// The answer to `request`, whose path after `/v1/` is `path` (decoded segments); `nil` when no endpoint has
     /// that path.
     func respond(to request: AdminAPI.Request, path: [String], actor: ChangeActor) -> AdminAPI.Response?
+
+    /// Makes live what other writers of a shared store committed that this node has not applied yet; called before
+    /// a change is checked, outside the version's change.
+    func synchronizeStore()
 
     /// Makes an admin drain (`drained`) or undrain of `backend` of tenant `tenant` durable. Called inside the
     /// configuration version's change, after the backend's state was changed; answers the version committed, or the

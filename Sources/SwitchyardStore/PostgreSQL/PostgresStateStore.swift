@@ -78,6 +78,8 @@ public final class PostgresStateStore: StateStore {
     public var location: String { settings.location }
 
     private let session: NIOLockedValueBox<PostgresSession>
+    private let tls: PostgresConnection.Configuration.TLS
+    private let logger: Logger
 
     /// Connects, and creates or migrates the schema (under an advisory lock, so that nodes started together do not
     /// race). Throws ``StoreError/unavailable(path:reason:)`` when the database cannot be reached, refuses the login
@@ -94,6 +96,8 @@ public final class PostgresStateStore: StateStore {
                 reason: "its TLS settings cannot be used (\(error)); check `sslrootcert`"
             )
         }
+        tls = tlsConfiguration
+        self.logger = logger
         session = NIOLockedValueBox(
             PostgresSession(settings: settings, tls: tlsConfiguration, logger: logger)
         )
@@ -111,15 +115,41 @@ public final class PostgresStateStore: StateStore {
     }
 
     public func snapshot() throws(StoreError) -> StoreSnapshot {
-        try read { rows in try rows.snapshot() }
+        try readRows { rows in try rows.snapshot() }
     }
 
     public func revision() throws(StoreError) -> Int64 {
-        try read { rows in try rows.revision() }
+        try readRows { rows in try rows.revision() }
     }
 
     public func changes(since revision: Int64, limit: Int?) throws(StoreError) -> [ChangeRecord] {
-        try read { rows in try rows.changes(since: revision, limit: limit) }
+        try readRows { rows in try rows.changes(since: revision, limit: limit) }
+    }
+
+    public func read<T>(_ body: (borrowing StoreTransaction) throws -> T) throws -> T {
+        try session.withLockedValue { session in
+            try session.transaction("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY") { rows in
+                let transaction = StoreTransaction(
+                    rows: rows,
+                    previousRevision: try rows.revision(),
+                    actor: "",
+                    time: StoreTime.now()
+                )
+                return (try body(transaction), .rollback)
+            }
+        }
+    }
+
+    /// `LISTEN switchyard_changes` on a connection of its own, opened again a second after it is lost.
+    public func watch(_ ring: @escaping @Sendable () -> Void) -> (any StoreWatch)? {
+        let listener = PostgresChangeListener(
+            settings: settings,
+            tls: tls,
+            logger: logger,
+            ring: ring
+        )
+        listener.start()
+        return listener
     }
 
     public func write(
@@ -157,7 +187,7 @@ public final class PostgresStateStore: StateStore {
     }
 
     /// A read in one REPEATABLE READ transaction, so that everything it reads is of one moment.
-    private func read<T>(_ work: (PostgresRows) throws -> T) throws(StoreError) -> T {
+    private func readRows<T>(_ work: (PostgresRows) throws -> T) throws(StoreError) -> T {
         do {
             return try session.withLockedValue { session in
                 try session.transaction("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY") { rows in

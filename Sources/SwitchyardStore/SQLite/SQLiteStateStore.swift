@@ -69,6 +69,29 @@ public final class SQLiteStateStore: StateStore {
         }
     }
 
+    public func read<T>(_ body: (borrowing StoreTransaction) throws -> T) throws -> T {
+        let path = self.path
+        do {
+            return try queue.read { db in
+                let rows = SQLiteRows(db, path: path)
+                let transaction = StoreTransaction(
+                    rows: rows,
+                    previousRevision: try rows.revision(),
+                    actor: "",
+                    time: StoreTime.now()
+                )
+                return try body(transaction)
+            }
+        } catch let error as DatabaseError {
+            throw StoreError.from(error, path: path)
+        }
+    }
+
+    /// `nil`: a file belongs to one balancer, whose own writes need no bell.
+    public func watch(_ ring: @escaping @Sendable () -> Void) -> (any StoreWatch)? {
+        nil
+    }
+
     /// The transaction is begun `IMMEDIATE`, so that it holds SQLite's write lock from its start: concurrent
     /// writers, in this process or another on the same file, run one after the other.
     public func write(

@@ -1,0 +1,200 @@
+import Foundation
+import Switchyard
+import SwitchyardStore
+
+/// Several nodes on one store: what the others wrote, made live here.
+///
+/// ``applied`` is the store revision the served state reflects. A write of this node on top of it advances it; so
+/// does ``synchronize()``, which reads, in one transaction, the revision, the change records after ``applied`` and
+/// the rows they touched, and publishes them as one change of the routing table, however many records there are
+/// (1,000 changes in a second cost as many rebuilds as synchronisations ran, not 1,000). The change log is keyed by
+/// the revision, which every write bumps under the store's write lock, so records are read in commit order and none
+/// is skipped.
+extension ControlPlane {
+    /// What the store holds beyond ``applied``, read in one transaction.
+    enum RemoteUpdate {
+        /// Nothing: the store is at ``applied``.
+        case none
+        /// The touched rows as they are now: tenants and certificates by tenant name (`nil`: removed), and every
+        /// drain (a small set, read whole).
+        case rows(
+            revision: Int64,
+            records: Int,
+            tenants: [String: String?],
+            certificates: [String: StoredCertificate?],
+            drains: Set<StoredDrain>
+        )
+        /// The whole store: the log does not reach back to ``applied`` (it was pruned), or it is too long to be
+        /// worth reading record by record.
+        case snapshot(StoreSnapshot)
+    }
+
+    /// Beyond this many records, a synchronisation reads the whole store instead.
+    static let maximumRecordsApplied = 20_000
+
+    /// The store revision the served state reflects.
+    public var appliedRevision: Int64 {
+        applied.withLockedValue { $0 }
+    }
+
+    /// Makes live what other writers committed since ``appliedRevision``, as one change of the version; answers the
+    /// revision now applied. Without a store, or with nothing new, it changes nothing.
+    @discardableResult
+    public func synchronize() -> Result<Int64, StoreError> {
+        guard let store else { return .success(appliedRevision) }
+        var result: Result<Int64, StoreError> = .success(appliedRevision)
+        _ = version.commit(ifMatch: nil) { current in
+            do throws(StoreError) {
+                let revision = try synchronizeLocked(store)
+                result = .success(revision)
+                return ((), revision)
+            } catch {
+                result = .failure(error)
+                return ((), current)
+            }
+        }
+        return result
+    }
+
+    /// ``synchronize()``'s work, with the version's lock held (by it, or by a local change that found the store
+    /// ahead of it).
+    func synchronizeLocked(_ store: any StateStore) throws(StoreError) -> Int64 {
+        let from = appliedRevision
+        let update: RemoteUpdate
+        do {
+            update = try store.read { transaction throws(StoreError) in try Self.readUpdate(transaction, since: from) }
+        } catch let error as StoreError {
+            throw error
+        } catch {
+            throw StoreError.unavailable(path: statePath, reason: "\(error)")
+        }
+        applyUpdate(update, from: from)
+        return appliedRevision
+    }
+
+    /// Makes `update`, read after revision `from`, live; ``appliedRevision`` advances unless this node cannot serve
+    /// it (logged).
+    func applyUpdate(_ update: RemoteUpdate, from: Int64) {
+        switch update {
+        case .none:
+            return
+        case .rows(let revision, let records, let tenants, let certificates, let drains):
+            var next = state.withLockedValue { $0 }
+            for (name, document) in tenants {
+                next.tenants[name] = document.flatMap { loadTenant(name, document: $0) }
+            }
+            for (tenant, certificate) in certificates {
+                next.certificates[tenant] = certificate
+            }
+            next.drains = drains
+            applyRemote(next, changed: Set(tenants.keys), revision: revision)
+            logger.info("state store: applied \(records) changes by other writers, version \(from) → \(revision)")
+        case .snapshot(let snapshot):
+            var next = state.withLockedValue { $0 }
+            next.tenants = [:]
+            for (name, document) in snapshot.tenants {
+                next.tenants[name] = loadTenant(name, document: document)
+            }
+            next.certificates = snapshot.certificates
+            next.drains = snapshot.drains
+            applyRemote(next, changed: nil, revision: snapshot.revision)
+            logger.info("state store: read whole at version \(snapshot.revision) (this node was at \(from))")
+        }
+    }
+
+    /// The update after `revision`, as of `transaction`.
+    static func readUpdate(
+        _ transaction: borrowing StoreTransaction,
+        since revision: Int64
+    ) throws(StoreError)
+        -> RemoteUpdate
+    {
+        let current = transaction.previousRevision
+        guard current > revision else { return .none }
+        let records = try transaction.changes(since: revision, limit: maximumRecordsApplied + 1)
+        guard records.first?.revision == revision + 1, records.last?.revision == current,
+            records.count <= maximumRecordsApplied
+        else {
+            return .snapshot(try transaction.snapshot())
+        }
+        var tenants: [String: String?] = [:]
+        var certificates: [String: StoredCertificate?] = [:]
+        for record in records {
+            switch record.action {
+            case .tenantAdd, .tenantReplace, .tenantRemove:
+                if tenants[record.subject] == nil {
+                    tenants[record.subject] = .some(try transaction.tenant(named: record.subject))
+                }
+            case .certificateAdd, .certificateReplace, .certificateRemove:
+                if certificates[record.subject] == nil {
+                    certificates[record.subject] = .some(try transaction.certificate(ofTenant: record.subject))
+                }
+            case .drainAdd, .drainRemove, .configurationReload:
+                // Drains are read whole below; a reload was of the other node's own file.
+                break
+            }
+        }
+        return .rows(
+            revision: current,
+            records: records.count,
+            tenants: tenants,
+            certificates: certificates,
+            drains: try transaction.drains()
+        )
+    }
+
+    /// A stored tenant parsed, or `nil` (logged) when it no longer loads here, as at start.
+    private func loadTenant(_ name: String, document: String) -> ManagedTenant? {
+        do {
+            return try ManagedTenant(document: document, source: "stored tenant '\(name)'")
+        } catch {
+            logger.error("state store: tenant '\(name)' does not load and is not served: \(error)")
+            return nil
+        }
+    }
+
+    /// Publishes `next`, what the store holds at `revision`: the table updated for the tenants `changed` (or
+    /// rebuilt when `nil`, or when the update does not apply: a domain that a tenant of this node's file serves),
+    /// the drains, the uploaded certificates.
+    private func applyRemote(_ next: ControlState, changed: Set<String>?, revision: Int64) {
+        let plan = Plan(next: next, mutations: [], changed: changed)
+        let table: RouteTable
+        do {
+            if let changed = changed?.subtracting(next.fileIndex.names) {
+                let served = changed.sorted().compactMap { name in
+                    next.tenants[name].flatMap { next.served($0.configuration).tenant }
+                }
+                table = try routes.current.replacing(changed, with: served)
+                routes.publish(table, replacing: changed)
+            } else {
+                throw RebuildNeeded()
+            }
+        } catch {
+            let snapshot = ControlSnapshot(next)
+            do {
+                table = try RouteTable(configuration: snapshot.configuration, previous: routes.current)
+            } catch {
+                logger.error(
+                    "state store: version \(revision) cannot be served here (\(error)); serving the previous one"
+                )
+                return
+            }
+            routes.publish(table, replacing: nil)
+            for (name, shadowing) in snapshot.shadowed {
+                logger.warning("\(Self.describe(shadowing, of: name))")
+            }
+        }
+        Self.applyDrains(next.drains, to: table.tenants)
+        do {
+            if let certificateStore = try certificateStore(for: plan, table: table), let certificates {
+                certificates.publish(certificateStore)
+            }
+        } catch {
+            logger.error("state store: the certificates of version \(revision) cannot be loaded here: \(error)")
+        }
+        state.withLockedValue { $0 = next }
+        applied.withLockedValue { $0 = revision }
+    }
+
+    private struct RebuildNeeded: Error {}
+}

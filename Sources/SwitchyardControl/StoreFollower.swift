@@ -1,0 +1,71 @@
+import Logging
+import NIOPosix
+import ServiceLifecycle
+import SwitchyardStore
+
+/// Keeps this node's served configuration up to a store that other nodes write too: a
+/// ``ControlPlane/synchronize()`` whenever the store's watch rings (PostgreSQL's `NOTIFY`, and each time its
+/// listening connection is back), and every ``interval`` in case the bell stops ringing without a word.
+/// Synchronisations run one at a time, off the event loops (on NIO's thread pool, as they block on the database);
+/// bells that ring while one runs are coalesced into one more, so a burst of changes costs a few rebuilds.
+///
+/// With a store no one else writes (SQLite) it does nothing.
+public struct StoreFollower: Service {
+    let controlPlane: ControlPlane
+    let interval: Duration
+
+    public init(controlPlane: ControlPlane, interval: Duration = .seconds(2)) {
+        self.controlPlane = controlPlane
+        self.interval = interval
+    }
+
+    public func run() async throws {
+        let (bells, ring) = AsyncStream.makeStream(of: Void.self, bufferingPolicy: .bufferingNewest(1))
+        // A service that returns ends the group: with nothing to follow, it waits for the shutdown.
+        guard let store = controlPlane.store, let watch = store.watch({ ring.yield() }) else {
+            try await gracefulShutdown()
+            return
+        }
+        defer { watch.stop() }
+        let interval = self.interval
+        let ticker = Task {
+            while !Task.isCancelled {
+                try? await Task.sleep(for: interval)
+                ring.yield()
+            }
+        }
+        defer { ticker.cancel() }
+        let controlPlane = self.controlPlane
+        await withGracefulShutdownHandler {
+            for await _ in bells {
+                _ = try? await NIOThreadPool.singleton.runIfActive { controlPlane.synchronizeReporting() }
+            }
+        } onGracefulShutdown: {
+            ring.finish()
+        }
+    }
+}
+
+extension ControlPlane {
+    /// ``synchronize()``, saying once when the store stops answering (this node then serves what it has) and once
+    /// when it answers again; ``storeStatus`` shows the trouble meanwhile.
+    func synchronizeReporting() {
+        let result = synchronize()
+        let previous = storeTrouble.withLockedValue { trouble in
+            defer {
+                if case .failure(let error) = result { trouble = "\(error)" } else { trouble = nil }
+            }
+            return trouble
+        }
+        switch (result, previous) {
+        case (.failure(let error), nil):
+            logger.error(
+                "state store: cannot read other nodes' changes (\(error)); serving version \(appliedRevision) until it answers again"
+            )
+        case (.success(let revision), .some):
+            logger.notice("state store: answering again; at version \(revision)")
+        default:
+            break
+        }
+    }
+}

@@ -1,0 +1,130 @@
+import Foundation
+import Logging
+import NIOCore
+import SwitchyardStore
+import SwitchyardTestSupport
+import Testing
+
+@testable import Switchyard
+@testable import SwitchyardControl
+
+/// Two control planes on one PostgreSQL database, as two nodes of a fleet, called as the admin API calls them:
+/// what one writes, the other makes live when it synchronises, and every change is decided against the store.
+@Suite("Control planes sharing a PostgreSQL store")
+struct FleetControlPlaneTests {
+    /// Two planes on a new database of the tests' cluster, each with the file tenant of ``ControlPlaneTests``.
+    static func withNodes<T>(_ body: (ControlPlane, ControlPlane) throws -> T) throws -> T {
+        let cluster = try TemporaryPostgres.shared
+        let database = try cluster.makeDatabase()
+        defer { try? cluster.dropDatabase(database) }
+        let passwordFile = NSTemporaryDirectory() + "fleet-password-\(UUID().uuidString.prefix(8))"
+        try cluster.password.write(toFile: passwordFile, atomically: true, encoding: .utf8)
+        chmod(passwordFile, 0o600)
+        defer { try? FileManager.default.removeItem(atPath: passwordFile) }
+        func node() throws -> ControlPlane {
+            try ControlPlane(
+                file: ControlPlaneTests.file(),
+                configurationPath: "test.yaml",
+                statePath: cluster.url(database: database),
+                passwordFile: passwordFile,
+                logger: ControlPlaneTests.logger
+            )
+        }
+        return try body(try node(), try node())
+    }
+
+    static func tenant(_ name: String, domain: String, backend: String = "127.0.0.1:9002") -> String {
+        #"{"name": "\#(name)", "domains": ["\#(domain)"], "backends": ["\#(backend)"]}"#
+    }
+
+    @Test("a tenant added on one node is routed by the other once it synchronises; removed likewise")
+    func propagates() throws {
+        try Self.withNodes { (first: ControlPlane, second: ControlPlane) throws in
+            let added = ControlPlaneTests.call(
+                first,
+                ControlPlaneTests.request("POST", "/v1/tenants", Self.tenant("shop", domain: "shop.test"))
+            )
+            #expect(added.status == 201, "\(String(decoding: added.body, as: UTF8.self))")
+            #expect(second.routes.current.tenant(forNormalizedHost: "shop.test") == nil)
+            #expect(try second.synchronize().get() == 1)
+            #expect(second.routes.current.tenant(forNormalizedHost: "shop.test")?.name == "shop")
+            #expect(second.version.current == 1 && second.appliedRevision == 1)
+            // Nothing new: nothing published, the version's change count stays.
+            let changes = second.version.changeCount
+            #expect(try second.synchronize().get() == 1)
+            #expect(second.version.changeCount == changes)
+
+            let removed = ControlPlaneTests.call(first, ControlPlaneTests.request("DELETE", "/v1/tenants/shop"))
+            #expect(removed.status == 200, "\(String(decoding: removed.body, as: UTF8.self))")
+            #expect(try second.synchronize().get() == 2)
+            #expect(second.routes.current.tenant(forNormalizedHost: "shop.test") == nil)
+        }
+    }
+
+    @Test(
+        "a change on a node that has not synchronised is checked against the store: a domain the other took is refused"
+    )
+    func decidedAgainstTheStore() throws {
+        try Self.withNodes { (first: ControlPlane, second: ControlPlane) throws in
+            let shop = ControlPlaneTests.call(
+                first,
+                ControlPlaneTests.request("POST", "/v1/tenants", Self.tenant("shop", domain: "shop.test"))
+            )
+            #expect(shop.status == 201)
+            // The second node never synchronised, yet its change sees the first's tenant.
+            let taken = ControlPlaneTests.call(
+                second,
+                ControlPlaneTests.request("POST", "/v1/tenants", Self.tenant("copy", domain: "shop.test"))
+            )
+            #expect(taken.status == 409, "\(String(decoding: taken.body, as: UTF8.self))")
+            let blog = ControlPlaneTests.call(
+                second,
+                ControlPlaneTests.request("POST", "/v1/tenants", Self.tenant("blog", domain: "blog.test"))
+            )
+            #expect(blog.status == 201)
+            #expect(blog.version == 2)
+            #expect(second.routes.current.tenant(forNormalizedHost: "shop.test")?.name == "shop")
+            // If-Match on the version the first node last saw: refused, the second changed it.
+            let stale = ControlPlaneTests.call(
+                first,
+                ControlPlaneTests.request("DELETE", "/v1/tenants/shop", ifMatch: ["\"1\""])
+            )
+            #expect(stale.status == 412, "\(String(decoding: stale.body, as: UTF8.self))")
+            #expect(first.routes.current.tenant(forNormalizedHost: "blog.test")?.name == "blog")
+        }
+    }
+
+    @Test(
+        "drains, undrains and certificates of one node reach the other; a burst of 200 changes is one synchronisation"
+    )
+    func drainsAndBursts() throws {
+        try Self.withNodes { (first: ControlPlane, second: ControlPlane) throws in
+            #expect(
+                ControlPlaneTests.call(
+                    first,
+                    ControlPlaneTests.request("POST", "/v1/tenants", Self.tenant("shop", domain: "shop.test"))
+                ).status == 201
+            )
+            let drain = ControlPlaneTests.call(
+                first,
+                ControlPlaneTests.request("POST", "/v1/tenants/shop/backends/127.0.0.1:9002/drain")
+            )
+            #expect(drain.status == 200, "\(String(decoding: drain.body, as: UTF8.self))")
+            #expect(try second.synchronize().get() == 2)
+            let backend = second.routes.current.tenant(named: "shop")?.backends.first
+            #expect(backend?.status.isDrainedByOperator == true)
+
+            for index in 0..<200 {
+                let body = Self.tenant("t\(index)", domain: "t\(index).test")
+                #expect(
+                    ControlPlaneTests.call(first, ControlPlaneTests.request("POST", "/v1/tenants", body)).status == 201
+                )
+            }
+            let changesBefore = second.version.changeCount
+            #expect(try second.synchronize().get() == 202)
+            #expect(second.version.changeCount == changesBefore + 1)
+            #expect(second.routes.current.tenants.count == first.routes.current.tenants.count)
+            #expect(second.routes.current.tenant(forNormalizedHost: "t199.test")?.name == "t199")
+        }
+    }
+}
