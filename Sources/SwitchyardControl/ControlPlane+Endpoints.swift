@@ -63,6 +63,9 @@ extension ControlPlane {
         case ("changes", 1):
             guard method == "GET" else { return Self.notAllowed(method, "/v1/changes", allow: "GET") }
             return changes(request)
+        case ("fleet", 1):
+            guard method == "GET" else { return Self.notAllowed(method, "/v1/fleet", allow: "GET") }
+            return fleet()
         default:
             return nil
         }
@@ -143,6 +146,20 @@ extension ControlPlane {
         let state = self.state.withLockedValue { $0 }
         let items = state.certificates.keys.sorted().compactMap { state.certificates[$0].map(Self.summary) }
         return Self.answer(200, ["certificates": items])
+    }
+
+    private func fleet() -> AdminAPI.Response {
+        do {
+            let (revision, members) = try fleetMembers()
+            return AdminAPI.json(200, FleetAnswer(version: revision, nodes: members))
+        } catch {
+            return storeFailed(error, by: .unknownUser).response
+        }
+    }
+
+    private struct FleetAnswer: Encodable {
+        var version: Int64
+        var nodes: [FleetMember]
     }
 
     private func changes(_ request: AdminAPI.Request) -> AdminAPI.Response {

@@ -198,3 +198,116 @@ extension ControlPlane {
 
     private struct RebuildNeeded: Error {}
 }
+
+/// The fleet as the store's heartbeats show it, and waiting for it.
+extension ControlPlane {
+    /// A node that has not recorded a heartbeat for this long is no longer counted live.
+    static let liveWindow: TimeInterval = 10
+
+    /// This node's name and addresses: `node_name`, or the host's name and first listen port.
+    static func identity(of file: Configuration) -> FleetNode {
+        let addresses = (file.listen.http + file.listen.https).map { "\($0.ipAddress ?? "?"):\($0.port ?? 0)" }
+        let port = (file.listen.http + file.listen.https).first?.port.map { ":\($0)" } ?? ""
+        let now = Date()
+        return FleetNode(
+            name: file.nodeName ?? ProcessInfo.processInfo.hostName + port,
+            address: addresses.joined(separator: ","),
+            applied: 0,
+            startedAt: now,
+            seenAt: now
+        )
+    }
+
+    /// Records this node's heartbeat with the revision it serves; a store that does not answer is the follower's
+    /// to report.
+    func heartbeat() {
+        var node = self.node
+        node.applied = appliedRevision
+        node.seenAt = Date()
+        try? store?.recordHeartbeat(node)
+    }
+
+    /// One node as `GET /v1/fleet` shows it.
+    struct FleetMember: Encodable {
+        var name: String
+        var address: String
+        var applied: Int64
+        /// Revisions behind the store.
+        var lag: Int64
+        /// Seconds since its last heartbeat.
+        var lastSeen: Double
+        var live: Bool
+        /// Whether it is the node that answers.
+        var this: Bool
+
+        enum CodingKeys: String, CodingKey {
+            case name, address, applied, lag, live, this
+            case lastSeen = "last_seen_seconds"
+        }
+    }
+
+    /// Every node that recorded a heartbeat, this one included (from memory, as it may not have recorded one yet),
+    /// with the store's revision.
+    func fleetMembers() throws(StoreError) -> (revision: Int64, nodes: [FleetMember]) {
+        let now = Date()
+        var nodes = try store?.fleet() ?? []
+        let revision = try store?.revision() ?? appliedRevision
+        nodes.removeAll { $0.name == node.name }
+        var this = node
+        this.applied = appliedRevision
+        this.seenAt = now
+        nodes.append(this)
+        let members = nodes.sorted { $0.name < $1.name }.map { member in
+            let age = max(0, now.timeIntervalSince(member.seenAt))
+            return FleetMember(
+                name: member.name,
+                address: member.address,
+                applied: member.applied,
+                lag: max(0, revision - member.applied),
+                lastSeen: (age * 10).rounded() / 10,
+                live: age <= Self.liveWindow,
+                this: member.name == node.name
+            )
+        }
+        return (revision, members)
+    }
+
+    /// How waiting for the fleet to have a revision went.
+    struct FleetWait: Encodable {
+        var version: Int64
+        /// Live nodes, this one included.
+        var live: Int
+        /// Live nodes that have the version.
+        var applied: Int
+        /// The live nodes that did not have it in time.
+        var behind: [String]
+        /// Why the fleet could not be read, if it could not.
+        var error: String?
+    }
+
+    /// Waits, at most `timeout`, until every live node serves `revision` (this one does already: a change is
+    /// answered once live here), polling the heartbeats every 20 ms; other nodes record one as soon as they have
+    /// applied a change.
+    func waitForFleet(_ revision: Int64, timeout: TimeInterval) -> FleetWait {
+        let deadline = Date().addingTimeInterval(timeout)
+        while true {
+            let members: [FleetMember]
+            do {
+                members = try fleetMembers().nodes.filter(\.live)
+            } catch {
+                return FleetWait(version: revision, live: 1, applied: 1, behind: [], error: "\(error)")
+            }
+            let behind = members.filter { $0.applied < revision }.map(\.name)
+            if behind.isEmpty || Date() >= deadline {
+                return FleetWait(
+                    version: revision,
+                    live: members.count,
+                    applied: members.count - behind.count,
+                    behind: behind,
+                    error: nil
+                )
+            }
+            usleep(20_000)
+        }
+    }
+}

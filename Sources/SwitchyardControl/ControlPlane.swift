@@ -33,6 +33,8 @@ public final class ControlPlane: Sendable {
     let state: NIOLockedValueBox<ControlState>
     /// The store revision the served state reflects (see ``synchronize()``).
     let applied: NIOLockedValueBox<Int64>
+    /// This node, as its heartbeats name it in the store.
+    let node: FleetNode
     /// Why the last synchronisation with the store failed, while it fails (the store opened, then stopped answering).
     let storeTrouble = NIOLockedValueBox<String?>(nil)
 
@@ -53,6 +55,7 @@ public final class ControlPlane: Sendable {
         logger: Logger
     ) throws {
         self.configurationPath = configurationPath
+        self.node = Self.identity(of: file)
         // As status and logs show it: a URL that does not parse may hold a password, so it is not repeated.
         self.statePath = (try? StateLocation(parsing: statePath))?.description ?? "the `state` URL"
         self.logger = logger
@@ -254,8 +257,32 @@ public final class ControlPlane: Sendable {
         case .mismatch(let current):
             return AdminAPI.versionMismatch(current: current, expected: request.ifMatch)
         case .done(let response, _):
-            return response
+            return waitingForFleet(response, request: request, dryRun: dryRun)
         }
+    }
+
+    /// With `?wait=fleet`, a committed change's answer once every live node serves it (or `wait_timeout` seconds,
+    /// 10 by default, at most 60, passed), with a `fleet` member saying how many do. The admin thread waits (other
+    /// admin requests with it); nodes normally have a change within milliseconds.
+    private func waitingForFleet(
+        _ response: AdminAPI.Response,
+        request: AdminAPI.Request,
+        dryRun: Bool
+    ) -> AdminAPI.Response {
+        let query = Self.query(request.target)
+        guard query["wait"] == "fleet", !dryRun, (200..<300).contains(response.status), let version = response.version,
+            var object = (try? JSONSerialization.jsonObject(with: response.body)) as? [String: Any]
+        else { return response }
+        let timeout = query["wait_timeout"].flatMap(Double.init).map { min(max($0, 0), 60) } ?? 10
+        let wait = waitForFleet(version, timeout: timeout)
+        var fleet: [String: Any] = [
+            "version": wait.version, "live": wait.live, "applied": wait.applied, "behind": wait.behind,
+        ]
+        if let error = wait.error { fleet["error"] = error }
+        object["fleet"] = fleet
+        var answer = Self.answer(response.status, object)
+        answer.version = version
+        return answer
     }
 
     /// Plans, builds, writes and publishes one change; called inside the version's change.
@@ -416,6 +443,8 @@ public final class ControlPlane: Sendable {
         for record in commit.changes {
             logger.notice("admin: \(record.action.rawValue) \(record.subject) by \(actor) (version \(record.revision))")
         }
+        // The fleet's view of this node, at once rather than at the next tick.
+        heartbeat()
         return Committed(commit: commit, table: built.table, shadowed: built.shadowed)
     }
 
@@ -510,6 +539,7 @@ extension ControlPlane: AdminResources {
             }
             if commit.revision != commit.previousRevision {
                 applied.withLockedValue { $0 = commit.revision }
+                heartbeat()
             }
             return .success(commit.revision)
         } catch {

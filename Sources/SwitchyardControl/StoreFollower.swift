@@ -38,7 +38,11 @@ public struct StoreFollower: Service {
         let controlPlane = self.controlPlane
         await withGracefulShutdownHandler {
             for await _ in bells {
-                _ = try? await NIOThreadPool.singleton.runIfActive { controlPlane.synchronizeReporting() }
+                _ = try? await NIOThreadPool.singleton.runIfActive {
+                    controlPlane.synchronizeReporting()
+                    // At once, so that a writer waiting for the fleet (`?wait=fleet`) sees this node has it.
+                    controlPlane.heartbeat()
+                }
             }
         } onGracefulShutdown: {
             ring.finish()

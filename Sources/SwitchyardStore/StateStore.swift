@@ -34,6 +34,13 @@ public protocol StateStore: Sendable {
     /// only: the caller reads what changed, and polls too, in case the bell stops ringing without a word.
     func watch(_ ring: @escaping @Sendable () -> Void) -> (any StoreWatch)?
 
+    /// Records `node`'s heartbeat: that it is alive and serves revision ``FleetNode/applied``. Not a change: no
+    /// revision, no record, no bell. A store of one node (SQLite) keeps none.
+    func recordHeartbeat(_ node: FleetNode) throws(StoreError)
+
+    /// Every node's latest heartbeat, by name; empty for a store of one node.
+    func fleet() throws(StoreError) -> [FleetNode]
+
     /// Runs one write: a transaction that holds the store's write lock from its start, so that concurrent writers
     /// (in this process, another process, another node) run one after the other, in which `body` reads and mutates
     /// the store through its ``StoreTransaction``.

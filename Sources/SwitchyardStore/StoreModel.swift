@@ -222,3 +222,26 @@ public struct TenantDifference: Sendable, Equatable {
 
     public var isEmpty: Bool { added.isEmpty && replaced.isEmpty && removed.isEmpty }
 }
+
+/// A balancer node of a fleet as its heartbeat records it in the shared store: who it is, where it serves, and which
+/// revision it has live.
+public struct FleetNode: Sendable, Equatable {
+    /// The node's name (`node_name`), unique in the fleet.
+    public var name: String
+    /// Where it serves, as its listen addresses.
+    public var address: String
+    /// The store revision it serves.
+    public var applied: Int64
+    /// When it started.
+    public var startedAt: Date
+    /// Its last heartbeat.
+    public var seenAt: Date
+
+    public init(name: String, address: String, applied: Int64, startedAt: Date, seenAt: Date) {
+        self.name = name
+        self.address = address
+        self.applied = applied
+        self.startedAt = startedAt
+        self.seenAt = seenAt
+    }
+}

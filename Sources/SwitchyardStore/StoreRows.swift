@@ -28,6 +28,12 @@ protocol StoreRows {
     func deleteCertificate(ofTenant tenant: String) throws
 
     func insertChange(_ record: ChangeRecord) throws
+
+    /// The batch forms, for an apply of thousands: one statement each where the database allows it (the defaults
+    /// run the single ones).
+    func upsertTenants(_ documents: [(name: String, document: String)]) throws
+    func deleteTenants(_ names: [String]) throws
+    func insertChanges(_ records: [ChangeRecord]) throws
     func changes(since revision: Int64, limit: Int?) throws -> [ChangeRecord]
 
     /// Runs `work` in a savepoint: what it did stays when it returns, and is undone when it throws.
@@ -39,6 +45,18 @@ protocol StoreRows {
 }
 
 extension StoreRows {
+    func upsertTenants(_ documents: [(name: String, document: String)]) throws {
+        for (name, document) in documents { try upsertTenant(name, document: document) }
+    }
+
+    func deleteTenants(_ names: [String]) throws {
+        for name in names { try deleteTenant(name) }
+    }
+
+    func insertChanges(_ records: [ChangeRecord]) throws {
+        for record in records { try insertChange(record) }
+    }
+
     /// Everything, as of the transaction.
     func snapshot() throws -> StoreSnapshot {
         StoreSnapshot(

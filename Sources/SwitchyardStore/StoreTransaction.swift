@@ -117,19 +117,31 @@ public struct StoreTransaction: ~Copyable {
         var difference = TenantDifference()
         try mutate { db, log in
             let current = try db.tenants()
-            for name in current.keys.sorted() where tenants[name] == nil {
-                _ = try Self.remove(db, &log, tenant: name)
-                difference.removed.append(name)
-            }
-            for name in tenants.keys.sorted() {
-                guard let document = tenants[name], current[name] != document else { continue }
-                _ = try Self.put(db, &log, tenant: name, document: document, current: current[name])
-                if current[name] == nil {
-                    difference.added.append(name)
-                } else {
-                    difference.replaced.append(name)
+            let removed = current.keys.sorted().filter { tenants[$0] == nil }
+            let put = tenants.keys.sorted().filter { current[$0] != tenants[$0] }
+            for name in put {
+                guard let document = tenants[name], Self.isObject(document) else {
+                    throw StoreError.invalidDocument(tenant: name)
                 }
             }
+            // In two statements, whatever the number of tenants (an apply of 10,000 is one round trip each to a
+            // database server, not 20,000).
+            try db.deleteTenants(removed)
+            try db.upsertTenants(put.compactMap { name in tenants[name].map { (name, $0) } })
+            for name in removed {
+                try log.append(.tenantRemove, subject: name, before: current[name], after: nil)
+            }
+            for name in put {
+                try log.append(
+                    current[name] == nil ? .tenantAdd : .tenantReplace,
+                    subject: name,
+                    before: current[name],
+                    after: tenants[name]
+                )
+            }
+            difference.removed = removed
+            difference.added = put.filter { current[$0] == nil }
+            difference.replaced = put.filter { current[$0] != nil }
         }
         return difference
     }
@@ -234,7 +246,10 @@ public struct StoreTransaction: ~Copyable {
             nextSequence: changes.count
         )
         do {
-            try rows.atomically { try work(rows, &log) }
+            try rows.atomically {
+                try work(rows, &log)
+                try rows.insertChanges(log.records)
+            }
         } catch let error as StoreError where !error.isUnavailable {
             throw error
         } catch {
@@ -271,6 +286,7 @@ public struct StoreTransaction: ~Copyable {
         current: String?
     ) throws -> ChangeAction? {
         guard current != document else { return nil }
+        guard isObject(document) else { throw StoreError.invalidDocument(tenant: name) }
         try db.upsertTenant(name, document: document)
         let action: ChangeAction = current == nil ? .tenantAdd : .tenantReplace
         try log.append(action, subject: name, before: current, after: document)
@@ -290,6 +306,12 @@ public struct StoreTransaction: ~Copyable {
         return true
     }
 
+    /// Whether `document` is a JSON object, as the stores' own checks require (checked here first, so that an
+    /// apply names the tenant whose document is wrong, whatever the database).
+    static func isObject(_ document: String) -> Bool {
+        (try? JSONSerialization.jsonObject(with: Data(document.utf8))) is [String: Any]
+    }
+
     /// Compact JSON with sorted keys and unescaped slashes, for change records and the `names` column.
     static func json(_ value: some Encodable) throws -> String {
         let encoder = JSONEncoder()
@@ -299,7 +321,8 @@ public struct StoreTransaction: ~Copyable {
     }
 }
 
-/// Appends the change records of one mutation, numbering them on from the write's records so far.
+/// Collects the change records of one mutation, numbering them on from the write's records so far; they are
+/// inserted together when the mutation ends.
 struct ChangeLog {
     let rows: any StoreRows
     let revision: Int64
@@ -327,7 +350,6 @@ struct ChangeLog {
             before: before,
             after: after
         )
-        try rows.insertChange(record)
         nextSequence += 1
         records.append(record)
     }

@@ -13,12 +13,18 @@ struct ManagementOptions: ParsableArguments {
     var json = false
 }
 
-/// What every command that changes the control plane shares: ``ManagementOptions`` and `--if-match`.
+/// What every command that changes the control plane shares: ``ManagementOptions``, `--if-match` and `--wait`.
 struct ChangeOptions: ParsableArguments {
     @OptionGroup var management: ManagementOptions
 
     @Option(help: "Only change if the configuration is still at this version (`status` shows it).")
     var ifMatch: Int64?
+
+    @Flag(help: "Return once every live node of the fleet serves the change (at most --wait-timeout).")
+    var wait = false
+
+    @Option(help: "How long --wait waits, in seconds (at most 60).")
+    var waitTimeout: Double = 10
 }
 
 /// Calling the admin API for a command: errors become one line on standard error and exit status 1.
@@ -74,7 +80,49 @@ enum AdminCall {
         rawBody: Data? = nil,
         _ describe: ([String: Any]) -> String
     ) throws {
-        try show(options.management, method, target, body: body, rawBody: rawBody, ifMatch: options.ifMatch, describe)
+        guard options.wait else {
+            try show(
+                options.management,
+                method,
+                target,
+                body: body,
+                rawBody: rawBody,
+                ifMatch: options.ifMatch,
+                describe
+            )
+            return
+        }
+        let waiting = target + (target.contains("?") ? "&" : "?") + "wait=fleet&wait_timeout=\(options.waitTimeout)"
+        let (object, raw) = try perform(
+            options.management,
+            method,
+            waiting,
+            body: body,
+            rawBody: rawBody,
+            ifMatch: options.ifMatch
+        )
+        if options.management.json {
+            printJSON(raw)
+        } else {
+            print(describe(object))
+        }
+        let fleet = object["fleet"] as? [String: Any] ?? [:]
+        let live = fleet["live"] as? Int ?? 0
+        let applied = fleet["applied"] as? Int ?? 0
+        let version = fleet["version"] as? Int ?? 0
+        if let error = fleet["error"] as? String {
+            fail("the change is made, but the fleet could not be read: \(error)")
+        }
+        let behind = fleet["behind"] as? [String] ?? []
+        guard behind.isEmpty else {
+            fail(
+                "the change is made (version \(version)), but after \(options.waitTimeout)s only \(applied) of \(live) "
+                    + "live nodes serve it; behind: \(behind.joined(separator: ", "))"
+            )
+        }
+        if !options.management.json {
+            print("live on \(applied) of \(live) nodes at version \(version)")
+        }
     }
 
     /// Prints `message` as the command's one line on standard error.
@@ -547,5 +595,36 @@ struct ChangesCommand: ParsableCommand {
             ])
         }
         return AdminCall.table(rows)
+    }
+}
+
+struct FleetCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "fleet",
+        abstract: "List the nodes sharing the state store: the version each serves, how far behind, when last seen."
+    )
+
+    @OptionGroup var options: ManagementOptions
+
+    func run() throws {
+        try AdminCall.show(options, "GET", "/v1/fleet", Self.table)
+    }
+
+    static func table(_ object: [String: Any]) -> String {
+        let version = object["version"] as? Int ?? 0
+        var rows = [["NODE", "ADDRESS", "VERSION", "LAG", "LAST SEEN", "STATE"]]
+        for node in object["nodes"] as? [[String: Any]] ?? [] {
+            let live = node["live"] as? Bool ?? false
+            let this = node["this"] as? Bool ?? false
+            rows.append([
+                (node["name"] as? String ?? "") + (this ? " *" : ""),
+                node["address"] as? String ?? "",
+                "\(node["applied"] as? Int ?? 0)",
+                "\(node["lag"] as? Int ?? 0)",
+                String(format: "%.1fs ago", node["last_seen_seconds"] as? Double ?? 0),
+                Colour.paint(live ? "live" : "gone", as: live ? "up" : "down"),
+            ])
+        }
+        return "store at version \(version)  (* this node)\n" + AdminCall.table(rows)
     }
 }

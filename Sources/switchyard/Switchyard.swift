@@ -10,7 +10,7 @@ struct SwitchyardCommand: AsyncParsableCommand {
         subcommands: [
             ServeCommand.self, DemoCommand.self, CheckConfigCommand.self, StatusCommand.self, TenantsCommand.self,
             DomainsCommand.self, BackendsCommand.self, CertsCommand.self, ApplyCommand.self, ChangesCommand.self,
-            ReloadCommand.self, TopCommand.self,
+            ReloadCommand.self, TopCommand.self, FleetCommand.self,
         ]
     )
 }

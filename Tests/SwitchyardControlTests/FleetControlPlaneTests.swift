@@ -10,7 +10,9 @@ import Testing
 
 /// Two control planes on one PostgreSQL database, as two nodes of a fleet, called as the admin API calls them:
 /// what one writes, the other makes live when it synchronises, and every change is decided against the store.
-@Suite("Control planes sharing a PostgreSQL store")
+// Serialized: each test blocks a thread of the concurrency pool on the database for a second or two, and the pool
+// has as many threads as cores.
+@Suite("Control planes sharing a PostgreSQL store", .serialized)
 struct FleetControlPlaneTests {
     /// Two planes on a new database of the tests' cluster, each with the file tenant of ``ControlPlaneTests``.
     static func withNodes<T>(_ body: (ControlPlane, ControlPlane) throws -> T) throws -> T {
@@ -21,16 +23,18 @@ struct FleetControlPlaneTests {
         try cluster.password.write(toFile: passwordFile, atomically: true, encoding: .utf8)
         chmod(passwordFile, 0o600)
         defer { try? FileManager.default.removeItem(atPath: passwordFile) }
-        func node() throws -> ControlPlane {
-            try ControlPlane(
-                file: ControlPlaneTests.file(),
+        func node(_ name: String) throws -> ControlPlane {
+            var file = try ControlPlaneTests.file()
+            file.nodeName = name
+            return try ControlPlane(
+                file: file,
                 configurationPath: "test.yaml",
                 statePath: cluster.url(database: database),
                 passwordFile: passwordFile,
                 logger: ControlPlaneTests.logger
             )
         }
-        return try body(try node(), try node())
+        return try body(try node("node-a"), try node("node-b"))
     }
 
     static func tenant(_ name: String, domain: String, backend: String = "127.0.0.1:9002") -> String {
@@ -125,6 +129,57 @@ struct FleetControlPlaneTests {
             #expect(second.version.changeCount == changesBefore + 1)
             #expect(second.routes.current.tenants.count == first.routes.current.tenants.count)
             #expect(second.routes.current.tenant(forNormalizedHost: "t199.test")?.name == "t199")
+        }
+    }
+
+    @Test(
+        "heartbeats list the nodes with the version each serves; waiting for the fleet ends once every live node has it"
+    )
+    func fleetAndWait() throws {
+        try Self.withNodes { (first: ControlPlane, second: ControlPlane) throws in
+            first.heartbeat()
+            second.heartbeat()
+            let added = ControlPlaneTests.call(
+                first,
+                ControlPlaneTests.request("POST", "/v1/tenants", Self.tenant("shop", domain: "shop.test"))
+            )
+            #expect(added.status == 201)
+            let (revision, members) = try second.fleetMembers()
+            #expect(revision == 1)
+            #expect(members.map(\.name) == ["node-a", "node-b"])
+            #expect(members.map(\.this) == [false, true])
+            #expect(members.allSatisfy { $0.live })
+            // node-a recorded its change's version with it; node-b has not read it.
+            #expect(members.map(\.applied) == [1, 0] && members.map(\.lag) == [0, 1])
+
+            let stale = first.waitForFleet(1, timeout: 0.2)
+            #expect(stale.behind == ["node-b"] && stale.live == 2 && stale.applied == 1)
+            _ = second.synchronize()
+            second.heartbeat()
+            let done = first.waitForFleet(1, timeout: 5)
+            #expect(done.behind.isEmpty && done.applied == 2)
+
+            let listed = ControlPlaneTests.call(second, ControlPlaneTests.request("GET", "/v1/fleet"))
+            let object = try JSONSerialization.jsonObject(with: listed.body) as? [String: Any]
+            let nodes = object?["nodes"] as? [[String: Any]] ?? []
+            #expect(object?["version"] as? Int == 1)
+            #expect(nodes.compactMap { $0["name"] as? String } == ["node-a", "node-b"])
+            #expect(nodes.compactMap { $0["applied"] as? Int } == [1, 1], "\(nodes)")
+
+            // ?wait=fleet on a change answers with how many nodes serve it.
+            let waited = ControlPlaneTests.call(
+                second,
+                ControlPlaneTests.request(
+                    "POST",
+                    "/v1/tenants?wait=fleet&wait_timeout=0.3",
+                    Self.tenant("blog", domain: "blog.test")
+                )
+            )
+            #expect(waited.status == 201)
+            let answer = try JSONSerialization.jsonObject(with: waited.body) as? [String: Any]
+            let fleet = answer?["fleet"] as? [String: Any]
+            #expect(fleet?["version"] as? Int == 2 && fleet?["live"] as? Int == 2)
+            #expect(fleet?["behind"] as? [String] == ["node-a"], "\(String(describing: fleet))")
         }
     }
 }

@@ -29,6 +29,7 @@ struct FleetIntegrationTests {
                 """
                 listen:
                   http: ["127.0.0.1:\(port)"]
+                node_name: node-\(port)
                 workers: 1
                 access_log: false
                 state_password_file: \(passwordFile)
@@ -77,6 +78,21 @@ struct FleetIntegrationTests {
             return gone
         }
         #expect(gone == [true, true, true])
+
+        // --wait returns once every node serves the change: then each routes it at once.
+        let waited = try fleet.nodes[2].admin([
+            "tenants", "add", "blog", "--domain", "blog.test", "--backend", "127.0.0.1:\(backend.port)", "--wait",
+        ])
+        #expect(waited.status == 0, "\(waited.stderr)")
+        #expect(waited.stdout.contains("live on 3 of 3 nodes at version 3"), "\(waited.stdout)")
+        let routed = try await offThePool { ports.map { fetch(port: $0, host: "blog.test") } }
+        #expect(routed == ["shop-backend", "shop-backend", "shop-backend"])
+        let listed = try fleet.nodes[0].admin(["fleet"])
+        #expect(listed.status == 0, "\(listed.stderr)")
+        for port in ports {
+            #expect(listed.stdout.contains("node-\(port)"), "\(listed.stdout)")
+        }
+        #expect(listed.stdout.components(separatedBy: "live").count - 1 == 3, "\(listed.stdout)")
         await backend.stop()
     }
 
@@ -182,7 +198,8 @@ struct FleetIntegrationTests {
         #expect(try await offThePool { timeUntilRouted(port: ports[1], host: "shop.test", body: "b") } != nil)
 
         try cluster.stop()
-        let traffic = Task.detached { () -> (ok: Int, failed: Int) in
+        // On a thread of its own (offThePool), not the concurrency pool, which it would hold for the 10 s.
+        async let traffic = offThePool { () -> (ok: Int, failed: Int) in
             var (ok, failed) = (0, 0)
             let deadline = ContinuousClock.now + .seconds(10)
             while ContinuousClock.now < deadline {
@@ -201,7 +218,7 @@ struct FleetIntegrationTests {
         #expect(refused.stderr.contains("cannot be"), "\(refused.stderr)")
         let status = try fleet.nodes[0].admin(["status"])
         #expect(status.stdout.contains("cannot"), "\(status.stdout)")
-        let counts = await traffic.value
+        let counts = try await traffic
         #expect(counts.failed == 0 && counts.ok > 100, "\(counts)")
 
         try cluster.start()

@@ -24,9 +24,12 @@ struct PostgresStateStoreTests {
         )
         #expect(
             tables.trimmingCharacters(in: .whitespacesAndNewlines)
-                == "certificate,change,drain,migration,revision,tenant"
+                == "certificate,change,drain,migration,node,revision,tenant"
         )
-        #expect(try cluster.sql("SELECT identifier FROM switchyard.migration", database: database) == "v1\n")
+        #expect(
+            try cluster.sql("SELECT identifier FROM switchyard.migration ORDER BY identifier", database: database)
+                == "v1\nv2\n"
+        )
     }
 
     @Test("a database migrated by a newer Switchyard is refused, naming the migration")

@@ -40,6 +40,8 @@ public struct Configuration: Sendable, Equatable {
     /// Whether request fields with `_` in their names are forwarded (`underscores_in_headers`, off as in nginx:
     /// CGI, PHP and WSGI read `X_Real_IP` as `X-Real-IP`, so a client could impersonate the balancer's fields).
     public var underscoresInHeaders: Bool = false
+    /// This node's name in a fleet sharing one store (`node_name`); the host's name and first listen port without.
+    public var nodeName: String?
     /// `metrics:`: the Prometheus listener and the tenants with histograms of their own.
     public var metrics = Metrics()
 

@@ -91,7 +91,7 @@ public enum ConfigurationLoader {
         static let topLevel = [
             "listen", "workers", "admin", "state", "state_password_file", "tls", "access_log", "timeouts", "limits",
             "tenants",
-            "underscores_in_headers", "metrics", "request_id",
+            "underscores_in_headers", "metrics", "request_id", "node_name",
         ]
         static let accessLog = ["format", "path"]
         static let metrics = ["listen", "tenant_histograms", "basic_auth_file"]
@@ -155,6 +155,9 @@ public enum ConfigurationLoader {
         }
         if let node = top["metrics"] {
             configuration.metrics = try Self.metrics(node)
+        }
+        if let node = top["node_name"] {
+            configuration.nodeName = try node.nonEmptyString(expected: "this node's name in the fleet")
         }
         if let node = top["underscores_in_headers"] {
             configuration.underscoresInHeaders = try node.bool()

@@ -45,9 +45,16 @@ struct PostgresRows: StoreRows {
         try query("UPDATE switchyard.revision SET value = \(revision) WHERE id = 1")
     }
 
-    /// Sends `payload` to the listeners of `channel` once the transaction commits.
-    func notify(_ channel: String, payload: String) throws {
-        try query("SELECT pg_notify(\(channel), \(payload))")
+    /// Sets the revision and sends it to the listeners of `channel` once the transaction commits, in one
+    /// statement.
+    func setRevision(_ revision: Int64, notifying channel: String) throws {
+        let payload = String(revision)
+        try query(
+            """
+            UPDATE switchyard.revision SET value = \(revision) WHERE id = 1
+            RETURNING pg_notify(\(channel), \(payload))
+            """
+        )
     }
 
     func tenant(named name: String) throws -> String? {
@@ -176,6 +183,64 @@ struct PostgresRows: StoreRows {
         )
     }
 
+    func upsertTenants(_ documents: [(name: String, document: String)]) throws {
+        guard !documents.isEmpty else { return }
+        let rows = try Self.jsonArray(documents.map { ["name": $0.name, "document": $0.document] })
+        do {
+            try query(
+                """
+                INSERT INTO switchyard.tenant (name, document)
+                SELECT name, document FROM jsonb_to_recordset(\(rows)::jsonb) AS r(name text, document text)
+                ON CONFLICT (name) DO UPDATE SET document = excluded.document
+                """
+            )
+        } catch let error as PSQLError
+            where [PostgresFailure.checkViolation, PostgresFailure.invalidText].contains(error.serverInfo?[.sqlState])
+        {
+            // Checked before (StoreTransaction.isObject); the database's own check is the backstop.
+            throw StoreError.invalidDocument(tenant: documents.first?.name ?? "")
+        }
+    }
+
+    func deleteTenants(_ names: [String]) throws {
+        guard !names.isEmpty else { return }
+        try query("DELETE FROM switchyard.tenant WHERE name = ANY(\(names))")
+    }
+
+    func insertChanges(_ records: [ChangeRecord]) throws {
+        guard !records.isEmpty else { return }
+        let rows = try Self.jsonArray(
+            records.map { record -> [String: Any] in
+                var row: [String: Any] = [
+                    "revision": record.revision, "sequence": record.sequence,
+                    "time_ms": StoreTime.milliseconds(record.time), "actor": record.actor,
+                    "action": record.action.rawValue, "subject": record.subject,
+                ]
+                row["before"] = record.before
+                row["after"] = record.after
+                return row
+            }
+        )
+        try query(
+            """
+            INSERT INTO switchyard.change (revision, sequence, time_ms, actor, action, subject, "before", "after")
+            SELECT revision, sequence, time_ms, actor, action, subject, "before", "after"
+            FROM jsonb_to_recordset(\(rows)::jsonb) AS r(
+                revision bigint, sequence bigint, time_ms bigint, actor text, action text, subject text,
+                "before" text, "after" text
+            )
+            """
+        )
+    }
+
+    /// `rows` as one JSON array, the parameter of a `jsonb_to_recordset` batch.
+    private static func jsonArray(_ rows: [[String: Any]]) throws -> String {
+        String(
+            decoding: try JSONSerialization.data(withJSONObject: rows, options: [.withoutEscapingSlashes]),
+            as: UTF8.self
+        )
+    }
+
     func changes(since revision: Int64, limit: Int?) throws -> [ChangeRecord] {
         let limit = limit.map(Int64.init)
         let rows = try query(
@@ -208,18 +273,39 @@ struct PostgresRows: StoreRows {
         }
     }
 
-    func atomically(_ work: () throws -> Void) throws {
-        try execute("SAVEPOINT mutation")
-        do {
-            try work()
-        } catch {
-            // Back to before the mutation; the transaction goes on (PostgreSQL refuses every statement of a
-            // transaction after an error until then).
-            try execute("ROLLBACK TO SAVEPOINT mutation")
-            try execute("RELEASE SAVEPOINT mutation")
-            throw error
+    /// A node's heartbeat, in a statement of its own (autocommit): it is no change of the configuration.
+    func upsertNode(_ node: FleetNode) throws {
+        let started = StoreTime.milliseconds(node.startedAt)
+        let seen = StoreTime.milliseconds(node.seenAt)
+        try query(
+            """
+            INSERT INTO switchyard.node (name, address, applied, started_ms, seen_ms)
+            VALUES (\(node.name), \(node.address), \(node.applied), \(started), \(seen))
+            ON CONFLICT (name) DO UPDATE SET
+                address = excluded.address, applied = excluded.applied, started_ms = excluded.started_ms,
+                seen_ms = excluded.seen_ms
+            """
+        )
+    }
+
+    func nodes() throws -> [FleetNode] {
+        try query("SELECT name, address, applied, started_ms, seen_ms FROM switchyard.node ORDER BY name").map { row in
+            let (name, address, applied, started, seen) = try row.decode((String, String, Int64, Int64, Int64).self)
+            return FleetNode(
+                name: name,
+                address: address,
+                applied: applied,
+                startedAt: StoreTime.date(milliseconds: started),
+                seenAt: StoreTime.date(milliseconds: seen)
+            )
         }
-        try execute("RELEASE SAVEPOINT mutation")
+    }
+
+    /// Without a savepoint, which would cost two round trips per mutation: every mutation checks what it is given
+    /// before it writes anything (``StoreTransaction``), so one that throws has written nothing; and a failure of
+    /// the database in the middle of one spoils the whole transaction, which is then rolled back.
+    func atomically(_ work: () throws -> Void) throws {
+        try work()
     }
 
     func storeError(_ error: any Error) -> StoreError {

@@ -66,7 +66,23 @@ enum PostgresSchema {
                 )
                 """,
             ]
-        )
+        ),
+        (
+            "v2",
+            [
+                // The fleet's nodes, by their heartbeats: what each serves and when it was last seen. Written by
+                // each node every few seconds, outside any change (no revision, no record).
+                """
+                CREATE TABLE switchyard.node (
+                    name text PRIMARY KEY,
+                    address text NOT NULL,
+                    applied bigint NOT NULL,
+                    started_ms bigint NOT NULL,
+                    seen_ms bigint NOT NULL
+                )
+                """
+            ]
+        ),
     ]
 
     /// Creates the schema, or applies the migrations it lacks; refuses one that a newer Switchyard migrated.

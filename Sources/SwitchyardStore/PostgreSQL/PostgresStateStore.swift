@@ -140,6 +140,20 @@ public final class PostgresStateStore: StateStore {
         }
     }
 
+    public func recordHeartbeat(_ node: FleetNode) throws(StoreError) {
+        do {
+            try session.withLockedValue { session in
+                try session.run { rows in try rows.upsertNode(node) }
+            }
+        } catch {
+            throw StoreError.wrappingPostgres(error, location: location)
+        }
+    }
+
+    public func fleet() throws(StoreError) -> [FleetNode] {
+        try readRows { rows in try rows.nodes() }
+    }
+
     /// `LISTEN switchyard_changes` on a connection of its own, opened again a second after it is lost.
     public func watch(_ ring: @escaping @Sendable () -> Void) -> (any StoreWatch)? {
         let listener = PostgresChangeListener(
@@ -172,8 +186,7 @@ public final class PostgresStateStore: StateStore {
                 let changes = transaction.changes
                 let revision = changes.isEmpty ? current : transaction.revision
                 if !changes.isEmpty {
-                    try rows.setRevision(revision)
-                    try rows.notify(Self.notificationChannel, payload: String(revision))
+                    try rows.setRevision(revision, notifying: Self.notificationChannel)
                 }
                 let commit = StoreCommit(
                     revision: revision,

@@ -87,6 +87,11 @@ public final class SQLiteStateStore: StateStore {
         }
     }
 
+    /// Nothing: a file belongs to one balancer, which is the whole fleet.
+    public func recordHeartbeat(_ node: FleetNode) throws(StoreError) {}
+
+    public func fleet() throws(StoreError) -> [FleetNode] { [] }
+
     /// `nil`: a file belongs to one balancer, whose own writes need no bell.
     public func watch(_ ring: @escaping @Sendable () -> Void) -> (any StoreWatch)? {
         nil
