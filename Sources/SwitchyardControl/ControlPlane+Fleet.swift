@@ -56,8 +56,8 @@ extension ControlPlane {
         return result
     }
 
-    /// ``synchronize()``'s work, with the version's lock held (by it, or by a local change that found the store
-    /// ahead of it).
+    /// ``synchronize()``'s work, with the version's lock held. (A change that finds the store ahead of it catches up
+    /// inside its own write instead: ``catchUp(within:conditional:)``.)
     func synchronizeLocked(_ store: any StateStore) throws(StoreError) -> Int64 {
         let from = appliedRevision
         let update: RemoteUpdate

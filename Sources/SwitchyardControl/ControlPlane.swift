@@ -35,8 +35,12 @@ public final class ControlPlane: Sendable {
     let applied: NIOLockedValueBox<Int64>
     /// This node, as its heartbeats name it in the store.
     let node: FleetNode
-    /// Why the last synchronisation with the store failed, while it fails (the store opened, then stopped answering).
-    let storeTrouble = NIOLockedValueBox<String?>(nil)
+    /// Why the last synchronisation with the store failed, while it fails (the database stopped answering, or did
+    /// not answer at start).
+    let storeTrouble: NIOLockedValueBox<String?>
+    /// This node's copy of a shared store, and the revision last written to it.
+    let cache: StateCache?
+    let cachedRevision = NIOLockedValueBox<Int64>(-1)
 
     /// Opens the store at `statePath` (a file's path or a PostgreSQL URL, ``StateLocation``; the database's password
     /// from `passwordFile` or `PGPASSWORD`) and builds what to serve from the file and the store.
@@ -63,9 +67,30 @@ public final class ControlPlane: Sendable {
         var revision: Int64 = 0
         var store: (any StateStore)?
         var problem: String?
+        var trouble: String?
+        let cache = StateCache(path: file.stateCachePath)
+        let location = self.statePath
         do {
             let opened = try Self.openStore(statePath, passwordFile: passwordFile, logger: logger)
-            let snapshot = try opened.snapshot()
+            var snapshot = StoreSnapshot()
+            do {
+                snapshot = try opened.snapshot()
+            } catch {
+                guard opened is PostgresStateStore, error.isUnavailable else { throw error }
+                // The database is down: serve this node's copy, if it has one, and catch up once it answers.
+                trouble = "\(error)"
+                if let cached = cache.load(for: location) {
+                    let age = Int(Date().timeIntervalSince(cached.savedAt))
+                    logger.error(
+                        "state store: \(error); serving this node's copy of version \(cached.revision), saved \(age) s ago (\(cache.path)), until it answers"
+                    )
+                    snapshot = cached.snapshot
+                } else {
+                    logger.error(
+                        "state store: \(error); no copy of it here (\(cache.path)): serving the configuration file's tenants until it answers"
+                    )
+                }
+            }
             store = opened
             revision = snapshot.revision
             state.drains = snapshot.drains
@@ -85,6 +110,8 @@ public final class ControlPlane: Sendable {
         }
         self.store = store
         self.storeProblem = problem
+        self.cache = store is PostgresStateStore ? cache : nil
+        self.storeTrouble = NIOLockedValueBox(trouble)
         let snapshot = ControlSnapshot(state)
         let table = try RouteTable(configuration: snapshot.configuration)
         self.routes = RouteSource(table)
@@ -129,7 +156,7 @@ public final class ControlPlane: Sendable {
                 tls: PostgresStateStore.Settings.TLSMode(rawValue: url.sslMode) ?? .prefer,
                 rootCertificates: url.rootCertificates
             )
-            return try PostgresStateStore(settings: settings, logger: logger)
+            return try PostgresStateStore(settings: settings, waitingForDatabase: true, logger: logger)
         }
     }
 

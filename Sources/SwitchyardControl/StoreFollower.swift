@@ -42,6 +42,7 @@ public struct StoreFollower: Service {
                     controlPlane.synchronizeReporting()
                     // At once, so that a writer waiting for the fleet (`?wait=fleet`) sees this node has it.
                     controlPlane.heartbeat()
+                    controlPlane.saveCache()
                 }
             }
         } onGracefulShutdown: {
@@ -70,6 +71,26 @@ extension ControlPlane {
             logger.notice("state store: answering again; at version \(revision)")
         default:
             break
+        }
+    }
+}
+
+extension ControlPlane {
+    /// Writes this node's copy of the store when it serves a revision the copy does not have yet (the follower's
+    /// thread, after a synchronisation: never on a change's path).
+    func saveCache() {
+        guard let cache, storeTrouble.withLockedValue({ $0 == nil }) else { return }
+        // Under the version's lock, so that the state and its revision are of the same change.
+        let outcome = version.commit(ifMatch: nil) { current in
+            ((self.state.withLockedValue { $0 }, appliedRevision), current)
+        }
+        guard case .done(let (state, revision), _) = outcome, revision > cachedRevision.withLockedValue({ $0 })
+        else { return }
+        do {
+            try cache.save(state, revision: revision, store: statePath)
+            cachedRevision.withLockedValue { $0 = revision }
+        } catch {
+            logger.warning("state store: this node's copy could not be written: \(error)")
         }
     }
 }

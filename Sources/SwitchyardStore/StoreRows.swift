@@ -7,7 +7,6 @@ import Foundation
 /// database's own, turned into ``StoreError`` by ``storeError(_:)``, except where a case says otherwise.
 protocol StoreRows {
     func revision() throws -> Int64
-    func setRevision(_ revision: Int64) throws
 
     func tenant(named name: String) throws -> String?
     func tenants() throws -> [String: String]
@@ -27,13 +26,13 @@ protocol StoreRows {
     func upsertCertificate(_ certificate: StoredCertificate) throws
     func deleteCertificate(ofTenant tenant: String) throws
 
-    func insertChange(_ record: ChangeRecord) throws
+    /// The change records of one mutation, together.
+    func insertChanges(_ records: [ChangeRecord]) throws
 
     /// The batch forms, for an apply of thousands: one statement each where the database allows it (the defaults
     /// run the single ones).
     func upsertTenants(_ documents: [(name: String, document: String)]) throws
     func deleteTenants(_ names: [String]) throws
-    func insertChanges(_ records: [ChangeRecord]) throws
     func changes(since revision: Int64, limit: Int?) throws -> [ChangeRecord]
 
     /// Runs `work` in a savepoint: what it did stays when it returns, and is undone when it throws.
@@ -51,10 +50,6 @@ extension StoreRows {
 
     func deleteTenants(_ names: [String]) throws {
         for name in names { try deleteTenant(name) }
-    }
-
-    func insertChanges(_ records: [ChangeRecord]) throws {
-        for record in records { try insertChange(record) }
     }
 
     /// Everything, as of the transaction.

@@ -30,6 +30,7 @@ struct FleetIntegrationTests {
                 listen:
                   http: ["127.0.0.1:\(port)"]
                 node_name: node-\(port)
+                state_cache: \(cachePath(port: port))
                 workers: 1
                 access_log: false
                 state_password_file: \(passwordFile)
@@ -39,8 +40,16 @@ struct FleetIntegrationTests {
             )
         }
 
+        /// Where the node on `port` keeps its copy of the store.
+        func cachePath(port: Int) -> String {
+            NSTemporaryDirectory() + "switchyard-cache-\(database)-\(port).json"
+        }
+
         func stop() {
-            for node in nodes { node.stop() }
+            for node in nodes {
+                node.stop()
+                try? FileManager.default.removeItem(atPath: cachePath(port: node.port))
+            }
             try? cluster.dropDatabase(database)
             try? FileManager.default.removeItem(atPath: passwordFile)
         }
@@ -236,6 +245,70 @@ struct FleetIntegrationTests {
         let log = fleet.nodes[0].process.log
         #expect(log.components(separatedBy: "cannot read other nodes' changes").count - 1 == 1, "\(log)")
         #expect(log.contains("answering again"), "\(log)")
+        await backend.stop()
+    }
+
+    @Test(
+        "a node started while the database is down serves its own copy and says how old it is; it catches up once the database is back"
+    )
+    func startsFromItsCopy() async throws {
+        let backend = try await TestBackend.start(name: "b")
+        let cluster = try TemporaryPostgres()
+        defer {
+            try? cluster.stop()
+            try? FileManager.default.removeItem(atPath: cluster.directory)
+        }
+        let fleet = try Fleet(cluster: cluster, nodes: 1)
+        defer { fleet.stop() }
+        let port = fleet.nodes[0].port
+        let added = try fleet.nodes[0].admin([
+            "tenants", "add", "shop", "--domain", "shop.test", "--backend", "127.0.0.1:\(backend.port)",
+        ])
+        #expect(added.status == 0, "\(added.stderr)")
+        // The copy is written by the follower after it has the change (at once on the bell, else within 2 s).
+        let cache = fleet.cachePath(port: port)
+        let written = try await offThePool { () -> Bool in
+            let deadline = ContinuousClock.now + .seconds(10)
+            while ContinuousClock.now < deadline {
+                if let text = try? String(contentsOfFile: cache, encoding: .utf8), text.contains("\"revision\":1") {
+                    return true
+                }
+                usleep(50_000)
+            }
+            return false
+        }
+        #expect(written)
+        var mode = stat()
+        #expect(stat(cache, &mode) == 0 && mode.st_mode & 0o777 == 0o600)
+
+        fleet.nodes[0].stop()
+        try cluster.stop()
+        let restarted = try fleet.start(port: port)
+        fleet.nodes[0] = restarted
+        #expect(try await offThePool { fetch(port: port, host: "shop.test") } == "b")
+        #expect(
+            restarted.process.log.contains("serving this node's copy of version 1, saved"),
+            "\(restarted.process.log)"
+        )
+        let status = try restarted.admin(["status"])
+        #expect(status.stdout.contains("cannot"), "\(status.stdout)")
+        let refused = try restarted.admin([
+            "tenants", "add", "blog", "--domain", "blog.test", "--backend", "127.0.0.1:\(backend.port)",
+        ])
+        #expect(refused.status != 0)
+
+        try cluster.start()
+        var accepted = false
+        for _ in 0..<30 where !accepted {
+            let retry = try restarted.admin([
+                "tenants", "add", "blog", "--domain", "blog.test", "--backend", "127.0.0.1:\(backend.port)",
+            ])
+            accepted = retry.status == 0
+            if !accepted { try await Task.sleep(for: .milliseconds(500)) }
+        }
+        #expect(accepted)
+        #expect(try await offThePool { fetch(port: port, host: "blog.test") } == "b")
+        #expect(try await offThePool { fetch(port: port, host: "shop.test") } == "b")
         await backend.stop()
     }
 }

@@ -863,7 +863,7 @@ struct ConfigurationLoaderTests {
             key: "listen_on",
             line: 1,
             reason:
-                "unknown key 'listen_on'; accepted keys: listen, workers, admin, state, state_password_file, tls, access_log, timeouts, "
+                "unknown key 'listen_on'; accepted keys: listen, workers, admin, state, state_password_file, state_cache, tls, access_log, timeouts, "
                 + "limits, tenants"
         ),
         Refusal(

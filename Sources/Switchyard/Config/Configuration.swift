@@ -18,6 +18,9 @@ public struct Configuration: Sendable, Equatable {
     public var statePath: String
     /// The file holding the PostgreSQL store's password (`PGPASSWORD` otherwise).
     public var statePasswordFile: String?
+    /// Where a node keeps its copy of a PostgreSQL store's state, served when it starts while the database is down
+    /// (`state_cache`).
+    public var stateCachePath = "run/state-cache.json"
     /// The default certificate, used when SNI names no tenant certificate.
     public var tls: TLSFiles?
     /// Protocol versions, ciphers, groups, session cache and tickets of every TLS context (`tls:` keys).

@@ -89,7 +89,8 @@ public enum ConfigurationLoader {
 
     private enum Key {
         static let topLevel = [
-            "listen", "workers", "admin", "state", "state_password_file", "tls", "access_log", "timeouts", "limits",
+            "listen", "workers", "admin", "state", "state_password_file", "state_cache", "tls", "access_log",
+            "timeouts", "limits",
             "tenants",
             "underscores_in_headers", "metrics", "request_id", "node_name",
         ]
@@ -136,6 +137,11 @@ public enum ConfigurationLoader {
                 throw node.error("the PostgreSQL URL \(error)")
             }
             configuration.statePath = value
+        }
+        if let node = top["state_cache"] {
+            configuration.stateCachePath = try node.nonEmptyString(
+                expected: "the path of this node's copy of the PostgreSQL store's state"
+            )
         }
         if let node = top["state_password_file"] {
             configuration.statePasswordFile = try node.nonEmptyString(

@@ -115,6 +115,7 @@ public final class ConfigurationReloader: Service {
         if next.listen != previous.listen || next.workers != previous.workers || next.timeouts != previous.timeouts
             || next.limits != previous.limits || next.accessLog != previous.accessLog || next.admin != previous.admin
             || next.statePath != previous.statePath || next.statePasswordFile != previous.statePasswordFile
+            || next.stateCachePath != previous.stateCachePath
         {
             logger.warning(
                 "reload: listen, workers, timeouts, limits, admin, state and access_log changes take effect after a restart"

@@ -41,10 +41,6 @@ struct PostgresRows: StoreRows {
         return try row.decode(Int64.self)
     }
 
-    func setRevision(_ revision: Int64) throws {
-        try query("UPDATE switchyard.revision SET value = \(revision) WHERE id = 1")
-    }
-
     /// Sets the revision and sends it to the listeners of `channel` once the transaction commits, in one
     /// statement.
     func setRevision(_ revision: Int64, notifying channel: String) throws {
@@ -167,19 +163,6 @@ struct PostgresRows: StoreRows {
             fingerprint: fingerprint,
             names: try JSONDecoder().decode([String].self, from: Data(namesJSON.utf8)),
             notAfter: Date(timeIntervalSince1970: Double(notAfter))
-        )
-    }
-
-    func insertChange(_ record: ChangeRecord) throws {
-        let sequence = Int64(record.sequence)
-        let time = StoreTime.milliseconds(record.time)
-        let action = record.action.rawValue
-        try query(
-            """
-            INSERT INTO switchyard.change (revision, sequence, time_ms, actor, action, subject, "before", "after")
-            VALUES (\(record.revision), \(sequence), \(time), \(record.actor), \(action), \(record.subject),
-                \(record.before), \(record.after))
-            """
         )
     }
 

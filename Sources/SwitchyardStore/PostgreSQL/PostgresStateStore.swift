@@ -82,10 +82,16 @@ public final class PostgresStateStore: StateStore {
     private let logger: Logger
 
     /// Connects, and creates or migrates the schema (under an advisory lock, so that nodes started together do not
-    /// race). Throws ``StoreError/unavailable(path:reason:)`` when the database cannot be reached, refuses the login
-    /// or the schema cannot be made, and ``StoreError/newerSchema(path:detail:)`` when a newer Switchyard migrated
-    /// it.
-    public init(settings: Settings, logger: Logger = Logger(label: "switchyard.store")) throws(StoreError) {
+    /// race). Throws ``StoreError/newerSchema(path:detail:)`` when a newer Switchyard migrated it, and
+    /// ``StoreError/unavailable(path:reason:)`` when the database cannot be reached, refuses the login or the
+    /// schema cannot be made, unless `waitingForDatabase`: then the store is made all the same, every call fails
+    /// as unavailable until the database answers, and the first one that reaches it migrates the schema first (a
+    /// node started while the database is down serves what it cached and catches up once it is back).
+    public init(
+        settings: Settings,
+        waitingForDatabase: Bool = false,
+        logger: Logger = Logger(label: "switchyard.store")
+    ) throws(StoreError) {
         self.settings = settings
         let tlsConfiguration: PostgresConnection.Configuration.TLS
         do {
@@ -102,9 +108,9 @@ public final class PostgresStateStore: StateStore {
             PostgresSession(settings: settings, tls: tlsConfiguration, logger: logger)
         )
         do {
-            try session.withLockedValue { session in
-                try session.run { rows in try PostgresSchema.migrate(rows, location: settings.location) }
-            }
+            try session.withLockedValue { session in try session.run { _ in } }
+        } catch let error as StoreError {
+            guard waitingForDatabase, error.isUnavailable else { throw error }
         } catch {
             throw StoreError.wrappingPostgres(error, location: settings.location)
         }
@@ -244,6 +250,8 @@ struct PostgresSession {
     let logger: Logger
     private var connection: PostgresConnection?
     private var nextID = 0
+    /// Whether the schema was checked (and migrated) on this database, which the first connection does.
+    private var migrated = false
 
     init(settings: PostgresStateStore.Settings, tls: PostgresConnection.Configuration.TLS, logger: Logger) {
         self.settings = settings
@@ -300,6 +308,10 @@ struct PostgresSession {
             logger: logger
         )
         do {
+            if !migrated {
+                try PostgresSchema.migrate(rows, location: settings.location)
+                migrated = true
+            }
             return try work(rows)
         } catch let error as StoreError {
             if error.isUnavailable, connection.isClosed { close() }

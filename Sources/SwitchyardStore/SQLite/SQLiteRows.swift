@@ -134,18 +134,21 @@ struct SQLiteRows: StoreRows {
         )
     }
 
-    func insertChange(_ record: ChangeRecord) throws {
-        try db.cachedStatement(
+    func insertChanges(_ records: [ChangeRecord]) throws {
+        let statement = try db.cachedStatement(
             sql: """
                 INSERT INTO change (revision, sequence, time_ms, actor, action, subject, "before", "after")
                 VALUES (?, ?, ?, ?, ?, ?, ?, ?)
                 """
-        ).execute(
-            arguments: [
-                record.revision, record.sequence, StoreTime.milliseconds(record.time), record.actor,
-                record.action.rawValue, record.subject, record.before, record.after,
-            ]
         )
+        for record in records {
+            try statement.execute(
+                arguments: [
+                    record.revision, record.sequence, StoreTime.milliseconds(record.time), record.actor,
+                    record.action.rawValue, record.subject, record.before, record.after,
+                ]
+            )
+        }
     }
 
     func changes(since revision: Int64, limit: Int?) throws -> [ChangeRecord] {
