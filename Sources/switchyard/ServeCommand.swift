@@ -157,7 +157,13 @@ enum Balancer {
         )
         let ticketRotation: [any Service] = certificates.map { [$0.current.ticketKeys] } ?? []
         let healthChecker = HealthChecker(routes: routes, group: group, logger: logger, metrics: metrics)
-        let metricsPage = MetricsPage(metrics: metrics, routes: routes, version: version) { server.openConnections }
+        let metricsPage = MetricsPage(
+            metrics: metrics,
+            routes: routes,
+            version: version,
+            storeUp: { controlPlane.storeStatus.problem == nil },
+            connections: { server.openConnections }
+        )
         // SWITCHYARD_ADMIN names the socket for the operator commands; the server honours it too, so both agree.
         let adminPath = ProcessInfo.processInfo.environment["SWITCHYARD_ADMIN"].flatMap { $0.isEmpty ? nil : $0 }
         let api = AdminAPI(

@@ -227,6 +227,10 @@ struct FleetIntegrationTests {
         #expect(refused.stderr.contains("cannot be"), "\(refused.stderr)")
         let status = try fleet.nodes[0].admin(["status"])
         #expect(status.stdout.contains("cannot"), "\(status.stdout)")
+        let metrics = try ExternalProcess.curl([
+            "--unix-socket", fleet.nodes[0].process.adminPath, "http://admin/metrics?scope=global",
+        ])
+        #expect(metrics.stdout.contains("switchyard_state_store_up 0.0"), "\(metrics.stdout.prefix(400))")
         let counts = try await traffic
         #expect(counts.failed == 0 && counts.ok > 100, "\(counts)")
 

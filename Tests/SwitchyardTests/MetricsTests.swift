@@ -1,4 +1,5 @@
 import Foundation
+import NIOConcurrencyHelpers
 import NIOCore
 import Testing
 
@@ -22,6 +23,29 @@ struct MetricsTests {
     ) throws -> String {
         let page = MetricsPage(metrics: metrics, routes: routes, version: ConfigurationVersion(initial: 7)) { 3 }
         return String(decoding: page.render(try MetricsPage.Query(target: target)), as: UTF8.self)
+    }
+
+    @Test("switchyard_state_store_up says whether the state store answers, when the page is told")
+    func storeUp() throws {
+        let routes = RouteSource(try RouteTable(configuration: Configuration()))
+        let metrics = SwitchyardMetrics(loops: 1, build: "1")
+        let answering = NIOLockedValueBox(true)
+        let page = MetricsPage(
+            metrics: metrics,
+            routes: routes,
+            version: ConfigurationVersion(initial: 1),
+            storeUp: { answering.withLockedValue { $0 } },
+            connections: { 0 }
+        )
+        func text() throws -> String {
+            String(decoding: page.render(try MetricsPage.Query(target: "/metrics?scope=global")), as: UTF8.self)
+        }
+        #expect(Self.lines(try text(), "switchyard_state_store_up ") == ["switchyard_state_store_up 1.0"])
+        answering.withLockedValue { $0 = false }
+        #expect(Self.lines(try text(), "switchyard_state_store_up ") == ["switchyard_state_store_up 0.0"])
+        let without = MetricsPage(metrics: metrics, routes: routes, version: nil) { 0 }
+        let plain = String(decoding: without.render(try MetricsPage.Query(target: "/metrics")), as: UTF8.self)
+        #expect(!plain.contains("switchyard_state_store_up"))
     }
 
     /// The sample lines of `page` that start with `prefix`.

@@ -69,19 +69,23 @@ public struct MetricsPage: Sendable {
     private let routes: RouteSource
     private let connections: @Sendable () -> Int
     private let version: ConfigurationVersion?
+    private let storeUp: (@Sendable () -> Bool)?
 
     /// - Parameters:
     ///   - connections: the client connections open now.
     ///   - version: the configuration version, for `switchyard_config_version`.
+    ///   - storeUp: whether the state store answers now, for `switchyard_state_store_up`.
     public init(
         metrics: SwitchyardMetrics,
         routes: RouteSource,
         version: ConfigurationVersion?,
+        storeUp: (@Sendable () -> Bool)? = nil,
         connections: @escaping @Sendable () -> Int
     ) {
         self.metrics = metrics
         self.routes = routes
         self.version = version
+        self.storeUp = storeUp
         self.connections = connections
     }
 
@@ -178,6 +182,14 @@ public struct MetricsPage: Sendable {
                 "switchyard_config_changes_total",
                 "Changes applied: admin API writes, drains and reloads",
                 version.changeCount
+            )
+        }
+        if let storeUp {
+            Self.gauge(
+                registry,
+                "switchyard_state_store_up",
+                "1 while the state store answers; 0 while it does not (changes are refused, the last state is served)",
+                storeUp() ? 1 : 0
             )
         }
         Self.gauge(registry, "switchyard_tenants", "Tenants served", Double(table.tenants.count))
