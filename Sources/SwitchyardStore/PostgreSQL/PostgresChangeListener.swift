@@ -42,7 +42,7 @@ final class PostgresChangeListener: StoreWatch {
             defer { state.connection = nil }
             return state.connection
         }
-        if let connection { Self.close(connection) }
+        connection?.closeKeepingAlive()
     }
 
     private func connect() {
@@ -52,15 +52,7 @@ final class PostgresChangeListener: StoreWatch {
             return state.attempts
         }
         guard let attempt else { return }
-        var configuration = PostgresConnection.Configuration(
-            host: settings.host,
-            port: settings.port,
-            username: settings.user,
-            password: settings.password,
-            database: settings.database,
-            tls: tls
-        )
-        configuration.options.connectTimeout = settings.timeout
+        let configuration = settings.connectionConfiguration(tls: tls)
         let ring = self.ring
         PostgresConnection.connect(on: loop, configuration: configuration, id: attempt, logger: logger)
             .flatMap { (connection: PostgresConnection) -> EventLoopFuture<PostgresConnection> in
@@ -70,7 +62,7 @@ final class PostgresChangeListener: StoreWatch {
                     return true
                 }
                 guard keep else {
-                    Self.close(connection)
+                    connection.closeKeepingAlive()
                     return self.loop.makeFailedFuture(CancellationError())
                 }
                 _ = connection.addListener(channel: PostgresStateStore.notificationChannel) { _, _ in ring() }
@@ -89,7 +81,7 @@ final class PostgresChangeListener: StoreWatch {
                         defer { state.connection = nil }
                         return state.connection
                     }
-                    if let connection { Self.close(connection) }
+                    connection?.closeKeepingAlive()
                     self.again()
                 }
             }
@@ -99,9 +91,5 @@ final class PostgresChangeListener: StoreWatch {
     private func again() {
         guard !state.withLockedValue({ $0.stopped }) else { return }
         loop.scheduleTask(in: .seconds(1)) { self.connect() }
-    }
-
-    private static func close(_ connection: PostgresConnection) {
-        connection.close().whenComplete { _ in withExtendedLifetime(connection) {} }
     }
 }

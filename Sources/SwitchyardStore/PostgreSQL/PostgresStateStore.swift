@@ -64,6 +64,20 @@ public final class PostgresStateStore: StateStore {
             self.timeout = timeout
         }
 
+        /// How PostgresNIO connects with these settings: the store's connection and its listener's alike.
+        func connectionConfiguration(tls: PostgresConnection.Configuration.TLS) -> PostgresConnection.Configuration {
+            var configuration = PostgresConnection.Configuration(
+                host: host,
+                port: port,
+                username: user,
+                password: password,
+                database: database,
+                tls: tls
+            )
+            configuration.options.connectTimeout = timeout
+            return configuration
+        }
+
         /// The database as an operator would name it, without the password.
         public var location: String {
             let address = host.contains(":") ? "[\(host)]" : host
@@ -326,15 +340,7 @@ struct PostgresSession {
     private mutating func open() throws(StoreError) -> PostgresConnection {
         if let connection, !connection.isClosed { return connection }
         connection = nil
-        var configuration = PostgresConnection.Configuration(
-            host: settings.host,
-            port: settings.port,
-            username: settings.user,
-            password: settings.password,
-            database: settings.database,
-            tls: tls
-        )
-        configuration.options.connectTimeout = settings.timeout
+        let configuration = settings.connectionConfiguration(tls: tls)
         nextID += 1
         let future = PostgresConnection.connect(
             on: MultiThreadedEventLoopGroup.singleton.next(),
@@ -348,7 +354,7 @@ struct PostgresSession {
             return opened
         } catch let error as PostgresFailure.TimedOut {
             // A connection that comes after all is of no use to anyone: closed.
-            future.whenSuccess { Self.close($0) }
+            future.whenSuccess { $0.closeKeepingAlive() }
             throw StoreError.wrappingPostgres(error, location: settings.location)
         } catch {
             throw StoreError.wrappingPostgres(error, location: settings.location)
@@ -356,13 +362,15 @@ struct PostgresSession {
     }
 
     mutating func close() {
-        if let connection { Self.close(connection) }
+        connection?.closeKeepingAlive()
         connection = nil
     }
+}
 
-    /// Closes `connection`, keeping it alive until it is closed (PostgresNIO requires a connection to be closed
+extension PostgresConnection {
+    /// Closes the connection, keeping it alive until it is closed (PostgresNIO requires a connection to be closed
     /// before it goes).
-    private static func close(_ connection: PostgresConnection) {
-        connection.close().whenComplete { _ in withExtendedLifetime(connection) {} }
+    func closeKeepingAlive() {
+        close().whenComplete { _ in withExtendedLifetime(self) {} }
     }
 }
