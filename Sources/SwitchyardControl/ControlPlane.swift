@@ -41,6 +41,8 @@ public final class ControlPlane: Sendable {
     /// This node's copy of a shared store, and the revision last written to it.
     let cache: StateCache?
     let cachedRevision = NIOLockedValueBox<Int64>(-1)
+    /// How much of the change log is kept (`change_log`, read at start).
+    let changeLogRetention: ChangeLogRetention
 
     /// Opens the store at `statePath` (a file's path or a PostgreSQL URL, ``StateLocation``; the database's password
     /// from `passwordFile` or `PGPASSWORD`) and builds what to serve from the file and the store.
@@ -60,6 +62,10 @@ public final class ControlPlane: Sendable {
     ) throws {
         self.configurationPath = configurationPath
         self.node = Self.identity(of: file)
+        self.changeLogRetention = ChangeLogRetention(
+            maximumAge: file.changeLog.maximumAge.map { .nanoseconds($0.nanoseconds) },
+            maximumRecords: file.changeLog.maximumChanges
+        )
         // As status and logs show it: a URL that does not parse may hold a password, so it is not repeated.
         self.statePath = (try? StateLocation(parsing: statePath))?.description ?? "the `state` URL"
         self.logger = logger

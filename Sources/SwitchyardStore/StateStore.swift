@@ -1,3 +1,5 @@
+import Foundation
+
 /// The durable state store: the tenants, drains and certificates changed through the admin API, the configuration
 /// version, and the audit log of every change. Two implementations: ``SQLiteStateStore`` (one file, one node) and
 /// ``PostgresStateStore`` (one database shared by a fleet of nodes).
@@ -40,6 +42,11 @@ public protocol StateStore: Sendable {
 
     /// Every node's latest heartbeat, by name; empty for a store of one node.
     func fleet() throws(StoreError) -> [FleetNode]
+
+    /// Deletes the change records that `retention` no longer keeps, as of `now`: whole writes, never the latest
+    /// one, under the store's write lock (so that it runs between writes, never beside one). Not a change: no
+    /// revision, no record, no bell. A node whose next revision was pruned reads the store whole when it catches up.
+    func pruneChanges(_ retention: ChangeLogRetention, now: Date) throws(StoreError) -> ChangeLogPruning
 
     /// Runs one write: a transaction that holds the store's write lock from its start, so that concurrent writers
     /// (in this process, another process, another node) run one after the other, in which `body` reads and mutates

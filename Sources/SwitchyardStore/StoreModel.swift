@@ -245,3 +245,33 @@ public struct FleetNode: Sendable, Equatable {
         self.seenAt = seenAt
     }
 }
+
+/// How much of the change log a store keeps (`change_log:`). A write's records are kept or pruned together, and
+/// the latest write's are always kept, so the log never starts in the middle of a write: a node that finds its
+/// next revision missing knows the log was pruned past it and reads the store whole.
+public struct ChangeLogRetention: Sendable, Equatable {
+    /// Records of writes older than this go; `nil`: kept whatever their age.
+    public var maximumAge: Duration?
+    /// At most about this many records are kept, the newest (whole writes: a write that straddles the limit is
+    /// kept); `nil`: any number.
+    public var maximumRecords: Int?
+
+    public init(maximumAge: Duration? = nil, maximumRecords: Int? = nil) {
+        self.maximumAge = maximumAge
+        self.maximumRecords = maximumRecords
+    }
+}
+
+/// What ``StateStore/pruneChanges(_:now:)`` removed.
+public struct ChangeLogPruning: Sendable, Equatable {
+    /// How many change records were deleted.
+    public let deleted: Int
+    /// The revision through which the log was pruned, when anything was: every record of a revision up to it is
+    /// gone.
+    public let throughRevision: Int64?
+
+    public init(deleted: Int, throughRevision: Int64?) {
+        self.deleted = deleted
+        self.throughRevision = throughRevision
+    }
+}

@@ -35,6 +35,13 @@ protocol StoreRows {
     func deleteTenants(_ names: [String]) throws
     func changes(since revision: Int64, limit: Int?) throws -> [ChangeRecord]
 
+    /// The newest revision whose write began before `milliseconds` (since 1970); `nil` when there is none.
+    func newestRevision(before milliseconds: Int64) throws -> Int64?
+    /// The revision of the record `offset` places from the newest (0: the newest); `nil` when the log is shorter.
+    func revision(ofRecordFromNewest offset: Int) throws -> Int64?
+    /// Deletes the records of every revision up to `revision`: how many.
+    func deleteChanges(through revision: Int64) throws -> Int
+
     /// Runs `work` in a savepoint: what it did stays when it returns, and is undone when it throws.
     func atomically(_ work: () throws -> Void) throws
 
@@ -62,6 +69,26 @@ extension StoreRows {
         )
     }
 
+    /// ``StateStore/pruneChanges(_:now:)``'s decision, made once for every store, in a transaction that holds the
+    /// write lock and found the store at revision `current`.
+    func pruneChanges(_ retention: ChangeLogRetention, now: Date, current: Int64) throws -> ChangeLogPruning {
+        var through: Int64 = 0
+        if let age = retention.maximumAge {
+            let (seconds, attoseconds) = age.components
+            let cutoff = StoreTime.milliseconds(now) - seconds * 1000 - attoseconds / 1_000_000_000_000_000
+            through = max(through, try newestRevision(before: cutoff) ?? 0)
+        }
+        if let keep = retention.maximumRecords, keep > 0, let last = try revision(ofRecordFromNewest: keep - 1) {
+            // The write holding the last record within the limit stays whole (it may straddle the limit); the
+            // writes before it go.
+            through = max(through, last - 1)
+        }
+        // The latest write stays, however old: the log then still says where it stands.
+        through = min(through, current - 1)
+        guard through > 0 else { return ChangeLogPruning(deleted: 0, throughRevision: nil) }
+        let deleted = try deleteChanges(through: through)
+        return ChangeLogPruning(deleted: deleted, throughRevision: deleted > 0 ? through : nil)
+    }
 }
 
 /// Times as the stores keep them: milliseconds since 1970 in change records (`time_ms`).

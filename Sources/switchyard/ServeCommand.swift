@@ -205,7 +205,8 @@ enum Balancer {
             } ?? []
         let services: [any Service] =
             (accessLog.map { [$0] } ?? []) + [reloader, healthChecker, admin, memoryReleaser] + metricsListener
-            + ticketRotation + extraServices + [StoreFollower(controlPlane: controlPlane), server]
+            + ticketRotation + extraServices
+            + [StoreFollower(controlPlane: controlPlane), ChangeLogPruner(controlPlane: controlPlane), server]
         let serviceGroup = ServiceGroup(
             configuration: .init(
                 services: services.map { .init(service: $0) },

@@ -15,7 +15,10 @@ import Testing
 @Suite("Control planes sharing a PostgreSQL store", .serialized)
 struct FleetControlPlaneTests {
     /// Two planes on a new database of the tests' cluster, each with the file tenant of ``ControlPlaneTests``.
-    static func withNodes<T>(_ body: (ControlPlane, ControlPlane) throws -> T) throws -> T {
+    static func withNodes<T>(
+        changeLog: Configuration.ChangeLog = Configuration.ChangeLog(),
+        _ body: (ControlPlane, ControlPlane) throws -> T
+    ) throws -> T {
         let cluster = try TemporaryPostgres.shared
         let database = try cluster.makeDatabase()
         defer { try? cluster.dropDatabase(database) }
@@ -26,6 +29,7 @@ struct FleetControlPlaneTests {
         func node(_ name: String) throws -> ControlPlane {
             var file = try ControlPlaneTests.file()
             file.nodeName = name
+            file.changeLog = changeLog
             return try ControlPlane(
                 file: file,
                 configurationPath: "test.yaml",
@@ -62,6 +66,47 @@ struct FleetControlPlaneTests {
             #expect(removed.status == 200, "\(String(decoding: removed.body, as: UTF8.self))")
             #expect(try second.synchronize().get() == 2)
             #expect(second.routes.current.tenant(forNormalizedHost: "shop.test") == nil)
+        }
+    }
+
+    @Test("a node whose next change was pruned from the log reads the store whole, and ends with exactly its state")
+    func catchesUpThroughAPrunedLog() throws {
+        let oneRecord = Configuration.ChangeLog(maximumAge: nil, maximumChanges: 1)
+        try Self.withNodes(changeLog: oneRecord) { (first: ControlPlane, second: ControlPlane) throws in
+            for (name, domain) in [("shop", "shop.test"), ("blog", "blog.test")] {
+                let added = ControlPlaneTests.call(
+                    first,
+                    ControlPlaneTests.request("POST", "/v1/tenants", Self.tenant(name, domain: domain))
+                )
+                #expect(added.status == 201, "\(String(decoding: added.body, as: UTF8.self))")
+            }
+            #expect(try second.synchronize().get() == 2)
+
+            // Version 3 adds a tenant, version 4 removes another; the log is then pruned to version 4's record.
+            let cafe = ControlPlaneTests.call(
+                first,
+                ControlPlaneTests.request("POST", "/v1/tenants", Self.tenant("cafe", domain: "cafe.test"))
+            )
+            #expect(cafe.status == 201)
+            #expect(
+                ControlPlaneTests.call(first, ControlPlaneTests.request("DELETE", "/v1/tenants/shop")).status == 200
+            )
+            let pruning = try #require(first.pruneChangeLog(now: Date()))
+            #expect(pruning == ChangeLogPruning(deleted: 3, throughRevision: 3))
+
+            // Read record by record, the second node would miss version 3's tenant: it reads the store whole.
+            #expect(try second.synchronize().get() == 4)
+            let routes = second.routes.current
+            #expect(routes.tenant(forNormalizedHost: "cafe.test")?.name == "cafe")
+            #expect(routes.tenant(forNormalizedHost: "blog.test")?.name == "blog")
+            #expect(routes.tenant(forNormalizedHost: "shop.test") == nil)
+            #expect(second.version.current == 4)
+            // And goes on record by record from there.
+            #expect(
+                ControlPlaneTests.call(first, ControlPlaneTests.request("DELETE", "/v1/tenants/blog")).status == 200
+            )
+            #expect(try second.synchronize().get() == 5)
+            #expect(second.routes.current.tenant(forNormalizedHost: "blog.test") == nil)
         }
     }
 

@@ -134,4 +134,54 @@ struct PostgresStateStoreTests {
         let snapshot = try store.snapshot()
         #expect(snapshot.revision == 2 && Set(snapshot.tenants.keys) == ["shop", "blog"])
     }
+
+    @Test(
+        "TLS to the database: require and verify-full connect over TLS (the server refuses plain TCP); a certificate not trusted is refused, saying what to check"
+    )
+    func tls() throws {
+        let cluster = try TemporaryPostgres.shared
+        let database = try cluster.makeDatabase()
+        defer { try? cluster.dropDatabase(database) }
+        try cluster.requireTLS(database: database)
+        var settings = cluster.settings(database: database)
+        settings.timeout = .seconds(5)
+
+        let plain = #expect(throws: StoreError.self) { try PostgresStateStore(settings: settings) }
+        #expect(plain?.description.contains("no encryption") == true, "\(String(describing: plain))")
+
+        let authority = TemporaryPostgres.certificates + "/dev-ca.pem"
+        for (mode, host, roots) in [
+            (PostgresStateStore.Settings.TLSMode.prefer, "127.0.0.1", nil),
+            (.require, "127.0.0.1", nil),
+            (.verifyFull, "127.0.0.1", authority),
+            (.verifyFull, "localhost", authority),
+        ] as [(PostgresStateStore.Settings.TLSMode, String, String?)] {
+            var encrypted = settings
+            encrypted.tls = mode
+            encrypted.host = host
+            encrypted.rootCertificates = roots
+            let store = try PostgresStateStore(settings: encrypted)
+            let revision = try store.revision()
+            #expect(
+                try store.write(actor: mode.rawValue) { try $0.putTenant(mode.rawValue + host, document: "{}") }
+                    .revision == revision + 1
+            )
+            // The store's connection stays open: the server says it is encrypted.
+            let encryptedConnections = try cluster.sql(
+                "SELECT count(*) FROM pg_stat_ssl JOIN pg_stat_activity USING (pid) WHERE datname = '\(database)' AND ssl"
+            )
+            #expect(
+                Int(encryptedConnections.trimmingCharacters(in: .whitespacesAndNewlines)) ?? 0 >= 1,
+                "\(mode) \(host)"
+            )
+        }
+
+        // verify-full against the system's roots: the development CA is not among them.
+        var untrusted = settings
+        untrusted.tls = .verifyFull
+        let refused = #expect(throws: StoreError.self) { try PostgresStateStore(settings: untrusted) }
+        #expect(refused?.isUnavailable == true)
+        #expect(refused?.description.contains("could not be verified") == true, "\(String(describing: refused))")
+        #expect(refused?.description.contains("sslrootcert") == true)
+    }
 }

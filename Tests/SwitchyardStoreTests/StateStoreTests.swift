@@ -394,4 +394,59 @@ struct StateStoreTests {
         }
     }
 
+    @Test(
+        "the change log is pruned by count and by age, whole writes only, never the latest; the state stays whole",
+        arguments: StoreKind.allCases
+    )
+    func pruning(kind: StoreKind) throws {
+        try withStore(kind) { open in
+            let store = try open()
+            let first = try store.write(actor: "a") { transaction in
+                for name in ["a", "b", "c"] { try transaction.putTenant(name, document: document(name)) }
+            }
+            let second = try store.write(actor: "a") { try $0.removeTenant("a") }
+            let third = try store.write(actor: "a") { transaction in
+                try transaction.putTenant("d", document: document("d"))
+                try transaction.addDrain(tenant: "b", backend: "10.0.0.5:8080")
+            }
+            let fourth = try store.write(actor: "a") { try $0.putTenant("e", document: document("e")) }
+            #expect(try store.changes(since: 0).count == 7)
+            let now = Date()
+
+            // Within both limits: nothing goes.
+            let generous = ChangeLogRetention(maximumAge: .seconds(3600), maximumRecords: 7)
+            #expect(try store.pruneChanges(generous, now: now) == ChangeLogPruning(deleted: 0, throughRevision: nil))
+
+            // Two records kept: the last two are the third write's second and the fourth's, so the third write
+            // stays whole (three records) and the first two go.
+            let two = ChangeLogRetention(maximumRecords: 2)
+            #expect(try store.pruneChanges(two, now: now) == ChangeLogPruning(deleted: 4, throughRevision: 2))
+            #expect(try store.changes(since: 0) == third.changes + fourth.changes)
+            #expect(try store.pruneChanges(two, now: now) == ChangeLogPruning(deleted: 0, throughRevision: nil))
+            #expect(try store.changes(since: 1).first?.revision == 3)
+
+            // By age, a month on: everything is old, yet the latest write stays.
+            let month = ChangeLogRetention(maximumAge: .seconds(30 * 86_400))
+            let later = now.addingTimeInterval(31 * 86_400)
+            #expect(try store.pruneChanges(month, now: later) == ChangeLogPruning(deleted: 2, throughRevision: 3))
+            #expect(try store.changes(since: 0) == fourth.changes)
+            #expect(try store.pruneChanges(month, now: later).deleted == 0)
+
+            // One record: the latest write's.
+            let fifth = try store.write(actor: "a") { try $0.removeTenant("b") }
+            #expect(
+                try store.pruneChanges(ChangeLogRetention(maximumRecords: 1), now: now)
+                    == ChangeLogPruning(deleted: 1, throughRevision: 4)
+            )
+            #expect(try store.changes(since: 0) == fifth.changes)
+
+            // Pruning is not a change: the revision and the state are as the writes left them.
+            let snapshot = try store.snapshot()
+            #expect(snapshot.revision == 5)
+            #expect(snapshot.tenants == ["c": document("c"), "d": document("d"), "e": document("e")])
+            #expect(snapshot.drains.count == 1)
+            #expect([first, second, third, fourth, fifth].map(\.revision) == [1, 2, 3, 4, 5])
+            #expect(try store.write(actor: "a") { try $0.putTenant("f", document: document("f")) }.revision == 6)
+        }
+    }
 }

@@ -75,8 +75,20 @@ public final class TemporaryPostgres: Sendable {
             ),
             "initdb"
         )
+        // TLS with the development certificate (names localhost and 127.0.0.1, signed by Certs/dev-ca.pem), which
+        // PostgreSQL wants owned by the server's user and readable by it alone.
+        for (file, name) in [("localhost.pem", "server.pem"), ("localhost.key", "server.key")] {
+            let copy = directory + "/" + name
+            try FileManager.default.copyItem(atPath: Self.certificates + "/" + file, toPath: copy)
+            chmod(copy, 0o600)
+            if let runAs { try Self.check(ChildProcess.run("/bin/chown", [runAs, copy]), "chown") }
+        }
         try start()
     }
+
+    /// The repository's `Certs` folder.
+    public static let certificates = URL(fileURLWithPath: #filePath).deletingLastPathComponent()
+        .deletingLastPathComponent().deletingLastPathComponent().appendingPathComponent("Certs").path
 
     /// Starts the server (again, after ``stop()``), on the same port and data.
     public func start() throws {
@@ -85,7 +97,8 @@ public final class TemporaryPostgres: Sendable {
                 "pg_ctl",
                 [
                     "-D", dataDirectory, "-l", directory + "/server.log", "-w", "-t", "60", "-o",
-                    "-p \(port) -k \(directory) -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=200",
+                    "-p \(port) -k \(directory) -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=200 "
+                        + "-c ssl=on -c ssl_cert_file=\(directory)/server.pem -c ssl_key_file=\(directory)/server.key",
                     "start",
                 ],
                 timeout: 90
@@ -115,6 +128,19 @@ public final class TemporaryPostgres: Sendable {
     /// Drops a database made by ``makeDatabase()``, closing its connections.
     public func dropDatabase(_ name: String) throws {
         _ = try sql("DROP DATABASE IF EXISTS \(name) WITH (FORCE)")
+    }
+
+    /// Refuses connections to `database` that do not use TLS (a `hostnossl … reject` line first in `pg_hba.conf`,
+    /// the configuration then reloaded).
+    public func requireTLS(database: String) throws {
+        let rules = dataDirectory + "/pg_hba.conf"
+        let current = try String(contentsOfFile: rules, encoding: .utf8)
+        try ("hostnossl \(database) all 127.0.0.1/32 reject\n" + current).write(
+            toFile: rules,
+            atomically: false,
+            encoding: .utf8
+        )
+        _ = try sql("SELECT pg_reload_conf()")
     }
 
     /// Runs `statement` with psql as the cluster's superuser, in `database`; its output, unaligned.

@@ -174,6 +174,21 @@ struct ConfigurationLoaderTests {
         #expect(configuration.tls == nil)
     }
 
+    @Test func changeLogRetention() throws {
+        #expect(
+            try parse("workers: 1\n").changeLog
+                == Configuration.ChangeLog(maximumAge: .hours(720), maximumChanges: 100_000)
+        )
+        #expect(
+            try parse("change_log: { max_age: 7d, max_changes: 5_000 }\n").changeLog
+                == Configuration.ChangeLog(maximumAge: .hours(168), maximumChanges: 5000)
+        )
+        #expect(
+            try parse("change_log: { max_age: none, max_changes: none }\n").changeLog
+                == Configuration.ChangeLog(maximumAge: nil, maximumChanges: nil)
+        )
+    }
+
     @Test func omittedKeysKeepTheirDefaults() throws {
         let configuration = try parse(
             """
@@ -547,6 +562,9 @@ struct ConfigurationLoaderTests {
         #expect(TimeAmount.minutes(120).configurationDescription == "2h")
         #expect(TimeAmount.milliseconds(1500).configurationDescription == "1500ms")
         #expect(TimeAmount.nanoseconds(7).configurationDescription == "7ns")
+        #expect(TimeAmount.parseConfigurationDuration("30d") == .success(.hours(720)))
+        #expect(TimeAmount.hours(48).configurationDescription == "2d")
+        #expect(TimeAmount.parseConfigurationDuration("200000d") == .failure(.tooLarge))
     }
 
     // MARK: - Domains
@@ -974,6 +992,15 @@ struct ConfigurationLoaderTests {
             reason: "must not be empty"
         ),
         Refusal("state: \"\"\n", key: "state", line: 1, reason: "must not be empty"),
+        Refusal(
+            "change_log:\n  max_age: 0s\n",
+            key: "change_log.max_age",
+            line: 2,
+            reason: "must be greater than zero"
+        ),
+        Refusal("change_log:\n  max_age: 30\n", key: "change_log.max_age", line: 2, reason: "needs a unit"),
+        Refusal("change_log:\n  max_changes: 0\n", key: "change_log.max_changes", line: 2, reason: "out of range"),
+        Refusal("change_log:\n  keep: 5\n", key: "change_log.keep", line: 2, reason: "unknown key 'keep'"),
         Refusal("state: [a, b]\n", key: "state", line: 1, reason: "found a list"),
         Refusal(
             "admin:\n  socket: { a: b }\n",
@@ -1324,7 +1351,7 @@ struct ConfigurationLoaderTests {
             validTenant + "\n    sticky: { max_age: 3600 }\n",
             key: "tenants[0].sticky.max_age",
             line: 5,
-            reason: "(a number needs a unit: ms, s, m or h)"
+            reason: "(a number needs a unit: ms, s, m, h or d)"
         ),
 
         // YAML syntax.

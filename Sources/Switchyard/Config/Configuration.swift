@@ -21,6 +21,8 @@ public struct Configuration: Sendable, Equatable {
     /// Where a node keeps its copy of a PostgreSQL store's state, served when it starts while the database is down
     /// (`state_cache`).
     public var stateCachePath = "run/state-cache.json"
+    /// How much of the state store's change log is kept (`change_log:`).
+    public var changeLog = ChangeLog()
     /// The default certificate, used when SNI names no tenant certificate.
     public var tls: TLSFiles?
     /// Protocol versions, ciphers, groups, session cache and tickets of every TLS context (`tls:` keys).
@@ -78,6 +80,22 @@ public struct Configuration: Sendable, Equatable {
         public init(http: [SocketAddress] = [], https: [SocketAddress] = []) {
             self.http = http
             self.https = https
+        }
+    }
+
+    /// `change_log:`: how much of the store's change log (the audit log, and what nodes of a fleet catch up from)
+    /// is kept; records beyond either limit are pruned, a write's records together, the latest write's never. A
+    /// node whose next change was pruned reads the store whole instead.
+    public struct ChangeLog: Sendable, Equatable {
+        /// `max_age`: records of writes older than this go (`none`: kept whatever their age). 30 days by default.
+        public var maximumAge: TimeAmount?
+        /// `max_changes`: about this many of the newest records are kept (`none`: any number). 100,000 by
+        /// default: ten `apply`s of 10,000 tenants, some 100 MB at most.
+        public var maximumChanges: Int?
+
+        public init(maximumAge: TimeAmount? = .hours(24 * 30), maximumChanges: Int? = 100_000) {
+            self.maximumAge = maximumAge
+            self.maximumChanges = maximumChanges
         }
     }
 

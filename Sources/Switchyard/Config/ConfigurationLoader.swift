@@ -92,8 +92,9 @@ public enum ConfigurationLoader {
             "listen", "workers", "admin", "state", "state_password_file", "state_cache", "tls", "access_log",
             "timeouts", "limits",
             "tenants",
-            "underscores_in_headers", "metrics", "request_id", "node_name",
+            "underscores_in_headers", "metrics", "request_id", "node_name", "change_log",
         ]
+        static let changeLog = ["max_age", "max_changes"]
         static let accessLog = ["format", "path"]
         static let metrics = ["listen", "tenant_histograms", "basic_auth_file"]
         static let listen = ["http", "https"]
@@ -147,6 +148,9 @@ public enum ConfigurationLoader {
             configuration.statePasswordFile = try node.nonEmptyString(
                 expected: "the path of a file holding the PostgreSQL password"
             )
+        }
+        if let node = top["change_log"] {
+            configuration.changeLog = try Self.changeLog(node)
         }
         if let node = top["tls"] {
             let mapping = try node.mapping(acceptedKeys: Key.tls + Key.tlsPolicy)
@@ -356,6 +360,23 @@ public enum ConfigurationLoader {
             throw file.error("is only used with metrics.listen; add metrics.listen or remove metrics.basic_auth_file")
         }
         return metrics
+    }
+
+    private static func changeLog(_ node: ConfigurationNode) throws(ConfigurationError) -> Configuration.ChangeLog {
+        let mapping = try node.mapping(acceptedKeys: Key.changeLog)
+        var changeLog = Configuration.ChangeLog()
+        if let age = mapping["max_age"] {
+            changeLog.maximumAge = Self.isNone(age) ? nil : try age.positiveDuration()
+        }
+        if let count = mapping["max_changes"] {
+            changeLog.maximumChanges = Self.isNone(count) ? nil : try count.integer(in: 1...Int(Int32.max))
+        }
+        return changeLog
+    }
+
+    /// Whether `node` is the plain word `none`: no limit.
+    private static func isNone(_ node: ConfigurationNode) -> Bool {
+        (try? node.scalarText(expected: "")) == "none"
     }
 
     /// Whether `address` is 127.0.0.0/8 or ::1.

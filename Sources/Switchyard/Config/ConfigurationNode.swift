@@ -135,7 +135,7 @@ struct ConfigurationNode {
         case .failure(.malformed):
             var reason = "expected \(expected), found \(self.foundDescription)"
             if !text.isEmpty, text.allSatisfy({ $0.isASCII && $0.isNumber }) {
-                reason += " (a number needs a unit: ms, s, m or h)"
+                reason += " (a number needs a unit: ms, s, m, h or d)"
             }
             throw self.error(reason)
         case .failure(.tooLarge):

@@ -3,7 +3,7 @@ import NIOCore
 extension TimeAmount {
     /// Why a duration could not be read; see ``TimeAmount/parseConfigurationDuration(_:)``.
     public enum DurationParsingFailure: Error, Equatable {
-        /// Not an unsigned integer followed by one of the units `ms`, `s`, `m`, `h`.
+        /// Not an unsigned integer followed by one of the units `ms`, `s`, `m`, `h`, `d`.
         case malformed
         /// Well-formed but too long to be counted in nanoseconds.
         case tooLarge
@@ -13,7 +13,7 @@ extension TimeAmount {
     static let durationSyntaxExample = "a duration such as 500ms, 2s, 5m or 1h"
 
     /// Reads a duration as written in the configuration: an unsigned decimal integer immediately followed by a unit,
-    /// `ms`, `s`, `m` or `h` (`500ms`, `2s`, `5m`, `1h`).
+    /// `ms`, `s`, `m`, `h` or `d` (`500ms`, `2s`, `5m`, `1h`, `30d`; a day is 24 hours).
     ///
     /// Deliberately strict: a bare number (`5`) is refused because its unit would be a guess, and so are signs,
     /// fractions, spaces and compound forms (`1m30s`). Zero is well-formed (`0s`); whether it is acceptable is for
@@ -30,6 +30,7 @@ extension TimeAmount {
         case "s": nanosecondsPerUnit = 1_000_000_000
         case "m": nanosecondsPerUnit = 60 * 1_000_000_000
         case "h": nanosecondsPerUnit = 3_600 * 1_000_000_000
+        case "d": nanosecondsPerUnit = 86_400 * 1_000_000_000
         default: return .failure(.malformed)
         }
         guard let count = Int64(digits) else {
@@ -47,7 +48,8 @@ extension TimeAmount {
     var configurationDescription: String {
         let nanoseconds = self.nanoseconds
         let units: [(suffix: String, nanoseconds: Int64)] = [
-            ("h", 3_600 * 1_000_000_000), ("m", 60 * 1_000_000_000), ("s", 1_000_000_000), ("ms", 1_000_000),
+            ("d", 86_400 * 1_000_000_000), ("h", 3_600 * 1_000_000_000), ("m", 60 * 1_000_000_000),
+            ("s", 1_000_000_000), ("ms", 1_000_000),
         ]
         for unit in units where nanoseconds != 0 && nanoseconds % unit.nanoseconds == 0 {
             return "\(nanoseconds / unit.nanoseconds)\(unit.suffix)"

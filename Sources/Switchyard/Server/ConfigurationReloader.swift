@@ -115,10 +115,10 @@ public final class ConfigurationReloader: Service {
         if next.listen != previous.listen || next.workers != previous.workers || next.timeouts != previous.timeouts
             || next.limits != previous.limits || next.accessLog != previous.accessLog || next.admin != previous.admin
             || next.statePath != previous.statePath || next.statePasswordFile != previous.statePasswordFile
-            || next.stateCachePath != previous.stateCachePath
+            || next.stateCachePath != previous.stateCachePath || next.changeLog != previous.changeLog
         {
             logger.warning(
-                "reload: listen, workers, timeouts, limits, admin, state and access_log changes take effect after a restart"
+                "reload: listen, workers, timeouts, limits, admin, state, change_log and access_log changes take effect after a restart"
             )
         }
         applied.withLockedValue { $0 = next }

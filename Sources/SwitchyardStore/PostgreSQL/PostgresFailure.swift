@@ -49,8 +49,23 @@ enum PostgresFailure {
         return error.code != .server
     }
 
+    /// The TLS failure behind `error`, if it is one (the handshake failed, the certificate's names do not cover
+    /// the host).
+    static func tlsFailure(_ error: any Error) -> (any Error)? {
+        if error is NIOSSLError || error is NIOSSLExtraError { return error }
+        if let error = error as? PSQLError, let underlying = error.underlying { return tlsFailure(underlying) }
+        return nil
+    }
+
     /// What went wrong, in a few words and the server's own, without the query (which may hold a private key).
     static func describe(_ error: any Error) -> String {
+        if let failure = tlsFailure(error) {
+            // BoringSSL's text names a source file of the build: only the verdict is kept.
+            if "\(failure)".contains("CERTIFICATE_VERIFY_FAILED") {
+                return "the TLS handshake failed: the server's certificate could not be verified"
+            }
+            return "the TLS handshake failed (\(failure))"
+        }
         switch error {
         case let error as PSQLError:
             if let message = error.serverInfo?[.message] {
@@ -70,6 +85,10 @@ enum PostgresFailure {
 
     /// The remedy for a failure, for an operator: what to check.
     static func remedy(_ error: any Error) -> String {
+        if tlsFailure(error) != nil {
+            return "with sslmode=verify-full, name the CA that signed the server's certificate in `sslrootcert`, and "
+                + "check that the certificate names the host in `state`"
+        }
         if error is TimedOut {
             return "check that PostgreSQL is running and reachable, and not overloaded"
         }

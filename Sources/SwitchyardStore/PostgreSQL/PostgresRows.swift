@@ -224,6 +224,25 @@ struct PostgresRows: StoreRows {
         )
     }
 
+    func newestRevision(before milliseconds: Int64) throws -> Int64? {
+        try query("SELECT max(revision) FROM switchyard.change WHERE time_ms < \(milliseconds)").first?.decode(
+            Int64?.self
+        )
+    }
+
+    func revision(ofRecordFromNewest offset: Int) throws -> Int64? {
+        let offset = Int64(offset)
+        return try query(
+            """
+            SELECT revision FROM switchyard.change ORDER BY revision DESC, sequence DESC LIMIT 1 OFFSET \(offset)
+            """
+        ).first?.decode(Int64.self)
+    }
+
+    func deleteChanges(through revision: Int64) throws -> Int {
+        try query("DELETE FROM switchyard.change WHERE revision <= \(revision)").metadata.rows ?? 0
+    }
+
     func changes(since revision: Int64, limit: Int?) throws -> [ChangeRecord] {
         let limit = limit.map(Int64.init)
         let rows = try query(

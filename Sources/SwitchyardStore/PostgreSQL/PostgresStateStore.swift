@@ -186,6 +186,20 @@ public final class PostgresStateStore: StateStore {
         return listener
     }
 
+    public func pruneChanges(_ retention: ChangeLogRetention, now: Date) throws(StoreError) -> ChangeLogPruning {
+        do {
+            return try session.withLockedValue { session in
+                try session.transaction("BEGIN") { rows in
+                    // The row lock writes take: pruning runs between writes, and one node's at a time.
+                    let current = try rows.lockRevision()
+                    return (try rows.pruneChanges(retention, now: now, current: current), .commit)
+                }
+            }
+        } catch {
+            throw StoreError.wrappingPostgres(error, location: location)
+        }
+    }
+
     public func write(
         expectedRevision: Int64?,
         actor: String,

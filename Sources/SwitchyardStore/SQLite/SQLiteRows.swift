@@ -185,6 +185,23 @@ struct SQLiteRows: StoreRows {
         return changes
     }
 
+    func newestRevision(before milliseconds: Int64) throws -> Int64? {
+        try Int64.fetchOne(db, sql: "SELECT max(revision) FROM change WHERE time_ms < ?", arguments: [milliseconds])
+    }
+
+    func revision(ofRecordFromNewest offset: Int) throws -> Int64? {
+        try Int64.fetchOne(
+            db,
+            sql: "SELECT revision FROM change ORDER BY revision DESC, sequence DESC LIMIT 1 OFFSET ?",
+            arguments: [offset]
+        )
+    }
+
+    func deleteChanges(through revision: Int64) throws -> Int {
+        try db.execute(sql: "DELETE FROM change WHERE revision <= ?", arguments: [revision])
+        return db.changesCount
+    }
+
     func atomically(_ work: () throws -> Void) throws {
         try db.inSavepoint {
             try work()

@@ -97,6 +97,20 @@ public final class SQLiteStateStore: StateStore {
         nil
     }
 
+    public func pruneChanges(_ retention: ChangeLogRetention, now: Date) throws(StoreError) -> ChangeLogPruning {
+        try perform {
+            try queue.writeWithoutTransaction { db in
+                var pruning = ChangeLogPruning(deleted: 0, throughRevision: nil)
+                try db.inTransaction(.immediate) {
+                    let rows = SQLiteRows(db, path: path)
+                    pruning = try rows.pruneChanges(retention, now: now, current: try rows.revision())
+                    return .commit
+                }
+                return pruning
+            }
+        }
+    }
+
     /// The transaction is begun `IMMEDIATE`, so that it holds SQLite's write lock from its start: concurrent
     /// writers, in this process or another on the same file, run one after the other.
     public func write(
