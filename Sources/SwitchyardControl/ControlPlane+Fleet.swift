@@ -285,29 +285,24 @@ extension ControlPlane {
         var error: String?
     }
 
-    /// Waits, at most `timeout`, until every live node serves `revision` (this one does already: a change is
-    /// answered once live here), polling the heartbeats every 20 ms; other nodes record one as soon as they have
-    /// applied a change.
-    func waitForFleet(_ revision: Int64, timeout: TimeInterval) -> FleetWait {
-        let deadline = Date().addingTimeInterval(timeout)
-        while true {
-            let members: [FleetMember]
-            do {
-                members = try fleetMembers().nodes.filter(\.live)
-            } catch {
-                return FleetWait(version: revision, live: 1, applied: 1, behind: [], error: "\(error)")
-            }
-            let behind = members.filter { $0.applied < revision }.map(\.name)
-            if behind.isEmpty || Date() >= deadline {
-                return FleetWait(
-                    version: revision,
-                    live: members.count,
-                    applied: members.count - behind.count,
-                    behind: behind,
-                    error: nil
-                )
-            }
-            usleep(20_000)
+    /// How far the fleet is with `revision`: `nil` while a live node lacks it and `deadline` is not passed, else how
+    /// it went. This node has it already (a change is answered once live here); other nodes record a heartbeat as
+    /// soon as they have applied a change.
+    func fleetProgress(_ revision: Int64, deadline: Date) -> FleetWait? {
+        let members: [FleetMember]
+        do {
+            members = try fleetMembers().nodes.filter(\.live)
+        } catch {
+            return FleetWait(version: revision, live: 1, applied: 1, behind: [], error: "\(error)")
         }
+        let behind = members.filter { $0.applied < revision }.map(\.name)
+        guard behind.isEmpty || Date() >= deadline else { return nil }
+        return FleetWait(
+            version: revision,
+            live: members.count,
+            applied: members.count - behind.count,
+            behind: behind,
+            error: nil
+        )
     }
 }

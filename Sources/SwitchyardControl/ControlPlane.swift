@@ -295,8 +295,13 @@ public final class ControlPlane: Sendable {
     }
 
     /// With `?wait=fleet`, a committed change's answer once every live node serves it (or `wait_timeout` seconds,
-    /// 10 by default, at most 60, passed), with a `fleet` member saying how many do. The admin thread waits (other
-    /// admin requests with it); nodes normally have a change within milliseconds.
+    /// 10 by default, at most 60, passed), with a `fleet` member saying how many do. The answer is completed by a
+    /// continuation that the admin loop asks every 20 ms (one read of the heartbeats each time), so other admin
+    /// clients are served while it waits; nodes normally have a change within milliseconds.
+    public func waitingForFleet(_ response: AdminAPI.Response, request: AdminAPI.Request) -> AdminAPI.Response {
+        waitingForFleet(response, request: request, dryRun: false)
+    }
+
     private func waitingForFleet(
         _ response: AdminAPI.Response,
         request: AdminAPI.Request,
@@ -304,18 +309,28 @@ public final class ControlPlane: Sendable {
     ) -> AdminAPI.Response {
         let query = Self.query(request.target)
         guard query["wait"] == "fleet", !dryRun, (200..<300).contains(response.status), let version = response.version,
-            var object = (try? JSONSerialization.jsonObject(with: response.body)) as? [String: Any]
+            (try? JSONSerialization.jsonObject(with: response.body)) is [String: Any]
         else { return response }
         let timeout = query["wait_timeout"].flatMap(Double.init).map { min(max($0, 0), 60) } ?? 10
-        let wait = waitForFleet(version, timeout: timeout)
-        var fleet: [String: Any] = [
-            "version": wait.version, "live": wait.live, "applied": wait.applied, "behind": wait.behind,
-        ]
-        if let error = wait.error { fleet["error"] = error }
-        object["fleet"] = fleet
-        var answer = Self.answer(response.status, object)
-        answer.version = version
-        return answer
+        let deadline = Date().addingTimeInterval(timeout)
+        // The answer as JSON again inside the continuation: a [String: Any] is not Sendable.
+        let body = response.body
+        let status = response.status
+        var waiting = response
+        waiting.continuation = AdminAPI.Continuation(every: .milliseconds(20)) { [self] in
+            guard let wait = fleetProgress(version, deadline: deadline),
+                var object = (try? JSONSerialization.jsonObject(with: body)) as? [String: Any]
+            else { return nil }
+            var fleet: [String: Any] = [
+                "version": wait.version, "live": wait.live, "applied": wait.applied, "behind": wait.behind,
+            ]
+            if let error = wait.error { fleet["error"] = error }
+            object["fleet"] = fleet
+            var answer = Self.answer(status, object)
+            answer.version = version
+            return answer
+        }
+        return waiting
     }
 
     /// Plans, builds, writes and publishes one change; called inside the version's change.

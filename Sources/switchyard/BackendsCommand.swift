@@ -47,6 +47,8 @@ struct BackendsCommand: ParsableCommand {
         @Option(help: "Only drain if the configuration is still at this version (`status` shows it).")
         var ifMatch: Int64?
 
+        @OptionGroup var fleet: FleetWaitOptions
+
         func validate() throws {
             guard let timeout else { return }
             guard wait else { throw ValidationError("--timeout only applies with --wait") }
@@ -57,8 +59,10 @@ struct BackendsCommand: ParsableCommand {
 
         func run() throws {
             let client = try options.client()
-            var backend = try BackendsCommand.call { try client.post(target.path + "/drain", ifMatch: ifMatch) }
-            print("draining \(backend.address) of \(target.tenant): \(backend.connections) in progress")
+            var backend = try fleet.call { query in
+                try client.post(target.path + "/drain" + query, ifMatch: ifMatch)
+            }
+            print("draining \(backend.address) of \(target.tenant): \(backend.connections) in progress on this node")
             guard wait else { return }
             let limit = timeout.flatMap { try? TimeAmount.parseConfigurationDuration($0).get() } ?? .minutes(5)
             let deadline = ContinuousClock.now + .nanoseconds(limit.nanoseconds)
@@ -91,11 +95,38 @@ struct BackendsCommand: ParsableCommand {
         @Option(help: "Only undrain if the configuration is still at this version (`status` shows it).")
         var ifMatch: Int64?
 
+        @OptionGroup var fleet: FleetWaitOptions
+
         func run() throws {
             let client = try options.client()
-            let backend = try BackendsCommand.call { try client.post(target.path + "/undrain", ifMatch: ifMatch) }
+            let backend = try fleet.call { query in
+                try client.post(target.path + "/undrain" + query, ifMatch: ifMatch)
+            }
             let health = backend.health == "up" ? "" : " (health: \(backend.health))"
             print("\(backend.address) of \(target.tenant): in rotation\(health)")
+        }
+    }
+
+    /// `--wait-fleet` of a drain or undrain (whose `--wait` is drain's own: nothing in progress).
+    struct FleetWaitOptions: ParsableArguments {
+        @Flag(help: "Return once every live node of the fleet serves the change (at most --wait-timeout).")
+        var waitFleet = false
+
+        @Option(help: "How long --wait-fleet waits, in seconds (at most 60).")
+        var waitTimeout: Double = 10
+
+        /// ``BackendsCommand/call(reporting:_:)`` of `request`, given the query to append (empty without
+        /// `--wait-fleet`); with it, fails unless every live node serves the change in time.
+        func call(_ request: (String) throws -> Data) throws -> StatusReport.Backend {
+            guard waitFleet else { return try BackendsCommand.call { try request("") } }
+            var answer = Data()
+            let backend = try BackendsCommand.call {
+                answer = try request("?" + AdminCall.fleetWaitQuery(timeout: waitTimeout))
+                return answer
+            }
+            let object = (try? JSONSerialization.jsonObject(with: answer)) as? [String: Any] ?? [:]
+            AdminCall.reportFleet(object, waitTimeout: waitTimeout, quiet: false)
+            return backend
         }
     }
 

@@ -92,7 +92,7 @@ enum AdminCall {
             )
             return
         }
-        let waiting = target + (target.contains("?") ? "&" : "?") + "wait=fleet&wait_timeout=\(options.waitTimeout)"
+        let waiting = target + (target.contains("?") ? "&" : "?") + fleetWaitQuery(timeout: options.waitTimeout)
         let (object, raw) = try perform(
             options.management,
             method,
@@ -106,6 +106,17 @@ enum AdminCall {
         } else {
             print(describe(object))
         }
+        reportFleet(object, waitTimeout: options.waitTimeout, quiet: options.management.json)
+    }
+
+    /// The query that makes a change's answer wait until the fleet serves it.
+    static func fleetWaitQuery(timeout: Double) -> String {
+        "wait=fleet&wait_timeout=\(timeout)"
+    }
+
+    /// Ends the command with status 1 when the answer of a change that waited for the fleet (`object`) says some
+    /// live node did not serve it in time; else says how many nodes do, unless `quiet`.
+    static func reportFleet(_ object: [String: Any], waitTimeout: Double, quiet: Bool) {
         let fleet = object["fleet"] as? [String: Any] ?? [:]
         let live = fleet["live"] as? Int ?? 0
         let applied = fleet["applied"] as? Int ?? 0
@@ -116,11 +127,11 @@ enum AdminCall {
         let behind = fleet["behind"] as? [String] ?? []
         guard behind.isEmpty else {
             fail(
-                "the change is made (version \(version)), but after \(options.waitTimeout)s only \(applied) of \(live) "
+                "the change is made (version \(version)), but after \(waitTimeout)s only \(applied) of \(live) "
                     + "live nodes serve it; behind: \(behind.joined(separator: ", "))"
             )
         }
-        if !options.management.json {
+        if !quiet {
             print("live on \(applied) of \(live) nodes at version \(version)")
         }
     }

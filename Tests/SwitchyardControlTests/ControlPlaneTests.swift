@@ -54,7 +54,16 @@ struct ControlPlaneTests {
     /// Answers `request` as the running balancer does: through ``AdminAPI`` with the plane as its resources.
     static func call(_ plane: ControlPlane, _ request: AdminAPI.Request) -> AdminAPI.Response {
         let api = AdminAPI(routes: plane.routes, logger: logger, version: plane.version, resources: plane) { 0 }
-        return api.respond(to: request, access: .local(.user(uid: 1000)))
+        var response = api.respond(to: request, access: .local(.user(uid: 1000)))
+        // An answer completed later (?wait=fleet), waited for here as the admin loop would, without a loop.
+        while let continuation = response.continuation {
+            if let final = continuation.next() {
+                response = final
+            } else {
+                usleep(UInt32(continuation.interval.nanoseconds / 1000))
+            }
+        }
+        return response
     }
 
     static let shop = #"{"name": "shop", "domains": ["shop.test"], "backends": ["127.0.0.1:9002"]}"#

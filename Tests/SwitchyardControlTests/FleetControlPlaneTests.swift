@@ -41,6 +41,16 @@ struct FleetControlPlaneTests {
         return try body(try node("node-a"), try node("node-b"))
     }
 
+    /// Asks `plane` how far the fleet is with `revision` until it says, as a `?wait=fleet` answer does.
+    static func waitForFleet(_ plane: ControlPlane, _ revision: Int64, timeout: TimeInterval) -> ControlPlane.FleetWait?
+    {
+        let deadline = Date().addingTimeInterval(timeout)
+        while true {
+            if let progress = plane.fleetProgress(revision, deadline: deadline) { return progress }
+            usleep(20_000)
+        }
+    }
+
     static func tenant(_ name: String, domain: String, backend: String = "127.0.0.1:9002") -> String {
         #"{"name": "\#(name)", "domains": ["\#(domain)"], "backends": ["\#(backend)"]}"#
     }
@@ -197,11 +207,11 @@ struct FleetControlPlaneTests {
             // node-a recorded its change's version with it; node-b has not read it.
             #expect(members.map(\.applied) == [1, 0] && members.map(\.lag) == [0, 1])
 
-            let stale = first.waitForFleet(1, timeout: 0.2)
+            let stale = try #require(Self.waitForFleet(first, 1, timeout: 0.2))
             #expect(stale.behind == ["node-b"] && stale.live == 2 && stale.applied == 1)
             _ = second.synchronize()
             second.heartbeat()
-            let done = first.waitForFleet(1, timeout: 5)
+            let done = try #require(Self.waitForFleet(first, 1, timeout: 5))
             #expect(done.behind.isEmpty && done.applied == 2)
 
             let listed = ControlPlaneTests.call(second, ControlPlaneTests.request("GET", "/v1/fleet"))

@@ -260,14 +260,25 @@ struct ControlPlaneIntegrationTests {
         )
         kill(balancer.process.pid, SIGKILL)
         balancer.process.process.wait(timeout: 10)
+        // Started again keeping one record of the log: it prunes at start, down to the latest write's.
         balancer = try ServedBalancer(
-            configuration,
+            configuration + "\nchange_log: { max_changes: 1 }\n",
             port: port,
             statePath: statePath,
             configurationPath: configurationPath
         )
         #expect(try Self.get(balancer, host: "late.test").body == "b")
         #expect(try Self.get(balancer, host: "shop.test").body == "b")
+        var versions: [Int] = []
+        for _ in 0..<50 {
+            let listed = try balancer.admin(["changes", "--json"])
+            let object = try JSONSerialization.jsonObject(with: Data(listed.stdout.utf8)) as? [String: Any]
+            versions = (object?["changes"] as? [[String: Any]] ?? []).compactMap { $0["version"] as? Int }
+            if versions == [5] { break }
+            try await Task.sleep(for: .milliseconds(200))
+        }
+        #expect(versions == [5], "the log after pruning: \(versions)")
+        #expect(try Self.version(balancer) == 5)
         await a.stop()
         await b.stop()
     }

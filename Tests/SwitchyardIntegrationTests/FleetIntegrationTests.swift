@@ -102,6 +102,47 @@ struct FleetIntegrationTests {
             #expect(listed.stdout.contains("node-\(port)"), "\(listed.stdout)")
         }
         #expect(listed.stdout.components(separatedBy: "live").count - 1 == 3, "\(listed.stdout)")
+
+        // A drain waits for the fleet with --wait-fleet (its --wait waits for what is in progress).
+        let drained = try fleet.nodes[1].admin([
+            "backends", "drain", "blog", "127.0.0.1:\(backend.port)", "--wait-fleet",
+        ])
+        #expect(drained.status == 0, "\(drained.stderr)")
+        #expect(drained.stdout.contains("live on 3 of 3 nodes at version 4"), "\(drained.stdout)")
+        for node in fleet.nodes {
+            #expect(try node.admin(["status"]).stdout.contains("draining (admin)"))
+        }
+
+        // A node that stopped answering (SIGSTOP: still live by its last heartbeat) holds a --wait up to its
+        // timeout; meanwhile the node that waits answers other admin clients at once.
+        let stopped = fleet.nodes[2]
+        kill(stopped.process.pid, SIGSTOP)
+        defer { kill(stopped.process.pid, SIGCONT) }
+        let admin = fleet.nodes[0].process.adminPath
+        let backendPort = backend.port
+        async let waiting = offThePool {
+            try ExternalProcess.run(
+                ExternalProcess.switchyardBinary,
+                [
+                    "tenants", "add", "cafe", "--domain", "cafe.test", "--backend", "127.0.0.1:\(backendPort)",
+                    "--wait", "--wait-timeout", "3", "--admin", admin,
+                ]
+            )
+        }
+        try await Task.sleep(for: .milliseconds(500))
+        let asked = ContinuousClock.now
+        let status = try await offThePool {
+            try ExternalProcess.run(ExternalProcess.switchyardBinary, ["status", "--admin", admin])
+        }
+        let answeredIn = ContinuousClock.now - asked
+        let held = try await waiting
+        kill(stopped.process.pid, SIGCONT)
+        #expect(status.status == 0 && answeredIn < .seconds(1), "status took \(answeredIn) during a --wait")
+        #expect(held.status == 1)
+        #expect(
+            held.stderr.contains("only 2 of 3 live nodes serve it; behind: node-\(stopped.port)"),
+            "\(held.stderr)"
+        )
         await backend.stop()
     }
 

@@ -1,5 +1,6 @@
 import Foundation
 import Logging
+import NIOConcurrencyHelpers
 import NIOCore
 import NIOEmbedded
 import NIOHTTP1
@@ -163,6 +164,85 @@ struct AdminConnectionHandlerTests {
         try send("GET /v1/status HTTP/1.1\r\n\r\n")
         channel.embeddedEventLoop.advanceTime(by: idleTimeout)
         #expect(!channel.isActive)
+    }
+    /// `POST /v1/slow` answers after its continuation was asked three times; every other path is not found.
+    private final class SlowResources: AdminResources {
+        let polls = NIOLockedValueBox(0)
+        var storeStatus: StatusReport.Store { StatusReport.Store(path: "test", problem: nil) }
+
+        func respond(to request: AdminAPI.Request, path: [String], actor: ChangeActor) -> AdminAPI.Response? {
+            guard path == ["slow"] else { return nil }
+            var waiting = AdminAPI.Response(status: 200, body: Data(#"{"waiting":true}"#.utf8))
+            waiting.continuation = AdminAPI.Continuation(every: .milliseconds(20)) { [polls] in
+                let count = polls.withLockedValue { count in
+                    count += 1
+                    return count
+                }
+                return count < 3 ? nil : AdminAPI.Response(status: 201, body: Data(#"{"done":true}"#.utf8))
+            }
+            return waiting
+        }
+
+        func synchronizeStore() {}
+
+        func waitingForFleet(_ response: AdminAPI.Response, request: AdminAPI.Request) -> AdminAPI.Response {
+            response
+        }
+
+        func recordDrain(
+            _ drained: Bool,
+            tenant: String,
+            backend: Backend,
+            by actor: ChangeActor
+        ) -> Result<Int64, AdminAPI.Refusal> {
+            .success(0)
+        }
+    }
+
+    @Test(
+        "an answer completed later is asked for on the loop's timer: written once final, pipelined requests and reads wait for it"
+    )
+    func continuedAnswer() throws {
+        let resources = SlowResources()
+        let routes = RouteSource(try RouteTable(tenants: []))
+        let slowAPI = AdminAPI(routes: routes, logger: Logger(label: "test"), resources: resources) { 0 }
+        let channel = EmbeddedChannel()
+        let counter = ReadCounter()
+        try channel.pipeline.syncOperations.addHandler(counter)
+        try AdminServer.configureConnection(
+            channel.pipeline.syncOperations,
+            api: slowAPI,
+            access: .local(.user(uid: 0)),
+            limits: AdminServer.Limits(idleTimeout: .milliseconds(50))
+        )
+        try channel.connect(to: SocketAddress(ipAddress: "127.0.0.1", port: 1)).wait()
+        func written() throws -> String {
+            var text = ""
+            while var buffer = try channel.readOutbound(as: ByteBuffer.self) {
+                text += buffer.readString(length: buffer.readableBytes) ?? ""
+            }
+            return text
+        }
+
+        try channel.writeInbound(ByteBuffer(string: "POST /v1/slow HTTP/1.1\r\n\r\nGET /v1/nothing HTTP/1.1\r\n\r\n"))
+        #expect(try written() == "")
+        let readsBefore = counter.reads
+        channel.read()
+        #expect(counter.reads == readsBefore, "a read went through while an answer is awaited")
+        // Two looks give nothing; the idle timeout (50 ms) does not close a connection whose answer is awaited.
+        channel.embeddedEventLoop.advanceTime(by: .milliseconds(40))
+        #expect(try written() == "" && resources.polls.withLockedValue { $0 } == 2)
+        #expect(channel.isActive)
+        channel.embeddedEventLoop.advanceTime(by: .milliseconds(20))
+        let text = try written()
+        #expect(text.hasPrefix("HTTP/1.1 201 Created\r\n"), "\(text)")
+        #expect(text.contains(#"{"done":true}"#) && !text.contains("waiting"))
+        #expect(text.contains("HTTP/1.1 404 Not Found\r\n"), "the pipelined request is answered after it: \(text)")
+        let created = try #require(text.range(of: "201 Created"))
+        let notFound = try #require(text.range(of: "404 Not Found"))
+        #expect(created.lowerBound < notFound.lowerBound)
+        #expect(counter.reads == readsBefore + 1, "the held read is released once the answer is out")
+        _ = try? channel.finish()
     }
 }
 

@@ -75,6 +75,9 @@ public struct AdminAPI: Sendable {
         public var authenticate: String? = nil
         /// The body's media type: JSON but for the metrics page and the status page.
         public var contentType = "application/json"
+        /// When set, this answer is not the final one: the final one comes from the continuation, asked until it
+        /// gives one (a change waiting for the fleet), and this one is not sent.
+        public var continuation: Continuation? = nil
 
         /// An answer with `body` (JSON) and no extra fields; ``AdminAPI/respond(to:access:)`` adds the version.
         public init(status: Int, body: Data) {
@@ -291,6 +294,13 @@ public struct AdminAPI: Sendable {
 
     // MARK: Backends
 
+    /// `change`'s answer, completed once the fleet serves it when the request asks (`?wait=fleet`) and there are
+    /// resources to ask.
+    private func waitingForFleet(_ request: Request, _ change: () -> Response) -> Response {
+        let response = change()
+        return resources?.waitingForFleet(response, request: request) ?? response
+    }
+
     /// What a write on a backend came to, inside the version's lock.
     private enum BackendChange {
         case backend(Backend)
@@ -311,29 +321,34 @@ public struct AdminAPI: Sendable {
             case .failure(let refusal): return refusal.response
             }
         case ("POST", "drain", 1):
-            return write(request, actor: actor, tenant: name, backend: address) { tenant, backend in
-                guard !backend.status.isDrainedByOperator else { return (.backend(backend), false) }
-                backend.status.isDrainedByOperator = true
-                logger.notice(
-                    "admin: drain backend \(backend) of \(tenant.name) by \(actor) (\(backend.status.connections) in progress)"
-                )
-                return (.backend(backend), true)
+            return waitingForFleet(request) {
+                write(request, actor: actor, tenant: name, backend: address) { tenant, backend in
+                    guard !backend.status.isDrainedByOperator else { return (.backend(backend), false) }
+                    backend.status.isDrainedByOperator = true
+                    logger.notice(
+                        "admin: drain backend \(backend) of \(tenant.name) by \(actor) (\(backend.status.connections) in progress)"
+                    )
+                    return (.backend(backend), true)
+                }
             }
         case ("POST", "undrain", 1):
-            return write(request, actor: actor, tenant: name, backend: address) { tenant, backend in
-                guard !backend.status.isDrainedInConfiguration else {
-                    // Refused whole: ending only the admin drain would answer an error while changing something.
-                    let file = reloader.map { " (\($0.path))" } ?? ""
-                    let message =
-                        "backend \(backend) of \(tenant.name) is marked drain in the configuration file\(file); "
-                        + "remove the mark there and reload (`switchyard reload` or SIGHUP)"
-                        + (backend.status.isDrainedByOperator ? ", then undrain it here: it is drained here too" : "")
-                    return (.refused(Self.error(409, .drainedInFile, message)), false)
+            return waitingForFleet(request) {
+                write(request, actor: actor, tenant: name, backend: address) { tenant, backend in
+                    guard !backend.status.isDrainedInConfiguration else {
+                        // Refused whole: ending only the admin drain would answer an error while changing something.
+                        let file = reloader.map { " (\($0.path))" } ?? ""
+                        let message =
+                            "backend \(backend) of \(tenant.name) is marked drain in the configuration file\(file); "
+                            + "remove the mark there and reload (`switchyard reload` or SIGHUP)"
+                            + (backend.status.isDrainedByOperator
+                                ? ", then undrain it here: it is drained here too" : "")
+                        return (.refused(Self.error(409, .drainedInFile, message)), false)
+                    }
+                    guard backend.status.isDrainedByOperator else { return (.backend(backend), false) }
+                    backend.status.isDrainedByOperator = false
+                    logger.notice("admin: undrain backend \(backend) of \(tenant.name) by \(actor)")
+                    return (.backend(backend), true)
                 }
-                guard backend.status.isDrainedByOperator else { return (.backend(backend), false) }
-                backend.status.isDrainedByOperator = false
-                logger.notice("admin: undrain backend \(backend) of \(tenant.name) by \(actor)")
-                return (.backend(backend), true)
             }
         case (_, nil, 0):
             // With resources, DELETE removes the backend (answered by them before this).
@@ -598,6 +613,33 @@ public struct AdminAPI: Sendable {
     }
 }
 
+extension AdminAPI {
+    /// The rest of an answer that takes a while (a change that waits until the fleet has it): the admin loop asks
+    /// ``next()`` every ``interval`` until it gives the final answer, serving other clients in between, instead of
+    /// blocking its thread (and every other admin client) for the whole wait.
+    public final class Continuation: Sendable, Equatable {
+        /// How long the loop waits before asking again.
+        public let interval: TimeAmount
+        private let poll: @Sendable () -> Response?
+
+        /// - Parameter poll: the final answer once there is one, else `nil`; runs on the admin loop, so it must
+        ///   not block for long (one store read), and must give an answer in the end (at its own deadline).
+        public init(every interval: TimeAmount, poll: @escaping @Sendable () -> Response?) {
+            self.interval = interval
+            self.poll = poll
+        }
+
+        /// The final answer, if it is ready.
+        public func next() -> Response? {
+            poll()
+        }
+
+        public static func == (lhs: Continuation, rhs: Continuation) -> Bool {
+            lhs === rhs
+        }
+    }
+}
+
 /// The endpoints of the admin API beyond status, drains and reload: tenants, domains, backends, certificates, apply
 /// and the change log, all of which need the state store. The control plane implements it; ``AdminAPI`` asks it for
 /// every path it does not serve itself.
@@ -612,6 +654,10 @@ public protocol AdminResources: Sendable {
     /// Makes live what other writers of a shared store committed that this node has not applied yet; called before
     /// a change is checked, outside the version's change.
     func synchronizeStore()
+
+    /// `response`, the answer of a change, completed once every live node of the fleet serves its version when
+    /// `request` asks for it (`?wait=fleet`, ``AdminAPI/Continuation``); as it is otherwise.
+    func waitingForFleet(_ response: AdminAPI.Response, request: AdminAPI.Request) -> AdminAPI.Response
 
     /// Makes an admin drain (`drained`) or undrain of `backend` of tenant `tenant` durable. Called inside the
     /// configuration version's change, after the backend's state was changed; answers the version committed, or the

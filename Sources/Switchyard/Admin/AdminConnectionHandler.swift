@@ -70,6 +70,11 @@ final class AdminConnectionHandler: ChannelDuplexHandler {
     private var isActive = false
     /// Guards ``answerPending(context:)`` against the writability events its own writes fire.
     private var isAnswering = false
+    /// An answer is being completed (``AdminAPI/Response/continuation``): nothing else is answered or read until
+    /// it is written.
+    private var isAwaiting = false
+    /// The next look at the awaited answer.
+    private var awaitTimer: Scheduled<Void>?
     /// When a request last came or an answer was last written.
     private var lastActivity = NIODeadline.uptimeNanoseconds(0)
     private var idleTimer: Scheduled<Void>?
@@ -174,7 +179,7 @@ final class AdminConnectionHandler: ChannelDuplexHandler {
         if isClosing {
             return
         }
-        if pending.isEmpty && context.channel.isWritable {
+        if pending.isEmpty && !isAwaiting && context.channel.isWritable {
             context.read()
         } else {
             readPending = true
@@ -188,7 +193,7 @@ final class AdminConnectionHandler: ChannelDuplexHandler {
         guard !isAnswering else { return }
         isAnswering = true
         defer { isAnswering = false }
-        while !isClosing, context.channel.isWritable, let next = pending.popFirst() {
+        while !isClosing, !isAwaiting, context.channel.isWritable, let next = pending.popFirst() {
             switch next {
             case .request(let head, let body):
                 answer(head, body: body, context: context)
@@ -199,7 +204,7 @@ final class AdminConnectionHandler: ChannelDuplexHandler {
                 finish(context: context, keepAlive: false)
             }
         }
-        if readPending, !isClosing, pending.isEmpty, context.channel.isWritable {
+        if readPending, !isClosing, !isAwaiting, pending.isEmpty, context.channel.isWritable {
             readPending = false
             context.read()
         }
@@ -213,8 +218,31 @@ final class AdminConnectionHandler: ChannelDuplexHandler {
             authorization: head.headers["Authorization"],
             body: body
         )
-        writeAnswer(responder.respond(to: request), version: head.version, close: false, context: context)
-        finish(context: context, keepAlive: head.isKeepAlive)
+        deliver(responder.respond(to: request), to: head, context: context)
+    }
+
+    /// Writes `response`, or, when it is to be completed later, waits for it without holding the event loop:
+    /// its continuation is asked every interval on this loop, which serves other connections in between.
+    private func deliver(_ response: AdminAPI.Response, to head: HTTPRequestHead, context: ChannelHandlerContext) {
+        guard let continuation = response.continuation else {
+            writeAnswer(response, version: head.version, close: false, context: context)
+            finish(context: context, keepAlive: head.isKeepAlive)
+            return
+        }
+        isAwaiting = true
+        awaitTimer = context.eventLoop.assumeIsolated().scheduleTask(in: continuation.interval) {
+            self.awaitTimer = nil
+            guard self.isActive, !self.isClosing else { return }
+            // The balancer is busy on the client's behalf: the connection is not idle.
+            self.lastActivity = context.eventLoop.now
+            guard let final = continuation.next() else {
+                self.deliver(response, to: head, context: context)
+                return
+            }
+            self.isAwaiting = false
+            self.deliver(final, to: head, context: context)
+            self.answerPending(context: context)
+        }
     }
 
     /// Writes an API answer's head and body (not its end).
@@ -277,6 +305,8 @@ final class AdminConnectionHandler: ChannelDuplexHandler {
 
     private func stop() {
         isActive = false
+        awaitTimer?.cancel()
+        awaitTimer = nil
         idleTimer?.cancel()
         idleTimer = nil
     }
