@@ -37,6 +37,13 @@ extension ControlPlane {
         applied.withLockedValue { $0 }
     }
 
+    /// The store's revision as this node last saw it: read by its last synchronisation, or made by its own last
+    /// write. Ahead of ``appliedRevision`` while this node is behind (a version it cannot serve, a synchronisation
+    /// to come).
+    public var storeRevision: Int64 {
+        max(revisionRead.withLockedValue { $0 }, appliedRevision)
+    }
+
     /// Makes live what other writers committed since ``appliedRevision``, as one change of the version; answers the
     /// revision now applied. Without a store, or with nothing new, it changes nothing.
     @discardableResult
@@ -62,7 +69,11 @@ extension ControlPlane {
         let from = appliedRevision
         let update: RemoteUpdate
         do {
-            update = try store.read { transaction throws(StoreError) in try Self.readUpdate(transaction, since: from) }
+            update = try store.read { transaction throws(StoreError) in
+                let current = transaction.previousRevision
+                revisionRead.withLockedValue { $0 = max($0, current) }
+                return try Self.readUpdate(transaction, since: from)
+            }
         } catch let error as StoreError {
             throw error
         } catch {

@@ -33,6 +33,8 @@ public final class ControlPlane: Sendable {
     let state: NIOLockedValueBox<ControlState>
     /// The store revision the served state reflects (see ``synchronize()``).
     let applied: NIOLockedValueBox<Int64>
+    /// The store's revision when a synchronisation last read it (``storeRevision``).
+    let revisionRead = NIOLockedValueBox<Int64>(0)
     /// This node, as its heartbeats name it in the store.
     let node: FleetNode
     /// Why the last synchronisation with the store failed, while it fails (the database stopped answering, or did

@@ -161,7 +161,12 @@ enum Balancer {
             metrics: metrics,
             routes: routes,
             version: version,
-            storeUp: { controlPlane.storeStatus.problem == nil },
+            store: {
+                MetricsPage.StoreReading(
+                    isUp: controlPlane.storeStatus.problem == nil,
+                    revision: controlPlane.storeRevision
+                )
+            },
             connections: { server.openConnections }
         )
         // SWITCHYARD_ADMIN names the socket for the operator commands; the server honours it too, so both agree.

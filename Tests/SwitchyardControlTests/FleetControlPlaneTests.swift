@@ -64,7 +64,9 @@ struct FleetControlPlaneTests {
             )
             #expect(added.status == 201, "\(String(decoding: added.body, as: UTF8.self))")
             #expect(second.routes.current.tenant(forNormalizedHost: "shop.test") == nil)
+            #expect(second.storeRevision == 0 && first.storeRevision == 1)
             #expect(try second.synchronize().get() == 1)
+            #expect(second.storeRevision == 1)
             #expect(second.routes.current.tenant(forNormalizedHost: "shop.test")?.name == "shop")
             #expect(second.version.current == 1 && second.appliedRevision == 1)
             // Nothing new: nothing published, the version's change count stays.

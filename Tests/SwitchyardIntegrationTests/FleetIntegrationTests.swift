@@ -287,6 +287,13 @@ struct FleetIntegrationTests {
         }
         #expect(accepted)
         #expect(try await offThePool { timeUntilRouted(port: ports[0], host: "blog.test", body: "b") } != nil)
+        // The node that routes it has it: the store's version it read is the version it serves.
+        let after = try ExternalProcess.curl([
+            "--unix-socket", fleet.nodes[0].process.adminPath, "http://admin/metrics?scope=global",
+        ]).stdout
+        let served = after.split(separator: "\n").first { $0.hasPrefix("switchyard_config_version ") }
+        let read = after.split(separator: "\n").first { $0.hasPrefix("switchyard_state_store_version ") }
+        #expect(served != nil && read?.split(separator: " ").last == served?.split(separator: " ").last, "\(after)")
         let log = fleet.nodes[0].process.log
         #expect(log.components(separatedBy: "cannot read other nodes' changes").count - 1 == 1, "\(log)")
         #expect(log.contains("answering again"), "\(log)")

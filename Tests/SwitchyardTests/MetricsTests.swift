@@ -34,13 +34,14 @@ struct MetricsTests {
             metrics: metrics,
             routes: routes,
             version: ConfigurationVersion(initial: 1),
-            storeUp: { answering.withLockedValue { $0 } },
+            store: { MetricsPage.StoreReading(isUp: answering.withLockedValue { $0 }, revision: 7) },
             connections: { 0 }
         )
         func text() throws -> String {
             String(decoding: page.render(try MetricsPage.Query(target: "/metrics?scope=global")), as: UTF8.self)
         }
         #expect(Self.lines(try text(), "switchyard_state_store_up ") == ["switchyard_state_store_up 1.0"])
+        #expect(Self.lines(try text(), "switchyard_state_store_version ") == ["switchyard_state_store_version 7.0"])
         answering.withLockedValue { $0 = false }
         #expect(Self.lines(try text(), "switchyard_state_store_up ") == ["switchyard_state_store_up 0.0"])
         let without = MetricsPage(metrics: metrics, routes: routes, version: nil) { 0 }

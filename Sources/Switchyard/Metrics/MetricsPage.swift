@@ -69,23 +69,37 @@ public struct MetricsPage: Sendable {
     private let routes: RouteSource
     private let connections: @Sendable () -> Int
     private let version: ConfigurationVersion?
-    private let storeUp: (@Sendable () -> Bool)?
+    private let store: (@Sendable () -> StoreReading)?
+
+    /// The state store as this node sees it, for the page.
+    public struct StoreReading: Sendable {
+        /// Whether it answers now.
+        public var isUp: Bool
+        /// Its revision as this node last read it.
+        public var revision: Int64
+
+        public init(isUp: Bool, revision: Int64) {
+            self.isUp = isUp
+            self.revision = revision
+        }
+    }
 
     /// - Parameters:
     ///   - connections: the client connections open now.
     ///   - version: the configuration version, for `switchyard_config_version`.
-    ///   - storeUp: whether the state store answers now, for `switchyard_state_store_up`.
+    ///   - store: whether the state store answers now and its revision as last read, for
+    ///     `switchyard_state_store_up` and `switchyard_state_store_version`.
     public init(
         metrics: SwitchyardMetrics,
         routes: RouteSource,
         version: ConfigurationVersion?,
-        storeUp: (@Sendable () -> Bool)? = nil,
+        store: (@Sendable () -> StoreReading)? = nil,
         connections: @escaping @Sendable () -> Int
     ) {
         self.metrics = metrics
         self.routes = routes
         self.version = version
-        self.storeUp = storeUp
+        self.store = store
         self.connections = connections
     }
 
@@ -184,12 +198,20 @@ public struct MetricsPage: Sendable {
                 version.changeCount
             )
         }
-        if let storeUp {
+        if let store {
+            let reading = store()
             Self.gauge(
                 registry,
                 "switchyard_state_store_up",
                 "1 while the state store answers; 0 while it does not (changes are refused, the last state is served)",
-                storeUp() ? 1 : 0
+                reading.isUp ? 1 : 0
+            )
+            Self.gauge(
+                registry,
+                "switchyard_state_store_version",
+                "The state store's revision as this node last read it; minus switchyard_config_version, how far "
+                    + "this node is behind",
+                Double(reading.revision)
             )
         }
         Self.gauge(registry, "switchyard_tenants", "Tenants served", Double(table.tenants.count))
