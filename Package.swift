@@ -155,3 +155,27 @@ let package = Package(
         ),
     ]
 )
+
+// The libFuzzer harnesses (`Scripts/fuzz`; README "Fuzzing"): with SWITCHYARD_FUZZ=1, the proxy's module is built
+// with coverage for libFuzzer and with AddressSanitizer, and an executable of the harnesses is added (libFuzzer
+// provides its `main`). Without it neither exists, so an ordinary build and the tests are untouched. Only
+// `Switchyard` is instrumented: its dependencies are built as always.
+if Context.environment["SWITCHYARD_FUZZ"] == "1" {
+    let fuzzing: [SwiftSetting] = [.unsafeFlags(["-sanitize=fuzzer,address"])]
+    for target in package.targets where target.name == "Switchyard" {
+        target.swiftSettings = (target.swiftSettings ?? []) + fuzzing
+    }
+    package.targets.append(
+        .executableTarget(
+            name: "SwitchyardFuzz",
+            dependencies: [
+                "Switchyard",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "Logging", package: "swift-log"),
+            ],
+            path: "Fuzz/Sources/SwitchyardFuzz",
+            swiftSettings: [.unsafeFlags(["-sanitize=fuzzer,address", "-parse-as-library"])],
+            linkerSettings: [.unsafeFlags(["-sanitize=fuzzer,address"])]
+        )
+    )
+}
