@@ -86,6 +86,19 @@ struct Cuts {
         }
         self.ends = ends.isEmpty ? [0] : ends
     }
+
+    /// What `parse` says of the stream as it grows read by read (each call sees the stream up to a cut, as a
+    /// connection's buffer would): its first answer other than `pending`, or `pending` at the stream's end.
+    func firstVerdict<Verdict: Equatable>(
+        pending: Verdict,
+        _ parse: (UnsafeRawBufferPointer) -> Verdict
+    ) -> Verdict {
+        for end in ends {
+            let verdict = parse(UnsafeRawBufferPointer(rebasing: stream[..<end]))
+            if verdict != pending { return verdict }
+        }
+        return pending
+    }
 }
 
 /// A small deterministic generator, so that a saved input replays the same cuts.
@@ -116,11 +129,7 @@ enum RequestHeadHarness {
         var whole = parser()
         let verdict = whole.parse(cuts.stream)
         var cut = parser()
-        var stepped: RequestHeadParser.Result = .incomplete
-        for end in cuts.ends {
-            stepped = cut.parse(UnsafeRawBufferPointer(rebasing: cuts.stream[..<end]))
-            if stepped != .incomplete { break }
-        }
+        let stepped = cuts.firstVerdict(pending: .incomplete) { cut.parse($0) }
         precondition(stepped == verdict, "the verdict depends on the cuts: \(stepped) vs \(verdict)")
         guard case .complete(let head) = verdict else { return }
         check(head, parser: whole, in: cuts.stream)
@@ -196,11 +205,7 @@ enum ResponseHeadHarness {
         var whole = ResponseHeadParser(maximumHeadBytes: 16 * 1024, maximumHeaderCount: 100)
         let verdict = whole.parse(cuts.stream)
         var cut = ResponseHeadParser(maximumHeadBytes: 16 * 1024, maximumHeaderCount: 100)
-        var stepped: ResponseHeadParser.Result = .incomplete
-        for end in cuts.ends {
-            stepped = cut.parse(UnsafeRawBufferPointer(rebasing: cuts.stream[..<end]))
-            if stepped != .incomplete { break }
-        }
+        let stepped = cuts.firstVerdict(pending: .incomplete) { cut.parse($0) }
         precondition(stepped == verdict, "the verdict depends on the cuts: \(stepped) vs \(verdict)")
         guard case .complete(let head) = verdict else { return }
         precondition(head.end >= 4 && head.end <= cuts.stream.count)
