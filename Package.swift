@@ -27,6 +27,8 @@ let package = Package(
             linkerSettings: [.linkedLibrary("ssl"), .linkedLibrary("crypto")]
         ),
         .target(name: "CMemory"),
+        // epoll, eventfd and TCP options for the data path's own event loop (``SocketLoop``).
+        .target(name: "CSocketLoop"),
         .target(
             name: "SwitchyardTLS",
             dependencies: [
@@ -43,6 +45,7 @@ let package = Package(
             dependencies: [
                 "SwitchyardTLS",
                 "CMemory",
+                "CSocketLoop",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),

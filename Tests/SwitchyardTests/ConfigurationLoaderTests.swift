@@ -249,6 +249,12 @@ struct ConfigurationLoaderTests {
         #expect(try parse("workers: \(text)\n").workers == expected)
     }
 
+    @Test(arguments: [("epoll", Configuration.IO.epoll), ("nio", .nio)])
+    func io(text: String, expected: Configuration.IO) throws {
+        #expect(try parse("io: \(text)\n").io == expected)
+        #expect(try parse("workers: 1\n").io == .epoll)
+    }
+
     @Test(arguments: [("true", true), ("false", false), ("True", true), ("FALSE", false)])
     func accessLog(text: String, expected: Bool) throws {
         #expect(try parse("access_log: \(text)\n").accessLog == expected)
@@ -881,7 +887,7 @@ struct ConfigurationLoaderTests {
             key: "listen_on",
             line: 1,
             reason:
-                "unknown key 'listen_on'; accepted keys: listen, workers, admin, state, state_password_file, state_cache, tls, access_log, timeouts, "
+                "unknown key 'listen_on'; accepted keys: listen, workers, io, admin, state, state_password_file, state_cache, tls, access_log, timeouts, "
                 + "limits, tenants"
         ),
         Refusal(
@@ -1027,6 +1033,9 @@ struct ConfigurationLoaderTests {
             reason: "expected a mapping with the keys path, host, status, interval, timeout, rise, fall; "
                 + "found '/healthz'"
         ),
+
+        // io.
+        Refusal("io: uring\n", key: "io", line: 1, reason: "'uring' is not an event loop; use nio or epoll"),
 
         // workers.
         Refusal(

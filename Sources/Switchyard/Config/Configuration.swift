@@ -7,10 +7,21 @@ import SwitchyardTLS
 /// backend, no domain belongs to two tenants. The running server holds one immutable value and a reload swaps it
 /// for a new one, so nothing here is ever mutated while traffic flows.
 public struct Configuration: Sendable, Equatable {
+    /// The data path's transport (`io`).
+    public enum IO: String, Sendable, Equatable, CaseIterable {
+        /// SwiftNIO's event loops and channels.
+        case nio
+        /// The balancer's own per-core epoll loops (``SocketLoop``): each socket registered once, edge-triggered,
+        /// read and written directly. HTTPS listeners stay on SwiftNIO for now.
+        case epoll
+    }
+
     /// Addresses to accept plain HTTP and HTTPS on.
     public var listen: Listen
     /// Event-loop threads; `nil` means one per core (`workers: auto`).
     public var workers: Int?
+    /// `io`: which event loop carries plain-HTTP client connections and their backend connections.
+    public var io: IO = .epoll
     /// Where the admin API listens.
     public var admin: Admin
     /// The durable store for changes made through the admin API: an SQLite file's path, or a PostgreSQL URL

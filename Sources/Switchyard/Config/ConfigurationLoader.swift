@@ -89,7 +89,7 @@ public enum ConfigurationLoader {
 
     private enum Key {
         static let topLevel = [
-            "listen", "workers", "admin", "state", "state_password_file", "state_cache", "tls", "access_log",
+            "listen", "workers", "io", "admin", "state", "state_password_file", "state_cache", "tls", "access_log",
             "timeouts", "limits",
             "tenants",
             "underscores_in_headers", "metrics", "request_id", "node_name", "change_log",
@@ -123,6 +123,13 @@ public enum ConfigurationLoader {
         configuration.listen = listen
         if let node = top["workers"] {
             configuration.workers = try Self.workers(node)
+        }
+        if let node = top["io"] {
+            let text = try node.scalarText(expected: "nio or epoll")
+            guard let value = Configuration.IO(rawValue: text) else {
+                throw node.error("\(Self.quoted(text)) is not an event loop; use nio or epoll")
+            }
+            configuration.io = value
         }
         if let node = top["admin"] {
             configuration.admin = try Self.admin(node)

@@ -13,9 +13,6 @@ final class ClientConnectionHandler: ChannelDuplexHandler, RemovableChannelHandl
     typealias OutboundIn = ByteBuffer
     typealias OutboundOut = ByteBuffer
 
-    /// Backend connects that failed for lack of descriptors, logged once per episode across every worker.
-    private static let localShortage = EpisodeLog()
-
     private let worker: Worker
     private let scheme: StaticString
     private var machine: ProxyStateMachine?
@@ -68,22 +65,11 @@ final class ClientConnectionHandler: ChannelDuplexHandler, RemovableChannelHandl
         }
         worker.metrics.add(1, to: .acceptedConnections, loop: worker.loop)
         let address = context.channel.remoteAddress?.ipAddress ?? "unknown"
-        let configuration = worker.configuration
         let settings = ProxyStateMachine.Settings(
-            maximumHeadBytes: configuration.limits.maxHeaderBytes,
-            maximumHeaderCount: configuration.limits.maxHeaderCount,
-            clientHeaderTimeout: configuration.timeouts.clientHeader,
-            keepAliveTimeout: configuration.timeouts.keepAlive,
-            clientBodyTimeout: configuration.timeouts.clientBody,
-            upstreamResponseTimeout: configuration.timeouts.upstreamResponse,
-            tunnelIdleTimeout: configuration.timeouts.tunnelIdle,
-            clientSendTimeout: configuration.timeouts.clientSend,
-            forwardsUnderscoreFields: configuration.underscoresInHeaders,
-            client: HeadWriter.ClientInfo(address: address, scheme: scheme),
-            accessLog: worker.accessLog != nil,
-            httpsPort: worker.httpsPort,
-            retiredTunnelGrace: configuration.timeouts.drain,
-            requestIDs: configuration.requestID
+            configuration: worker.configuration,
+            address: address,
+            scheme: scheme,
+            accessLog: worker.accessLog != nil
         )
         machine = ProxyStateMachine(settings: settings, routes: worker.routes, now: .now())
         worker.register(self)
@@ -309,26 +295,18 @@ final class ClientConnectionHandler: ChannelDuplexHandler, RemovableChannelHandl
             }
         case .backendFailed(let tenant, let reason):
             if let backend = upstream?.backend ?? lastBackend {
-                backend.meters.add(1, to: .failures, loop: worker.loop)
-                worker.logger.warning("backend \(backend) of \(tenant): \(reason)")
-                reportFailure(of: backend, tenant: tenant)
+                worker.accounting.backendFailed(backend, tenant: tenant, reason: reason)
             }
         case .finished(let tenant, let status, let received, let sent, let duration):
-            let loop = worker.loop
-            worker.metrics.countRequest(status: status, duration: duration, tenant: tenant, loop: loop)
-            if let tenant {
-                let meters = tenant.meters
-                meters.countResponse(status: status, loop: loop)
-                meters.countDuration(duration, loop: loop)
-                meters.add(received, to: .receivedBytes, loop: loop)
-                meters.add(sent, to: .sentBytes, loop: loop)
-                if status == 101 { meters.add(1, to: .tunnelsOpened, loop: loop) }
-            } else if status == 404 {
-                worker.metrics.add(1, to: .unknownHostRequests, loop: loop)
-            }
+            worker.accounting.finished(
+                tenant: tenant,
+                status: status,
+                received: received,
+                sent: sent,
+                duration: duration
+            )
         case .tunnelTraffic(let tenant, let received, let sent):
-            tenant.meters.add(received, to: .receivedBytes, loop: worker.loop)
-            tenant.meters.add(sent, to: .sentBytes, loop: worker.loop)
+            worker.accounting.tunnelTraffic(tenant, received: received, sent: sent)
         case .log(let record):
             worker.logAccess(record)
         }
@@ -369,43 +347,18 @@ final class ClientConnectionHandler: ChannelDuplexHandler, RemovableChannelHandl
             }
             switch result {
             case .success:
-                if Self.localShortage.succeeded() {
-                    self.worker.logger.notice("backend connections open again")
-                }
+                self.worker.accounting.connected()
                 self.attach(connection, reused: false)
             case .failure(let error) where DescriptorLimit.isLocalShortage(error):
                 // Out of descriptors here, not a sign of the backend's health: 503 at once, nothing counted.
-                switch Self.localShortage.occurred() {
-                case .started:
-                    self.worker.logger.warning(
-                        "cannot open backend connections: \(error); answering 503 and counting nothing against the backends (raise the open-file limit or lower limits.max_connections)"
-                    )
-                case .continuing(let count):
-                    self.worker.logger.warning("still cannot open backend connections: \(count) more attempts failed")
-                case nil:
-                    break
-                }
+                self.worker.accounting.localShortage("\(error)")
                 self.machine?.upstreamConnectFailed(.localShortage, now: .now())
             case .failure(let error):
-                backend.meters.add(1, to: .connectFailures, loop: self.worker.loop)
-                self.worker.logger.warning(
-                    "backend \(backend) of \(tenant.name): connect failed: \(error)"
-                )
-                self.reportFailure(of: backend, tenant: tenant.name)
+                self.worker.accounting.connectFailed(backend, tenant: tenant.name, error: "\(error)")
                 let timedOut = (error as? ChannelError).map { if case .connectTimeout = $0 { true } else { false } }
                 self.machine?.upstreamConnectFailed(timedOut == true ? .timedOut : .refused, now: .now())
             }
             self.performActions()
-        }
-    }
-
-    /// Counts a failure against `backend` and logs the ejection it may cause.
-    private func reportFailure(of backend: Backend, tenant: String) {
-        if let length = backend.status.recordFailure(now: .now()) {
-            backend.meters.add(1, to: .ejections, loop: worker.loop)
-            worker.logger.warning(
-                "backend \(backend) of \(tenant): ejected for \(length.nanoseconds / 1_000_000_000)s after \(BackendStatus.PassiveEjection.threshold) failures in a row"
-            )
         }
     }
 

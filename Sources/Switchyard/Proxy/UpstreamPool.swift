@@ -11,14 +11,14 @@ import NIOCore
 /// Each backend's list is a class kept for the pool's life, so taking and returning a connection only read the
 /// dictionary and change the list in place: mutating an array held as a dictionary value cost two allocations per
 /// request (measured with a malloc probe under the s2 load).
-struct UpstreamPool {
+struct UpstreamPool<Connection: PooledUpstream> {
     /// Most idle connections kept per backend address.
     let capacityPerBackend: Int
     private var idle: [ObjectIdentifier: IdleList] = [:]
 
     /// The idle connections to one backend, oldest first.
     private final class IdleList {
-        var connections: [UpstreamConnection] = []
+        var connections: [Connection] = []
     }
 
     init(capacityPerBackend: Int) {
@@ -26,7 +26,7 @@ struct UpstreamPool {
     }
 
     /// Takes an idle connection to `backend`'s address, if one is open.
-    mutating func take(_ backend: Backend) -> UpstreamConnection? {
+    mutating func take(_ backend: Backend) -> Connection? {
         guard let list = idle[ObjectIdentifier(backend.endpoint)] else { return nil }
         while let connection = list.connections.popLast() {
             if connection.isActive {
@@ -37,7 +37,7 @@ struct UpstreamPool {
     }
 
     /// Keeps `connection` for reuse; returns `false` when the backend's share of the pool is full.
-    mutating func put(_ connection: UpstreamConnection) -> Bool {
+    mutating func put(_ connection: Connection) -> Bool {
         let key = ObjectIdentifier(connection.backend.endpoint)
         let list: IdleList
         if let existing = idle[key] {
@@ -52,13 +52,13 @@ struct UpstreamPool {
     }
 
     /// Forgets `connection` (it closed while idle).
-    mutating func remove(_ connection: UpstreamConnection) {
+    mutating func remove(_ connection: Connection) {
         idle[ObjectIdentifier(connection.backend.endpoint)]?.connections.removeAll { $0 === connection }
     }
 
     /// Removes and returns the connections idle since before `cutoff`.
-    mutating func expire(idleSince cutoff: NIODeadline) -> [UpstreamConnection] {
-        var expired: [UpstreamConnection] = []
+    mutating func expire(idleSince cutoff: NIODeadline) -> [Connection] {
+        var expired: [Connection] = []
         for (key, list) in idle {
             // Oldest first: the array is in order of release.
             let stale = list.connections.prefix { ($0.idleSince ?? cutoff) < cutoff }.count
@@ -76,9 +76,19 @@ struct UpstreamPool {
     }
 
     /// Removes and returns every idle connection.
-    mutating func removeAll() -> [UpstreamConnection] {
+    mutating func removeAll() -> [Connection] {
         let all = idle.values.flatMap(\.connections)
         idle = [:]
         return all
     }
 }
+
+/// A backend connection as the pool sees it: the backend (hence address) it serves, since when it idles, and
+/// whether it is still open.
+protocol PooledUpstream: AnyObject {
+    var backend: Backend { get }
+    var idleSince: NIODeadline? { get }
+    var isActive: Bool { get }
+}
+
+extension UpstreamConnection: PooledUpstream {}

@@ -80,8 +80,13 @@ final class AcceptPauses: Sendable {
     }
 
     func paused(by error: IOError) {
+        paused(errno: error.errnoCode)
+    }
+
+    /// Accepting failed with `code` (one of ``DescriptorLimit/isLocalShortage(errno:)``'s) and pauses.
+    func paused(errno code: CInt) {
         guard let report = log.occurred() else { return }
-        let reason = DescriptorLimit.describe(errno: error.errnoCode)
+        let reason = DescriptorLimit.describe(errno: code)
         let limit = DescriptorLimit.current().map { "\($0.soft)" } ?? "unknown"
         let state =
             "descriptor limit \(limit), \(openConnections()) client connections open; accepting pauses "

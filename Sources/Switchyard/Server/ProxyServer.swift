@@ -27,6 +27,8 @@ public final class ProxyServer: Service {
     private let connectionCounter: ConnectionCounter
     private let bound: NIOLockedValueBox<[SocketAddress]> = NIOLockedValueBox([])
     private let acceptPauses: AcceptPauses
+    /// The data path's own loops, with `io: epoll` (plain HTTP only; HTTPS stays on `group`).
+    private let socketLoops: NIOLockedValueBox<[SocketLoop]> = NIOLockedValueBox([])
     /// What the data path counts; read by ``MetricsPage``.
     public let metrics: SwitchyardMetrics
 
@@ -91,13 +93,20 @@ public final class ProxyServer: Service {
         }
         var channels: [Channel] = []
         var addresses: [SocketAddress] = []
-        var endpoints: [(SocketAddress, CertificateSource?)] = configuration.listen.http.map { ($0, nil) }
+        var endpoints: [(SocketAddress, CertificateSource?)] =
+            configuration.io == .nio ? configuration.listen.http.map { ($0, nil) } : []
         if !configuration.listen.https.isEmpty {
             guard let certificates else { throw ProxyServerError.httpsWithoutCertificates }
             endpoints += configuration.listen.https.map { ($0, certificates) }
         }
         for (address, _) in endpoints {
             try Self.checkNotInUse(address)
+        }
+        if configuration.io == .epoll {
+            for address in configuration.listen.http {
+                try Self.checkNotInUse(address)
+            }
+            addresses += try startSocketLoops()
         }
         for (address, certificates) in endpoints {
             // With port 0 the first listener picks a port and the others join it.
@@ -116,6 +125,51 @@ public final class ProxyServer: Service {
         listeners.withLockedValue { $0 = started }
         let resolved = addresses
         bound.withLockedValue { $0 = resolved }
+    }
+
+    /// Starts the loops of `io: epoll` and their plain-HTTP listeners (one per loop and address, `SO_REUSEPORT`);
+    /// returns the addresses bound.
+    private func startSocketLoops() throws -> [SocketAddress] {
+        var loops: [SocketLoop] = []
+        let configuration = self.configuration
+        let routes = self.routes
+        let metrics = self.metrics.proxy
+        let counter = self.connectionCounter
+        let acceptPauses = self.acceptPauses
+        let accessLog = self.accessLog
+        let logger = self.logger
+        for index in workers.indices {
+            let loop = try SocketLoop(index: index)
+            loop.start(name: "switchyard-io-\(index)") { loop in
+                LoopWorker(
+                    loop: loop,
+                    configuration: configuration,
+                    routes: routes,
+                    metrics: metrics,
+                    connectionCounter: counter,
+                    acceptPauses: acceptPauses,
+                    accessLog: accessLog,
+                    logger: logger
+                )
+            }
+            loops.append(loop)
+        }
+        let started = loops
+        socketLoops.withLockedValue { $0 = started }
+        var addresses: [SocketAddress] = []
+        for address in configuration.listen.http {
+            var target = address
+            for loop in loops {
+                let descriptor = try SocketDescriptor.listen(on: target, backlog: 4096)
+                if target.port == 0, let local = descriptor.localAddress() {
+                    target = local
+                }
+                loop.execute { $0.addListener(descriptor, scheme: "http") }
+            }
+            addresses.append(target)
+            logger.info("listening for http on \(target) (io: epoll)")
+        }
+        return addresses
     }
 
     /// Refuses an address another process listens on. The listeners use `SO_REUSEPORT` (one per event loop), which
@@ -194,7 +248,7 @@ public final class ProxyServer: Service {
     /// Serves until graceful shutdown is requested, then drains: listeners close at once, requests in flight get
     /// up to `timeouts.drain` to finish, and whatever is left is closed.
     public func run() async throws {
-        if listeners.withLockedValue({ $0.isEmpty }) {
+        if listeners.withLockedValue({ $0.isEmpty }), socketLoops.withLockedValue({ $0.isEmpty }) {
             do {
                 try await start()
             } catch {
@@ -216,9 +270,16 @@ public final class ProxyServer: Service {
         for channel in channels {
             try? await channel.close()
         }
+        let loops = socketLoops.withLockedValue { $0 }
+        for loop in loops {
+            await loop.submit { $0.closeListeners() }
+        }
         logger.info("draining connections", metadata: ["timeout": "\(configuration.timeouts.drain)"])
         for worker in workers {
             try? await worker.eventLoop.submit { worker.value.beginShutdown() }.get()
+        }
+        for loop in loops {
+            await loop.submit { $0.beginShutdown() }
         }
         let deadline = NIODeadline.now() + configuration.timeouts.drain
         while NIODeadline.now() < deadline {
@@ -226,12 +287,22 @@ public final class ProxyServer: Service {
             for worker in workers {
                 open += (try? await worker.eventLoop.submit { worker.value.connectionCount }.get()) ?? 0
             }
+            for loop in loops {
+                open += await loop.submit { $0.clientCount } ?? 0
+            }
             if open == 0 { break }
             try? await Task.sleep(for: .milliseconds(50))
         }
         for worker in workers {
             try? await worker.eventLoop.submit { worker.value.closeAll() }.get()
         }
+        for loop in loops {
+            await loop.submit { worker in
+                worker.closeAll()
+                worker.stop()
+            }
+        }
+        socketLoops.withLockedValue { $0 = [] }
         logger.info("stopped")
     }
 }

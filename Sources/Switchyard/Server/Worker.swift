@@ -13,27 +13,23 @@ final class Worker {
     let loop: Int
     /// Where the data path counts.
     let metrics: ProxyMeters
+    /// Counts and logs what client connections report.
+    let accounting: ProxyAccounting
     let routes: RouteSource
     let configuration: Configuration
     let logger: Logger
     /// Where access-log lines go, `nil` with the access log off.
     let accessLog: AccessLogWriter?
     /// This loop's lines not yet handed to ``accessLog``.
-    private var accessLogBuffer: AccessLogBuffer?
+    private var loopAccessLog: LoopAccessLog?
     /// Shared by all workers: the `limits.max_connections` budget.
     let connectionCounter: ConnectionCounter
     /// How backend connections are opened.
     let upstreamConnector: any UpstreamConnector
-    /// The HTTPS port `https_redirect` sends clients to.
-    var httpsPort: Int? {
-        configuration.listen.https.first?.port
-    }
 
-    private var pool: UpstreamPool
+    private var pool: UpstreamPool<UpstreamConnection>
     private var connections: [ObjectIdentifier: ClientConnectionHandler] = [:]
-    private var roundRobin: [ObjectIdentifier: Int] = [:]
-    /// Smooth weighted round robin's running weights, per tenant (nginx's algorithm).
-    private var currentWeights: [ObjectIdentifier: [Int]] = [:]
+    private var selector = BackendSelector()
     private var sweep: RepeatedTask?
     private var shuttingDown = false
 
@@ -51,12 +47,13 @@ final class Worker {
         self.eventLoop = eventLoop
         self.loop = loop
         self.metrics = metrics
+        self.accounting = ProxyAccounting(loop: loop, metrics: metrics, logger: logger)
         self.routes = routes
         self.configuration = configuration
         self.connectionCounter = connectionCounter
         self.logger = logger
         self.accessLog = accessLog
-        self.accessLogBuffer = accessLog.map { AccessLogBuffer(format: $0.format) }
+        self.loopAccessLog = accessLog.map { LoopAccessLog(writer: $0) }
         self.upstreamConnector = upstreamConnector
         self.pool = UpstreamPool(capacityPerBackend: configuration.limits.upstreamKeepAlive)
     }
@@ -64,6 +61,11 @@ final class Worker {
     /// How often timeouts are checked: fine enough for the shortest configured timeout, coarse enough to cost
     /// nothing (nginx and HAProxy also check timers in batches rather than arming one per request).
     var sweepInterval: TimeAmount {
+        Self.sweepInterval(for: configuration)
+    }
+
+    /// See ``sweepInterval``.
+    static func sweepInterval(for configuration: Configuration) -> TimeAmount {
         let timeouts = configuration.timeouts
         // Tenants' own tunnel timeouts count too (those added by a later reload are checked at this pace).
         let tenantTunnels = configuration.tenants.compactMap(\.tunnelIdle)
@@ -99,82 +101,14 @@ final class Worker {
         connections.count
     }
 
-    /// Picks the backend for a request: `preferred` (the one its sticky-session cookie names) if it is available
-    /// and not `excluded`, else the tenant's next available backend by its balancing algorithm (skipping down,
-    /// ejected and draining ones), avoiding `excluded` when another is available; `nil` when none is available.
+    /// Picks the backend for a request (see ``BackendSelector/next(of:preferring:excluding:now:)``).
     func nextBackend(
         of tenant: Tenant,
         preferring preferred: Backend? = nil,
         excluding excluded: Backend?,
         now: NIODeadline
     ) -> Backend? {
-        if let preferred, preferred !== excluded, preferred.status.isAvailable(now: now) {
-            return preferred
-        }
-        let backends = tenant.backends
-        guard !backends.isEmpty else { return nil }
-        let key = ObjectIdentifier(tenant)
-        if tenant.balance == .roundRobin, let weights = tenant.weights {
-            return nextWeightedBackend(of: tenant, weights: weights, excluding: excluded, now: now)
-        }
-        let start = roundRobin[key] ?? 0
-        var fallback: Backend?
-        var chosen: (backend: Backend, index: Int)?
-        for offset in 0..<backends.count {
-            let index = (start &+ offset) % backends.count
-            let backend = backends[index]
-            guard backend.status.isAvailable(now: now) else { continue }
-            if backend === excluded {
-                fallback = backend
-                continue
-            }
-            switch tenant.balance {
-            case .roundRobin:
-                roundRobin[key] = (index &+ 1) % backends.count
-                return backend
-            case .leastConnections:
-                // Scanning from the round-robin position makes ties rotate.
-                if let current = chosen, current.backend.status.connections <= backend.status.connections {
-                    continue
-                }
-                chosen = (backend, index)
-            }
-        }
-        if let chosen {
-            roundRobin[key] = (chosen.index &+ 1) % backends.count
-            return chosen.backend
-        }
-        return fallback
-    }
-
-    /// Smooth weighted round robin: every available backend gains its weight, the one with the most is picked and
-    /// loses the total. With weights 5, 1, 1 the order is a a b a c a a: spread out, never five in a row.
-    private func nextWeightedBackend(
-        of tenant: Tenant,
-        weights: [Int],
-        excluding excluded: Backend?,
-        now: NIODeadline
-    ) -> Backend? {
-        let key = ObjectIdentifier(tenant)
-        var current = currentWeights[key] ?? [Int](repeating: 0, count: weights.count)
-        defer { currentWeights[key] = current }
-        var total = 0
-        var best: Int?
-        var fallback: Backend?
-        for (index, backend) in tenant.backends.enumerated() {
-            guard backend.status.isAvailable(now: now) else { continue }
-            if backend === excluded {
-                fallback = backend
-                continue
-            }
-            current[index] += weights[index]
-            total += weights[index]
-            if let chosen = best, current[chosen] >= current[index] { continue }
-            best = index
-        }
-        guard let best else { return fallback }
-        current[best] -= total
-        return tenant.backends[best]
+        selector.next(of: tenant, preferring: preferred, excluding: excluded, now: now)
     }
 
     /// An idle pooled connection to `backend`, if any.
@@ -201,23 +135,12 @@ final class Worker {
 
     /// Adds a request's line to this loop's buffer, handed to the writer when it is full.
     func logAccess(_ record: AccessLogRecord) {
-        guard let accessLog else { return }
-        if accessLogBuffer?.append(record, now: .now()) == true, let lines = accessLogBuffer?.take() {
-            accessLog.write(lines)
-        }
-    }
-
-    /// Hands over the buffered lines if the oldest waited a second (or `force`).
-    private func flushAccessLog(now: NIODeadline, force: Bool = false) {
-        guard let accessLog, let since = accessLogBuffer?.since,
-            force || now - since >= AccessLogWriter.flushInterval, let lines = accessLogBuffer?.take()
-        else { return }
-        accessLog.write(lines)
+        loopAccessLog?.append(record, now: .now())
     }
 
     private func sweepTimeouts() {
         let now = NIODeadline.now()
-        flushAccessLog(now: now)
+        loopAccessLog?.flush(now: now)
         for connection in connections.values {
             connection.checkTimeouts(now: now)
         }
@@ -243,7 +166,7 @@ final class Worker {
         for connection in connections.values {
             connection.forceClose()
         }
-        flushAccessLog(now: .now(), force: true)
+        loopAccessLog?.flush(now: .now(), force: true)
         sweep?.cancel()
         sweep = nil
     }
