@@ -12,7 +12,7 @@ public struct Configuration: Sendable, Equatable {
         /// SwiftNIO's event loops and channels.
         case nio
         /// The balancer's own per-core epoll loops (``SocketLoop``): each socket registered once, edge-triggered,
-        /// read and written directly. HTTPS listeners stay on SwiftNIO for now.
+        /// read and written directly.
         case epoll
     }
 
@@ -20,7 +20,7 @@ public struct Configuration: Sendable, Equatable {
     public var listen: Listen
     /// Event-loop threads; `nil` means one per core (`workers: auto`).
     public var workers: Int?
-    /// `io`: which event loop carries plain-HTTP client connections and their backend connections.
+    /// `io`: which event loop carries client connections and their backend connections.
     public var io: IO = .epoll
     /// Where the admin API listens.
     public var admin: Admin

@@ -103,26 +103,12 @@ final class ClientConnectionHandler: ChannelDuplexHandler, RemovableChannelHandl
             return
         }
         if let handshake = event as? TLSHandshakeCompleted {
-            let field: ProxyMeters.Field
-            switch handshake.version {
-            case "TLSv1.3": field = .tlsHandshakesV13
-            case "TLSv1.2": field = .tlsHandshakesV12
-            default: field = .tlsHandshakesOther
-            }
-            worker.metrics.add(1, to: field, loop: worker.loop)
-            if handshake.resumed { worker.metrics.add(1, to: .tlsResumed, loop: worker.loop) }
+            worker.accounting.tlsHandshake(handshake)
             machine?.tlsEstablished(serverName: handshake.serverName, certificate: handshake.certificate)
             return
         }
         if let failure = event as? TLSHandshakeFailed {
-            let field: ProxyMeters.Field
-            switch failure.reason {
-            case .timeout: field = .tlsFailureTimeout
-            case .plaintextHTTP: field = .tlsFailurePlaintext
-            case .handshakeError: field = .tlsFailureHandshake
-            case .clientClosed: field = .tlsFailureAborted
-            }
-            worker.metrics.add(1, to: field, loop: worker.loop)
+            worker.accounting.tlsFailure(failure.reason)
             return
         }
         context.fireUserInboundEventTriggered(event)

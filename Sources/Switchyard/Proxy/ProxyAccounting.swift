@@ -1,5 +1,6 @@
 import Logging
 import NIOCore
+import SwitchyardTLS
 
 /// What a client connection's adapter counts and logs for the ``ProxyStateMachine``'s reports (a finished exchange,
 /// tunnel traffic, a backend's failure), the same whichever transport drives the machine.
@@ -22,6 +23,30 @@ struct ProxyAccounting {
         } else if status == 404 {
             metrics.add(1, to: .unknownHostRequests, loop: loop)
         }
+    }
+
+    /// Counts a completed TLS handshake by protocol version, and whether it resumed a session.
+    func tlsHandshake(_ handshake: TLSHandshakeCompleted) {
+        let field: ProxyMeters.Field
+        switch handshake.version {
+        case "TLSv1.3": field = .tlsHandshakesV13
+        case "TLSv1.2": field = .tlsHandshakesV12
+        default: field = .tlsHandshakesOther
+        }
+        metrics.add(1, to: field, loop: loop)
+        if handshake.resumed { metrics.add(1, to: .tlsResumed, loop: loop) }
+    }
+
+    /// Counts a failed TLS handshake by its reason.
+    func tlsFailure(_ reason: TLSHandshakeFailed.Reason) {
+        let field: ProxyMeters.Field
+        switch reason {
+        case .timeout: field = .tlsFailureTimeout
+        case .plaintextHTTP: field = .tlsFailurePlaintext
+        case .handshakeError: field = .tlsFailureHandshake
+        case .clientClosed: field = .tlsFailureAborted
+        }
+        metrics.add(1, to: field, loop: loop)
     }
 
     /// Counts bytes a tunnel carried since its last report.

@@ -93,8 +93,7 @@ public final class ProxyServer: Service {
         }
         var channels: [Channel] = []
         var addresses: [SocketAddress] = []
-        var endpoints: [(SocketAddress, CertificateSource?)] =
-            configuration.io == .nio ? configuration.listen.http.map { ($0, nil) } : []
+        var endpoints: [(SocketAddress, CertificateSource?)] = configuration.listen.http.map { ($0, nil) }
         if !configuration.listen.https.isEmpty {
             guard let certificates else { throw ProxyServerError.httpsWithoutCertificates }
             endpoints += configuration.listen.https.map { ($0, certificates) }
@@ -103,10 +102,8 @@ public final class ProxyServer: Service {
             try Self.checkNotInUse(address)
         }
         if configuration.io == .epoll {
-            for address in configuration.listen.http {
-                try Self.checkNotInUse(address)
-            }
-            addresses += try startSocketLoops()
+            addresses += try startSocketLoops(endpoints)
+            endpoints = []
         }
         for (address, certificates) in endpoints {
             // With port 0 the first listener picks a port and the others join it.
@@ -127,9 +124,9 @@ public final class ProxyServer: Service {
         bound.withLockedValue { $0 = resolved }
     }
 
-    /// Starts the loops of `io: epoll` and their plain-HTTP listeners (one per loop and address, `SO_REUSEPORT`);
-    /// returns the addresses bound.
-    private func startSocketLoops() throws -> [SocketAddress] {
+    /// Starts the loops of `io: epoll` and their listeners (one per loop and address, `SO_REUSEPORT`); returns the
+    /// addresses bound.
+    private func startSocketLoops(_ endpoints: [(SocketAddress, CertificateSource?)]) throws -> [SocketAddress] {
         var loops: [SocketLoop] = []
         let configuration = self.configuration
         let routes = self.routes
@@ -157,17 +154,17 @@ public final class ProxyServer: Service {
         let started = loops
         socketLoops.withLockedValue { $0 = started }
         var addresses: [SocketAddress] = []
-        for address in configuration.listen.http {
+        for (address, certificates) in endpoints {
             var target = address
             for loop in loops {
                 let descriptor = try SocketDescriptor.listen(on: target, backlog: 4096)
                 if target.port == 0, let local = descriptor.localAddress() {
                     target = local
                 }
-                loop.execute { $0.addListener(descriptor, scheme: "http") }
+                loop.execute { $0.addListener(descriptor, certificates: certificates) }
             }
             addresses.append(target)
-            logger.info("listening for http on \(target) (io: epoll)")
+            logger.info("listening for \(certificates == nil ? "http" : "https") on \(target) (io: epoll)")
         }
         return addresses
     }

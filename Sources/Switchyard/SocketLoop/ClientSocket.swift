@@ -1,5 +1,6 @@
 import CSocketLoop
 import NIOCore
+import SwitchyardTLS
 
 /// A client connection on the loop: a thin adapter that feeds a ``ProxyStateMachine`` and performs its actions,
 /// as ``ClientConnectionHandler`` does on SwiftNIO's channels.
@@ -7,6 +8,9 @@ import NIOCore
 /// The machine lives inline and is mutated in place. Reads follow the machine's appetite and the backend's
 /// writability (backpressure); while they wait, an edge already seen is remembered in ``readable`` and read when
 /// they resume. Writes queue in an ``OutboundQueue`` flushed once per burst of actions.
+///
+/// On an HTTPS listener a ``TLSServerSession`` sits between the socket and the machine: what is read is ciphertext,
+/// decrypted before the machine sees it; what the machine writes is encrypted on its way to the queue.
 final class ClientSocket {
     let descriptor: SocketDescriptor
     /// The slot's token in the loop's epoll set.
@@ -36,10 +40,25 @@ final class ClientSocket {
     private var outputShut = false
     private(set) var closed = false
     private var isPerformingActions = false
+    /// The TLS session, on an HTTPS listener.
+    private let tls: TLSServerSession?
+    /// The client's IP address, for log lines.
+    private let peer: String
+    /// Until when the TLS handshake may take (`timeouts.tls_handshake`), while it is in progress.
+    private var handshakeDeadline: NIODeadline?
 
-    init(descriptor: SocketDescriptor, worker: LoopWorker, peer: String, scheme: StaticString) {
+    init(
+        descriptor: SocketDescriptor,
+        worker: LoopWorker,
+        peer: String,
+        scheme: StaticString,
+        tls: TLSServerSession?
+    ) {
         self.descriptor = descriptor
         self.worker = worker
+        self.tls = tls
+        self.peer = peer
+        self.handshakeDeadline = tls == nil ? nil : worker.now + worker.configuration.timeouts.tlsHandshake
         let settings = ProxyStateMachine.Settings(
             configuration: worker.configuration,
             address: peer,
@@ -83,21 +102,98 @@ final class ClientSocket {
             switch result {
             case .read:
                 if !filled, !peerClosedInput { readable = false }
-                machine.clientRead(bytes, now: worker.now)
-                performActions()
+                if let tls {
+                    receiveCiphertext(bytes, session: tls)
+                } else {
+                    machine.clientRead(bytes, now: worker.now)
+                    performActions()
+                }
             case .wouldBlock:
                 readable = false
             case .endOfInput:
                 readable = false
-                inputEnded = true
-                machine.clientInputEnded(now: worker.now)
-                performActions()
-                closeIfFinished()
+                if let tls, tls.isHandshaking {
+                    if tls.hasReceived { worker.accounting.tlsFailure(.clientClosed) }
+                    tls.close()
+                    close()
+                    return
+                }
+                endInput()
             case .failed:
                 // Resets from the client: nothing to answer.
+                if let tls, tls.isHandshaking, tls.hasReceived { worker.accounting.tlsFailure(.clientClosed) }
                 close()
             }
         }
+    }
+
+    /// The client sends nothing more (TCP FIN, or TLS close_notify): once.
+    private func endInput() {
+        guard !inputEnded else { return }
+        inputEnded = true
+        machine.clientInputEnded(now: worker.now)
+        performActions()
+        closeIfFinished()
+    }
+
+    /// Ciphertext from the client: the handshake, then plaintext for the machine.
+    private func receiveCiphertext(_ bytes: ByteBuffer, session: TLSServerSession) {
+        switch session.receive(bytes) {
+        case .ignored:
+            return
+        case .plaintext(let answer):
+            worker.accounting.tlsFailure(.plaintextHTTP)
+            handshakeDeadline = nil
+            if let answer { output.append(answer) }
+            closeWhenFlushed = true
+            flush()
+            return
+        case .accepted:
+            break
+        }
+        if session.isHandshaking {
+            switch session.continueHandshake() {
+            case .inProgress:
+                queueCiphertext(session)
+                flush()
+                return
+            case .failed(let failure):
+                // The alert OpenSSL queued tells the client why.
+                worker.logger.info(
+                    "\(failure)",
+                    metadata: ["peer": "\(peer)", "sni": "\(session.serverName.map(LogEscaping.escaped) ?? "-")"]
+                )
+                worker.accounting.tlsFailure(.handshakeError)
+                queueCiphertext(session)
+                closeWhenFlushed = true
+                flush()
+                return
+            case .completed(let completed):
+                handshakeDeadline = nil
+                worker.accounting.tlsHandshake(completed)
+                machine.tlsEstablished(serverName: completed.serverName, certificate: completed.certificate)
+                queueCiphertext(session)
+            }
+        }
+        let end = session.readPlaintext { plaintext in
+            machine.clientRead(plaintext, now: worker.now)
+        }
+        // Session tickets, key updates and alerts are produced by reads too.
+        queueCiphertext(session)
+        switch end {
+        case .open:
+            performActions()
+        case .closeNotify:
+            performActions()
+            endInput()
+        case .failed(let failure):
+            worker.logger.debug("\(failure)", metadata: ["peer": "\(peer)"])
+            close()
+        }
+    }
+
+    private func queueCiphertext(_ session: TLSServerSession) {
+        if let ciphertext = session.takeCiphertext() { output.append(ciphertext) }
     }
 
     // MARK: Backend events
@@ -158,6 +254,13 @@ final class ClientSocket {
 
     func checkTimeouts(now: NIODeadline) {
         guard !closed else { return }
+        if let deadline = handshakeDeadline, deadline <= now {
+            handshakeDeadline = nil
+            worker.accounting.tlsFailure(.timeout)
+            tls?.close()
+            close()
+            return
+        }
         if machine.state == .tunnel, let upstream,
             upstream.backend.retirement.isRetired(longerThan: machine.retiredTunnelGrace, now: now)
         {
@@ -276,7 +379,18 @@ final class ClientSocket {
             upstream?.write(buffer)
         case .writeClient(let buffer):
             guard !closed else { return }
-            output.append(buffer)
+            if let tls {
+                do {
+                    try tls.write(buffer)
+                } catch {
+                    worker.logger.debug("\(error)")
+                    close()
+                    return
+                }
+                queueCiphertext(tls)
+            } else {
+                output.append(buffer)
+            }
         case .releaseUpstream(let reusable):
             guard let connection = upstream else { return }
             upstream = nil
@@ -289,6 +403,10 @@ final class ClientSocket {
         case .shutdownUpstreamOutput:
             upstream?.shutdownOutputWhenFlushed()
         case .shutdownClientOutput:
+            if let tls, tls.isActive {
+                tls.shutdown(final: false)
+                queueCiphertext(tls)
+            }
             shutdownWhenFlushed = true
         case .awaitClientDrain:
             break  // taken by performActions
@@ -297,6 +415,11 @@ final class ClientSocket {
         case .closeClient:
             // Close only once everything written so far is on the wire (or, if the client never reads it, when the
             // machine gives up after `timeouts.client_send` and resets).
+            if let tls, tls.isActive {
+                // close_notify, so the client can tell a complete response from a cut connection.
+                tls.shutdown(final: true)
+                queueCiphertext(tls)
+            }
             closeWhenFlushed = true
         case .backendFailed(let tenant, let reason):
             if let backend = upstream?.backend ?? lastBackend {

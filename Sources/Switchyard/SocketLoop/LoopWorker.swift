@@ -1,6 +1,7 @@
 import CSocketLoop
 import Logging
 import NIOCore
+import SwitchyardTLS
 
 #if canImport(Glibc)
 import Glibc
@@ -57,6 +58,7 @@ final class LoopWorker {
     /// was let go (the usual case: a request is forwarded as soon as it is read).
     private var receiveBuffer: ByteBuffer
     private let events: UnsafeMutableRawPointer
+    private let allocator = ByteBufferAllocator()
 
     private enum Entry {
         case client(ClientSocket)
@@ -68,6 +70,8 @@ final class LoopWorker {
         let descriptor: SocketDescriptor
         let token: UInt64
         let scheme: StaticString
+        /// The certificates of an HTTPS listener; `nil` for plain HTTP.
+        let certificates: CertificateSource?
         /// Accepting stopped for lack of descriptors until then.
         var pausedUntil: NIODeadline?
     }
@@ -96,7 +100,7 @@ final class LoopWorker {
         self.now = .now()
         self.sweepInterval = Worker.sweepInterval(for: configuration)
         self.nextSweep = now + sweepInterval
-        self.receiveBuffer = ByteBufferAllocator().buffer(capacity: Self.receiveCapacity)
+        self.receiveBuffer = allocator.buffer(capacity: Self.receiveCapacity)
         self.events = UnsafeMutableRawPointer.allocate(
             byteCount: c_loop_event_size() * Self.eventCapacity,
             alignment: 16
@@ -206,7 +210,7 @@ final class LoopWorker {
     /// event).
     func read(_ descriptor: SocketDescriptor) -> (SocketDescriptor.ReadResult, ByteBuffer, filled: Bool) {
         if receiveBuffer.modifyIfUniquelyOwned({ $0.clear() }) == nil {
-            receiveBuffer = ByteBufferAllocator().buffer(capacity: Self.receiveCapacity)
+            receiveBuffer = allocator.buffer(capacity: Self.receiveCapacity)
         }
         let offered = receiveBuffer.writableBytes
         let result = descriptor.read(into: &receiveBuffer, minimum: Self.receiveCapacity)
@@ -218,12 +222,20 @@ final class LoopWorker {
 
     // MARK: Listeners
 
-    /// Starts accepting on `descriptor`, a listening socket of this loop's own.
-    func addListener(_ descriptor: SocketDescriptor, scheme: StaticString) {
+    /// Starts accepting on `descriptor`, a listening socket of this loop's own: HTTPS with `certificates`, else
+    /// plain HTTP.
+    func addListener(_ descriptor: SocketDescriptor, certificates: CertificateSource?) {
         let index = listeners.count
         do {
             let token = try register(descriptor, .listener(index))
-            listeners.append(Listener(descriptor: descriptor, token: token, scheme: scheme))
+            listeners.append(
+                Listener(
+                    descriptor: descriptor,
+                    token: token,
+                    scheme: certificates == nil ? "http" : "https",
+                    certificates: certificates
+                )
+            )
         } catch {
             logger.error("cannot listen on this loop: \(error)")
             descriptor.close()
@@ -237,7 +249,7 @@ final class LoopWorker {
             switch listener.descriptor.accept() {
             case .accepted(let descriptor, let peer):
                 acceptPauses.accepted()
-                open(descriptor, peer: peer, scheme: listener.scheme)
+                open(descriptor, peer: peer, listener: listener)
             case .wouldBlock:
                 return
             case .failed(let code) where DescriptorLimit.isLocalShortage(errno: code):
@@ -253,7 +265,7 @@ final class LoopWorker {
         markReady(listener.token)
     }
 
-    private func open(_ descriptor: SocketDescriptor, peer: String, scheme: StaticString) {
+    private func open(_ descriptor: SocketDescriptor, peer: String, listener: Listener) {
         guard connectionCounter.acquire() else {
             metrics.add(1, to: .refusedConnections, loop: loop.index)
             logger.warning(
@@ -264,7 +276,24 @@ final class LoopWorker {
             return
         }
         metrics.add(1, to: .acceptedConnections, loop: loop.index)
-        let client = ClientSocket(descriptor: descriptor, worker: self, peer: peer, scheme: scheme)
+        var session: TLSServerSession?
+        if let certificates = listener.certificates {
+            do {
+                session = try TLSServerSession(store: certificates.current, allocator: allocator)
+            } catch {
+                logger.error("cannot start TLS: \(error)")
+                connectionCounter.release()
+                descriptor.close()
+                return
+            }
+        }
+        let client = ClientSocket(
+            descriptor: descriptor,
+            worker: self,
+            peer: peer,
+            scheme: listener.scheme,
+            tls: session
+        )
         do {
             client.token = try register(descriptor, .client(client))
         } catch {
