@@ -19,6 +19,8 @@ final class BackendSocket: PooledUpstream {
     private var output = OutboundQueue()
     private var readable = false
     private var peerClosedInput = false
+    /// The last read filled the loop's receive buffer: the next one uses the large buffer.
+    private var largeReads = false
     private var inputEnded = false
     private var waitingForOutput = false
     private var shutdownWhenFlushed = false
@@ -109,9 +111,10 @@ final class BackendSocket: PooledUpstream {
                 return
             }
             budget -= 1
-            let (result, bytes, filled) = worker.read(descriptor)
+            let (result, bytes, filled) = worker.read(descriptor, large: largeReads)
             switch result {
             case .read:
+                largeReads = filled
                 if !filled, !peerClosedInput { readable = false }
                 guard let owner else {
                     // A backend has nothing to say on an idle connection; whatever it sent makes it unusable.

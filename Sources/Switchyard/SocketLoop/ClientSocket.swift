@@ -30,6 +30,8 @@ final class ClientSocket {
     private var readable = false
     /// The peer half-closed: read to the end, whatever the size of the reads.
     private var peerClosedInput = false
+    /// The last read filled the loop's receive buffer: the next one uses the large buffer.
+    private var largeReads = false
     private var inputEnded = false
     /// The writability last told to the machine.
     private var reportedWritable = true
@@ -98,9 +100,10 @@ final class ClientSocket {
                 return
             }
             budget -= 1
-            let (result, bytes, filled) = worker.read(descriptor)
+            let (result, bytes, filled) = worker.read(descriptor, large: largeReads)
             switch result {
             case .read:
+                largeReads = filled
                 if !filled, !peerClosedInput { readable = false }
                 if let tls {
                     receiveCiphertext(bytes, session: tls)

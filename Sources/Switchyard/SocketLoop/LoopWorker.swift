@@ -26,6 +26,9 @@ final class LoopWorker {
     static let acceptBudget = 64
     /// Bytes read at once: a TLS record's worth, HAProxy's buffer size.
     static let receiveCapacity = 16 * 1024
+    /// Bytes read at once by a connection whose last read filled ``receiveCapacity``: a bulk transfer, which then
+    /// takes a quarter of the system calls.
+    static let largeReceiveCapacity = 64 * 1024
     private static let eventCapacity = 256
 
     let loop: SocketLoop
@@ -57,6 +60,9 @@ final class LoopWorker {
     /// The buffer reads go into; its slices are what the state machine receives. Reused whenever the last slice
     /// was let go (the usual case: a request is forwarded as soon as it is read).
     private var receiveBuffer: ByteBuffer
+    /// The same for bulk reads (``largeReceiveCapacity``). Kept apart so that a small request, which a connection
+    /// may hold for a while (a head still incomplete, say), never pins a large buffer.
+    private var largeReceiveBuffer: ByteBuffer
     private let events: UnsafeMutableRawPointer
     private let allocator = ByteBufferAllocator()
 
@@ -101,6 +107,7 @@ final class LoopWorker {
         self.sweepInterval = Worker.sweepInterval(for: configuration)
         self.nextSweep = now + sweepInterval
         self.receiveBuffer = allocator.buffer(capacity: Self.receiveCapacity)
+        self.largeReceiveBuffer = allocator.buffer(capacity: Self.largeReceiveCapacity)
         self.events = UnsafeMutableRawPointer.allocate(
             byteCount: c_loop_event_size() * Self.eventCapacity,
             alignment: 16
@@ -205,16 +212,28 @@ final class LoopWorker {
 
     // MARK: Reading
 
-    /// Reads from `descriptor` into the loop's receive buffer. `.read` comes with the bytes and whether the read
-    /// filled the buffer (when it did not, the socket had nothing more: edge-triggered, new input raises a new
-    /// event).
-    func read(_ descriptor: SocketDescriptor) -> (SocketDescriptor.ReadResult, ByteBuffer, filled: Bool) {
-        if receiveBuffer.modifyIfUniquelyOwned({ $0.clear() }) == nil {
-            receiveBuffer = allocator.buffer(capacity: Self.receiveCapacity)
+    /// Reads from `descriptor` into the loop's receive buffer (the large one with `large`). `.read` comes with the
+    /// bytes and whether the read filled the buffer: when it did not, the socket had nothing more (edge-triggered,
+    /// new input raises a new event), and the next read may be small again.
+    func read(_ descriptor: SocketDescriptor, large: Bool) -> (SocketDescriptor.ReadResult, ByteBuffer, filled: Bool) {
+        if large {
+            return Self.read(descriptor, into: &largeReceiveBuffer, capacity: Self.largeReceiveCapacity, allocator)
         }
-        let offered = receiveBuffer.writableBytes
-        let result = descriptor.read(into: &receiveBuffer, minimum: Self.receiveCapacity)
-        guard case .read(let count) = result, let bytes = receiveBuffer.readSlice(length: count) else {
+        return Self.read(descriptor, into: &receiveBuffer, capacity: Self.receiveCapacity, allocator)
+    }
+
+    private static func read(
+        _ descriptor: SocketDescriptor,
+        into buffer: inout ByteBuffer,
+        capacity: Int,
+        _ allocator: ByteBufferAllocator
+    ) -> (SocketDescriptor.ReadResult, ByteBuffer, filled: Bool) {
+        if buffer.modifyIfUniquelyOwned({ $0.clear() }) == nil {
+            buffer = allocator.buffer(capacity: capacity)
+        }
+        let offered = buffer.writableBytes
+        let result = descriptor.read(into: &buffer, minimum: capacity)
+        guard case .read(let count) = result, let bytes = buffer.readSlice(length: count) else {
             return (result, ByteBuffer(), false)
         }
         return (result, bytes, count >= offered)
