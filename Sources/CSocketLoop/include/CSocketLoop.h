@@ -5,11 +5,7 @@
 // and the TCP options. Everything here is a thin, allocation-free wrapper.
 
 #if defined(__linux__)
-#ifndef _GNU_SOURCE
-#define _GNU_SOURCE
-#endif
 #include <errno.h>
-#include <pthread.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <stdint.h>
@@ -46,11 +42,12 @@ static inline int c_loop_epoll_wait(int epoll, struct epoll_event *events, int c
 
 static inline size_t c_loop_event_size(void) { return sizeof(struct epoll_event); }
 
-static inline int c_loop_accept(int listener, struct sockaddr *address, socklen_t *length) {
-    return accept4(listener, address, length, SOCK_NONBLOCK | SOCK_CLOEXEC);
-}
+/// `accept4` with SOCK_NONBLOCK | SOCK_CLOEXEC. Defined in shim.c, which needs `_GNU_SOURCE`: defining it here
+/// would change glibc's struct definitions for this module only and clash with the other modules' (Glibc's).
+int c_loop_accept(int listener, struct sockaddr *address, socklen_t *length);
 
-static inline void c_loop_name_thread(const char *name) { pthread_setname_np(pthread_self(), name); }
+/// Names the calling thread (`pthread_setname_np`, also GNU); defined in shim.c.
+void c_loop_name_thread(const char *name);
 
 static inline int c_loop_eventfd(void) { return eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC); }
 
