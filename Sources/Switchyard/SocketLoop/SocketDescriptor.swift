@@ -101,9 +101,8 @@ struct SocketDescriptor: Hashable {
         _ = setsockopt(raw, CInt(IPPROTO_TCP), c_loop_tcp_nodelay, &one, socklen_t(MemoryLayout<CInt>.size))
     }
 
-    /// A non-blocking connect to `address` started: `inProgress` until the socket reports writable, or already
-    /// connected (loopback sometimes is).
-    static func connect(to address: SocketAddress) throws(SocketFailure) -> (SocketDescriptor, inProgress: Bool) {
+    /// A new non-blocking, close-on-exec stream socket of `address`'s family, and the family.
+    private static func open(for address: SocketAddress) throws(SocketFailure) -> (SocketDescriptor, CInt) {
         let family: CInt
         switch address {
         case .v4: family = AF_INET
@@ -112,7 +111,14 @@ struct SocketDescriptor: Hashable {
         }
         let raw = socket(family, CInt(SOCK_STREAM.rawValue) | c_loop_sock_nonblock_cloexec, 0)
         guard raw >= 0 else { throw SocketFailure(operation: "socket", code: errno) }
-        let descriptor = SocketDescriptor(raw: raw)
+        return (SocketDescriptor(raw: raw), family)
+    }
+
+    /// A non-blocking connect to `address` started: `inProgress` until the socket reports writable, or already
+    /// connected (loopback sometimes is).
+    static func connect(to address: SocketAddress) throws(SocketFailure) -> (SocketDescriptor, inProgress: Bool) {
+        let (descriptor, family) = try open(for: address)
+        let raw = descriptor.raw
         if family != AF_UNIX { descriptor.disableNagle() }
         let result = address.withSockAddr { pointer, length in
             Glibc.connect(raw, pointer, socklen_t(length))
@@ -129,15 +135,8 @@ struct SocketDescriptor: Hashable {
     /// A listening socket on `address` with `SO_REUSEPORT` (one per loop: the kernel spreads connections over
     /// them) and `SO_REUSEADDR`.
     static func listen(on address: SocketAddress, backlog: CInt) throws(SocketFailure) -> SocketDescriptor {
-        let family: CInt
-        switch address {
-        case .v4: family = AF_INET
-        case .v6: family = AF_INET6
-        case .unixDomainSocket: family = AF_UNIX
-        }
-        let raw = socket(family, CInt(SOCK_STREAM.rawValue) | c_loop_sock_nonblock_cloexec, 0)
-        guard raw >= 0 else { throw SocketFailure(operation: "socket", code: errno) }
-        let descriptor = SocketDescriptor(raw: raw)
+        let (descriptor, family) = try open(for: address)
+        let raw = descriptor.raw
         var one: CInt = 1
         let size = socklen_t(MemoryLayout<CInt>.size)
         _ = setsockopt(raw, SOL_SOCKET, SO_REUSEADDR, &one, size)
